@@ -1,0 +1,1 @@
+"""Speed measurements: each bench compares ours with a baseline in the same process (see common.py)."""

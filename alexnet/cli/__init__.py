@@ -1,0 +1,86 @@
+"""The `alexnet` command: one thin subcommand per pipeline stage.
+
+Each module in this package adds its subcommand(s) with `register(subparsers)` and sets `func`,
+which receives the parsed arguments and returns an exit status. The CLI only parses and calls;
+nothing in the library imports it. A `UserError` anywhere becomes one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from alexnet import __version__
+from alexnet.errors import UserError
+
+# Order = order in `alexnet --help`. Each entry is a module of this package with register().
+COMMAND_MODULES = [
+    "summary",
+    "prepare",
+    "train",
+    "evaluate",
+    "report",
+    "experiment",
+    "bench",
+]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults in --help and keep the hand-wrapped descriptions."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="The 2012 AlexNet paper, reproduced: model, data, training, evaluation, report.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"alexnet.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"alexnet.cli.{name}":
+                continue  # a stage not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_parser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Add a subcommand with the project's help formatter."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
+
+
+def print_json(obj) -> None:
+    """Machine-readable output: one JSON document on stdout."""
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"alexnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m alexnet.cli
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Readers for the source layouts `alexnet prepare` understands, and their auto-detection.
+
+Each reader returns a `Source`: the class ids and readable names, and per split a list of samples
+`(item, label)` where `item` is a file path, or for CIFAR a (32, 32, 3) uint8 array. Files that are
+present but not usable as images (wrong extension) are listed in `Source.skipped` with a reason;
+undecodable files are found later, while preparing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from alexnet.data.images import is_image_name
+from alexnet.errors import UserError
+
+LAYOUTS = ("auto", "folder", "imagenet", "flowers17", "cifar10")
+WNID = re.compile(r"^n\d{8}$")
+SPLIT_NAMES = ("train", "val", "test")
+FLOWERS17_NAMES = [
+    "daffodil", "snowdrop", "lily valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
+    "fritillary", "sunflower", "daisy", "colts' foot", "dandelion", "cowslip", "buttercup",
+    "windflower", "pansy",
+]  # fmt: skip
+FLOWERS17_PER_CLASS = 80  # jpg/image_0001..1360.jpg come in blocks of 80 per class
+
+
+@dataclass
+class Source:
+    layout: str
+    class_ids: list[str]
+    class_names: list[str]
+    splits: dict[str, list[tuple[object, int]]]
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- class names
+
+
+def imagenet_names() -> tuple[list[str | None], list[str]]:
+    """The 1000 ILSVRC-2012 classes in index order: (wnids or Nones, readable names).
+
+    The shipped json is either [[wnid, name], ...] or [name, ...] (names only)."""
+    text = resources.files("alexnet.data").joinpath("imagenet_classes.json").read_text()
+    entries = json.loads(text)
+    if entries and isinstance(entries[0], list):
+        return [e[0] for e in entries], [e[1] for e in entries]
+    return [None] * len(entries), list(entries)
+
+
+def _names_for_wnids(wnids: list[str], root: str) -> list[str]:
+    """Readable names for wnids: the source's LOC_synset_mapping.txt, else the shipped list."""
+    found: dict[str, str] = {}
+    for path in _find_files(root, ("LOC_synset_mapping.txt", "synset_words.txt")):
+        with open(path) as f:
+            for line in f:
+                wnid, _, name = line.strip().partition(" ")
+                if WNID.match(wnid):
+                    found[wnid] = name.split(",")[0].strip()
+    shipped_ids, shipped_names = imagenet_names()
+    if all(shipped_ids):
+        for wnid, name in zip(shipped_ids, shipped_names):
+            found.setdefault(wnid, name)
+    elif len(wnids) == len(shipped_names) == 1000:
+        # Names only: the 1000 sorted wnids are the standard index order the names follow.
+        for wnid, name in zip(sorted(wnids), shipped_names):
+            found.setdefault(wnid, name)
+    return [found.get(w, w) for w in wnids]
+
+
+def _find_files(root: str, names: tuple[str, ...], depth: int = 2) -> list[str]:
+    hits = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath[len(root):].count(os.sep) >= depth:
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if d not in ("train", "val", "test", "jpg")]
+        hits += [os.path.join(dirpath, n) for n in filenames if n in names]
+    return sorted(hits)
+
+
+# ---------------------------------------------------------------- folder trees
+
+
+def _list_dir(path: str) -> tuple[list[str], list[str]]:
+    """Visible subdirectories and files of `path`, sorted."""
+    dirs, files = [], []
+    with os.scandir(path) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            (dirs if e.is_dir() else files).append(e.name)
+    return sorted(dirs), sorted(files)
+
+
+def _class_files(folder: str, skipped: list[dict]) -> list[str]:
+    """Image files under one class folder (recursively); other files go to `skipped`."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if is_image_name(name):
+                out.append(path)
+            else:
+                skipped.append({"path": path, "reason": "not an image file (extension)"})
+    return out
+
+
+def _read_class_tree(split_dir: str, class_ids: list[str] | None, skipped: list[dict]):
+    dirs, _ = _list_dir(split_dir)
+    if class_ids is None:
+        class_ids = dirs
+    index = {c: i for i, c in enumerate(class_ids)}
+    samples = []
+    for d in dirs:
+        if d not in index:
+            raise UserError(f"{os.path.join(split_dir, d)}: class folder not in the training split")
+        files = _class_files(os.path.join(split_dir, d), skipped)
+        if not files:
+            raise UserError(f"{os.path.join(split_dir, d)}: class folder has no images; add some or remove it")
+        samples += [(p, index[d]) for p in files]
+    return class_ids, samples
+
+
+def read_folder(root: str) -> Source:
+    """ImageFolder style: ROOT/<class>/*.jpg, or ROOT/{train,val[,test]}/<class>/*.jpg."""
+    skipped: list[dict] = []
+    dirs, _ = _list_dir(root)
+    if "train" in dirs and _list_dir(os.path.join(root, "train"))[0]:
+        class_ids, train = _read_class_tree(os.path.join(root, "train"), None, skipped)
+        splits = {"train": train}
+        for name in ("val", "test"):
+            if name in dirs:
+                splits[name] = _read_class_tree(os.path.join(root, name), class_ids, skipped)[1]
+    else:
+        if not dirs:
+            raise UserError(f"{root}: no class folders found; expected ROOT/<class>/<images>")
+        class_ids, samples = _read_class_tree(root, None, skipped)
+        splits = {"train": samples}
+    names = _names_for_wnids(class_ids, root) if all(WNID.match(c) for c in class_ids) else class_ids
+    return Source("folder", class_ids, list(names), splits, skipped)
+
+
+# ---------------------------------------------------------------- ImageNet
+
+
+def _imagenet_val_flat(root: str, val_dir: str, class_ids: list[str], skipped: list[dict]):
+    """A flat val/ folder labelled by LOC_val_solution.csv or the devkit's ground truth + meta."""
+    index = {c: i for i, c in enumerate(class_ids)}
+    files = _class_files(val_dir, skipped)
+    by_stem = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
+    labels: dict[str, str] = {}
+    csv_paths = _find_files(root, ("LOC_val_solution.csv",))
+    gt_paths = _find_files(root, ("ILSVRC2012_validation_ground_truth.txt",), depth=3)
+    if csv_paths:
+        with open(csv_paths[0], newline="") as f:
+            for row in csv.DictReader(f):
+                labels[row["ImageId"]] = row["PredictionString"].split()[0]
+    elif gt_paths:
+        id_to_wnid = _devkit_ids(root)
+        with open(gt_paths[0]) as f:
+            ids = [int(line) for line in f if line.strip()]
+        for n, ilsvrc_id in enumerate(ids, start=1):
+            labels[f"ILSVRC2012_val_{n:08d}"] = id_to_wnid[ilsvrc_id]
+    else:
+        raise UserError(
+            f"{val_dir}: flat validation folder but no LOC_val_solution.csv or "
+            "ILSVRC2012_validation_ground_truth.txt under the source; add one or use --layout folder"
+        )
+    samples = []
+    for stem, path in sorted(by_stem.items()):
+        wnid = labels.get(stem)
+        if wnid is None or wnid not in index:
+            skipped.append({"path": path, "reason": "no ground-truth label"})
+            continue
+        samples.append((path, index[wnid]))
+    return samples
+
+
+def _devkit_ids(root: str) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid from the devkit's data/meta.mat or a map_clsloc.txt ('wnid id name')."""
+    for path in _find_files(root, ("map_clsloc.txt",), depth=3):
+        with open(path) as f:
+            return {int(p[1]): p[0] for p in (line.split() for line in f) if len(p) >= 2}
+    for path in _find_files(root, ("meta.mat",), depth=3):
+        from scipy.io import loadmat  # only the devkit route needs scipy
+
+        synsets = loadmat(path, squeeze_me=True)["synsets"]
+        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+    raise UserError(
+        f"{root}: ILSVRC2012_validation_ground_truth.txt needs the devkit's data/meta.mat "
+        "(or map_clsloc.txt) beside it to map its class ids to wnids"
+    )
+
+
+def read_imagenet(root: str) -> Source:
+    """ILSVRC-2012: train/<wnid>/*.JPEG; val/ with wnid folders or flat with a ground-truth file."""
+    skipped: list[dict] = []
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise UserError(f"{root}: no train/ folder; the ImageNet layout is train/<wnid>/*.JPEG")
+    class_ids, train = _read_class_tree(train_dir, None, skipped)
+    bad = [c for c in class_ids if not WNID.match(c)]
+    if bad:
+        raise UserError(f"{os.path.join(train_dir, bad[0])}: not a wnid folder (nXXXXXXXX); use --layout folder")
+    splits = {"train": train}
+    val_dir = os.path.join(root, "val")
+    if os.path.isdir(val_dir):
+        if _list_dir(val_dir)[0]:
+            splits["val"] = _read_class_tree(val_dir, class_ids, skipped)[1]
+        else:
+            splits["val"] = _imagenet_val_flat(root, val_dir, class_ids, skipped)
+    return Source("imagenet", class_ids, _names_for_wnids(class_ids, root), splits, skipped)
+
+
+# ---------------------------------------------------------------- Oxford Flowers-17
+
+
+def read_flowers17(root: str) -> Source:
+    """jpg/image_0001.jpg ... (80 per class, in class order); datasplits.mat split 1 when present."""
+    skipped: list[dict] = []
+    jpg = os.path.join(root, "jpg")
+    files = _class_files(jpg, skipped)
+    numbered = sorted((int(m.group(1)), p) for p in files if (m := re.search(r"image_(\d+)\.jpg$", p)))
+    if not numbered:
+        raise UserError(f"{jpg}: no image_NNNN.jpg files; not the Flowers-17 layout")
+    n_classes = (numbered[-1][0] - 1) // FLOWERS17_PER_CLASS + 1
+    if n_classes > len(FLOWERS17_NAMES):
+        raise UserError(f"{jpg}: image numbers go past 17 classes x 80; not the Flowers-17 layout")
+    label = {num: (num - 1) // FLOWERS17_PER_CLASS for num, _ in numbered}
+    ids = [f"{i + 1:02d}_{FLOWERS17_NAMES[i].replace(' ', '_').replace(chr(39), '')}" for i in range(n_classes)]
+    names = FLOWERS17_NAMES[:n_classes]
+    split_files = _find_files(root, ("datasplits.mat",))
+    notes = []
+    if split_files:
+        from scipy.io import loadmat
+
+        mat = loadmat(split_files[0], squeeze_me=True)
+        by_num = dict(numbered)
+        splits = {}
+        for name, key in (("train", "trn1"), ("val", "val1"), ("test", "tst1")):
+            nums = sorted(int(v) for v in np.atleast_1d(mat[key]))
+            splits[name] = [(by_num[n], label[n]) for n in nums if n in by_num]
+        notes.append("splits from datasplits.mat (trn1/val1/tst1)")
+    else:
+        splits = {"train": [(p, label[n]) for n, p in numbered]}
+    return Source("flowers17", ids, list(names), splits, skipped, notes)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _cifar_dir(root: str) -> str | None:
+    for d in (root, os.path.join(root, "cifar-10-batches-py")):
+        if os.path.isfile(os.path.join(d, "data_batch_1")) and os.path.isfile(os.path.join(d, "batches.meta")):
+            return d
+    return None
+
+
+def _unpickle(path: str) -> dict:
+    with open(path, "rb") as f:
+        obj = pickle.load(f, encoding="bytes")
+    # The real files come from Python 2: keys (and label names) load as bytes.
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_cifar10(root: str) -> Source:
+    """CIFAR-10 python batches: data_batch_1..5 -> train, test_batch -> val (the standard eval set)."""
+    d = _cifar_dir(root)
+    if d is None:
+        raise UserError(f"{root}: no data_batch_1 + batches.meta; not the CIFAR-10 python layout")
+    meta = _unpickle(os.path.join(d, "batches.meta"))
+    names = [n.decode() if isinstance(n, bytes) else n for n in meta["label_names"]]
+
+    def load(files):
+        samples = []
+        for name in files:
+            path = os.path.join(d, name)
+            if not os.path.isfile(path):
+                continue
+            batch = _unpickle(path)
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            samples += [(np.ascontiguousarray(x), int(y)) for x, y in zip(data, batch["labels"])]
+        return samples
+
+    splits = {"train": load([f"data_batch_{i}" for i in range(1, 6)]), "val": load(["test_batch"])}
+    if not splits["val"]:
+        del splits["val"]
+    notes = ["val is CIFAR-10's test_batch"] if "val" in splits else []
+    return Source("cifar10", names, names, splits, [], notes)
+
+
+# ---------------------------------------------------------------- detection
+
+
+def detect_layout(root: str) -> str:
+    """Name of the layout of `root`; UserError when none fits."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: not a directory; give the folder holding the images")
+    if _cifar_dir(root):
+        return "cifar10"
+    dirs, files = _list_dir(root)
+    if "jpg" in dirs and any(re.match(r"image_\d+\.jpg$", f) for f in os.listdir(os.path.join(root, "jpg"))):
+        return "flowers17"
+    if "train" in dirs:
+        sub = _list_dir(os.path.join(root, "train"))[0]
+        if sub and all(WNID.match(s) for s in sub):
+            return "imagenet"
+        if sub:
+            return "folder"
+    if dirs:
+        return "folder"
+    if not files:
+        raise UserError(f"{root}: empty source folder; nothing to prepare")
+    raise UserError(
+        f"{root}: unrecognised layout (no class folders, train/, jpg/ or CIFAR batches); "
+        "see `alexnet prepare --help` for the layouts"
+    )
+
+
+READERS = {"folder": read_folder, "imagenet": read_imagenet, "flowers17": read_flowers17, "cifar10": read_cifar10}
+
+
+def read_source(root: str, layout: str = "auto") -> Source:
+    """Read `root` in the given layout (or the detected one)."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout}: unknown; choose one of {', '.join(LAYOUTS)}")
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: not a directory; give the folder holding the images")
+    name = detect_layout(root) if layout == "auto" else layout
+    source = READERS[name](root)
+    if not source.splits.get("train"):
+        raise UserError(f"{root}: no training images found in the {name} layout")
+    return source
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): `fraction` of each class (at least one when the class has two or more)
+    moved to val; reproducible from `seed`."""
+    labels_arr = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        k = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        val += sorted(rng.permutation(idx)[:k].tolist())
+    val_set = set(val)
+    return [i for i in range(len(labels_arr)) if i not in val_set], sorted(val)
