@@ -17,6 +17,7 @@ from alexnet.errors import UserError
 
 # Order = order in `alexnet --help`. Each entry is a module of this package with register().
 COMMAND_MODULES = [
+    "demo",
     "summary",
     "prepare",
     "train",

@@ -1,0 +1,113 @@
+"""Checkpoints: written atomically, loaded without executing code, turned back into a model.
+
+A checkpoint is a plain dict (see docs/architecture.md) saved with `torch.save` and loaded with
+`torch.load(weights_only=True)`, so a file from elsewhere can hold tensors and plain Python values
+but never code. Values must therefore be tensors, numbers, strings, lists, tuples or dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.model import build_model
+
+REQUIRED_KEYS = ("model", "model_name", "model_kwargs")
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Atomically save a checkpoint dict (temporary file + rename; the previous file survives a crash)."""
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (then its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            candidate = path / "checkpoints" / name
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{path}: a directory without checkpoints/best.pt or checkpoints/last.pt; "
+                        "give a checkpoint file or a run directory written by `alexnet train`")
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict on the CPU, safely. A bad file raises UserError naming it."""
+    path = resolve_checkpoint_path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code in it, not a checkpoint at all
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable alexnet checkpoint (truncated, tampered or another "
+                        f"format): {reason[:200]}") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise UserError(f"{path}: not an alexnet checkpoint (missing {', '.join(REQUIRED_KEYS)}); "
+                        "checkpoints come from `alexnet train` or `alexnet import-torchvision`")
+    state["path"] = str(path)
+    return state
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """Strip the prefixes DDP ('module.') and torch.compile ('_orig_mod.') add to parameter names."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the registered model a checkpoint describes and load its weights; eval mode."""
+    kwargs = dict(state["model_kwargs"])
+    kwargs.pop("variant", None)  # implied by the registry name
+    model = build_model(state["model_name"], **kwargs)
+    try:
+        model.load_state_dict(clean_state_dict(state["model"]))
+    except RuntimeError as exc:
+        raise UserError(f"{state.get('path', 'checkpoint')}: weights do not fit model "
+                        f"{state['model_name']}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and/or torch.compile wrappers (what checkpoints store)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

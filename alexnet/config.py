@@ -1,0 +1,193 @@
+"""Configuration: a dataclass per concern, set by defaults <- a TOML file <- `--set` overrides.
+
+A config is a dataclass whose fields are section dataclasses (e.g. `model`, `optim`, `data`), each
+field with a default and a comment giving its unit or its source in the paper. `load_config`
+applies a TOML file and then `section.key=value` strings, checking names and types, so a typo is
+a one-line error listing the valid keys instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alexnet.errors import UserError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
+    """Build `cls()` (defaults), then apply the TOML file at `path`, then the overrides in order."""
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such config file")
+        try:
+            values = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid TOML: {exc}") from None
+    config = from_dict(cls, values, source=str(path) if path else "config")
+    for item in overrides:
+        config = apply_override(config, item)
+    return config
+
+
+def from_dict(cls: type[T], values: dict, *, source: str = "config") -> T:
+    """Build a config from nested dicts (a TOML file, or a config saved with a run)."""
+    sections = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, section_values in values.items():
+        if name not in sections:
+            raise UserError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+        section_cls = _resolve(cls, sections[name])
+        if not isinstance(section_values, dict):
+            raise UserError(f"{source}: [{name}] must be a table of keys")
+        fields = {f.name: f for f in dataclasses.fields(section_cls)}
+        section_kwargs = {}
+        for key, value in section_values.items():
+            if key not in fields:
+                raise UserError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: "
+                                f"{', '.join(fields)}")
+            section_kwargs[key] = _coerce(value, _resolve(section_cls, fields[key]), f"{name}.{key}", source)
+        kwargs[name] = section_cls(**section_kwargs)
+    return _validated(cls(**kwargs), source)
+
+
+def apply_override(config: T, item: str) -> T:
+    """Apply one `section.key=value` string (value parsed by the field's type)."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=0.005")
+    dotted, raw = item.split("=", 1)
+    section_name, key = dotted.strip().split(".", 1)
+    sections = {f.name: f for f in dataclasses.fields(config)}
+    if section_name not in sections:
+        raise UserError(f"--set {item!r}: unknown section {section_name!r}; valid sections: "
+                        f"{', '.join(sections)}")
+    section = getattr(config, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise UserError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: "
+                        f"{', '.join(fields)}")
+    value = _coerce(_parse_literal(raw.strip()), _resolve(type(section), fields[key]), dotted, "--set")
+    section = dataclasses.replace(section, **{key: value})
+    return _validated(dataclasses.replace(config, **{section_name: section}), "--set")
+
+
+def to_dict(config) -> dict:
+    """Nested plain dict of a config (what is saved with a run and in every checkpoint)."""
+    return dataclasses.asdict(config)
+
+
+def to_toml(config) -> str:
+    """The config as a TOML file a user can edit and pass back with --config."""
+    lines = []
+    for name, section in to_dict(config).items():
+        lines.append(f"[{name}]")
+        for key, value in section.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe(cls) -> str:
+    """Every key with its default, for --help texts."""
+    out = []
+    for section in dataclasses.fields(cls):
+        section_cls = _resolve(cls, section)
+        keys = ", ".join(f"{f.name}={_default(f)!r}" for f in dataclasses.fields(section_cls))
+        out.append(f"{section.name}: {keys}")
+    return "\n".join(out)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _validated(config, source: str):
+    for section in dataclasses.fields(config):
+        check = getattr(getattr(config, section.name), "validate", None)
+        if check is not None:
+            try:
+                check()
+            except (ValueError, AssertionError) as exc:
+                raise UserError(f"{source}: [{section.name}] {exc}") from None
+    return config
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _resolve(owner, field: dataclasses.Field):
+    hints = typing.get_type_hints(owner)
+    return hints[field.name]
+
+
+def _parse_literal(raw: str):
+    """A command-line value: TOML literal if it parses (numbers, true/false, [lists], "strings")."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word: a string
+
+
+def _coerce(value, kind, name: str, source: str):
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        kinds = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in kinds:
+            try:
+                return _coerce(value, candidate, name, source)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0])
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{source}: {name} = {value!r} is not valid; choose one of: "
+                            f"{', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+        inner = args[0] if args else str
+        converted = [_coerce(v, inner, name, source) for v in items]
+        return tuple(converted) if origin is tuple else converted
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from None
+    return value
