@@ -1,0 +1,71 @@
+"""`alexnet prepare SRC OUT`: an image source -> a packed, training-ready directory."""
+
+from __future__ import annotations
+
+import sys
+
+from alexnet.cli import add_parser, print_json
+
+DESCRIPTION = """\
+Prepare an image set the paper's way (§2): every image's shorter side is rescaled to --size
+(antialiased) and the central square is kept; images are packed into one file (JPEG or raw
+pixels) with labels, class names, a manifest and the training set's statistics (mean image,
+channel mean/std, RGB covariance eigenpairs for PCA colour noise).
+
+Layouts (auto-detected):
+  folder     SRC/<class>/*.jpg, or SRC/{train,val[,test]}/<class>/*.jpg
+  imagenet   SRC/train/<wnid>/*.JPEG; SRC/val/<wnid>/ or a flat SRC/val/ labelled by
+             LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt + meta.mat
+  flowers17  SRC/jpg/image_0001.jpg ... (80 per class), datasplits.mat used when present
+  cifar10    data_batch_1..5, test_batch, batches.meta (python version); test_batch becomes val.
+             CIFAR's 32-px images are kept at 32 by default (train with a crop <= 32, e.g. 28);
+             --size 256 upscales them to the paper's input size.
+A source without a validation split gets one from --val-fraction (stratified, seeded).
+Unreadable, truncated or non-image files are skipped and listed in the manifest.
+"""
+
+
+def register(sub) -> None:
+    p = add_parser(sub, "prepare", "pack an image set (folder, ImageNet, Flowers-17, CIFAR-10) for training",
+                   description=DESCRIPTION)  # fmt: skip
+    p.add_argument("src", metavar="SRC", help="source folder")
+    p.add_argument("out", metavar="OUT", help="output directory (created; atomic)")
+    p.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "flowers17", "cifar10"],
+                   help="source layout; auto detects it")  # fmt: skip
+    p.add_argument("--format", dest="fmt", default="jpeg", choices=["jpeg", "raw"],
+                   help="jpeg: re-encoded 256x256 JPEGs (small, fast to decode); raw: uint8 pixels (no decode, 196 KB/image)")  # fmt: skip
+    p.add_argument("--size", type=int, default=None,
+                   help="side of the stored square images in pixels (default: 256, the paper's; 32 for CIFAR-10)")  # fmt: skip
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of each class held out as val when the source has no val split")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: min(cores, 8))")
+    p.add_argument("--force", action="store_true", help="replace an existing prepared OUT")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from alexnet.data.prepare import prepare, summary
+    from alexnet.errors import UserError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
+                       val_fraction=args.val_fraction, workers=args.workers, force=args.force,
+                       seed=args.seed, quality=args.quality)  # fmt: skip
+    short = summary(manifest)
+    if args.json:
+        print_json(short)
+        return 0
+    splits = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
+    print(f"prepared {args.out}: {manifest['layout']} layout, {short['classes']} classes, {splits}; "
+          f"{manifest['format']} {manifest['size']}x{manifest['size']}; {short['images_per_s']:.0f} images/s")  # fmt: skip
+    if short["skipped"]:
+        print(f"skipped {len(short['skipped'])} file(s) (listed in manifest.json):", file=sys.stderr)
+        for item in short["skipped"][:10]:
+            print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
+        if len(short["skipped"]) > 10:
+            print(f"  ... and {len(short['skipped']) - 10} more", file=sys.stderr)
+    return 0

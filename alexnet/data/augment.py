@@ -1,0 +1,201 @@
+"""The paper's augmentation (§2): random crops + mirrors, PCA colour noise, mean-image subtraction.
+
+Two forms with one source of randomness: `sample_draws` draws crop offsets, flips and PCA alphas;
+the per-image transforms (used in loader workers) and the batched tensor ops (`train_batch`,
+`eval_batch`, for uint8 batches on any device) apply given draws, so both give the same result for
+the same draws. Images are uint8 (3, S, S) with S the prepared size (256, the paper's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from alexnet.errors import UserError
+
+PCA_MODES = ("paper", "convnet2", "off")
+NORMALIZE_MODES = ("mean_image", "channel")
+ALPHA_STD = 0.1  # paper §2: alpha_i ~ N(0, 0.1)
+
+
+class Stats:
+    """A prepared set's statistics as float32 tensors (mean image as (3, S, S) on 0-255)."""
+
+    def __init__(self, stats: dict):
+        def get(key):
+            return None if stats.get(key) is None else torch.as_tensor(np.asarray(stats[key], np.float32))
+
+        mean_image = get("mean_image")
+        self.mean_image = None if mean_image is None else mean_image.permute(2, 0, 1).contiguous()
+        self.channel_mean, self.channel_std = get("channel_mean"), get("channel_std")
+        self.eigval, self.eigvec = get("eigval"), get("eigvec")
+
+    def need(self, name: str, why: str) -> torch.Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise UserError(f"statistics lack {name}, needed for {why}; re-run `alexnet prepare`")
+        return value
+
+    def to(self, device) -> "Stats":
+        out = Stats({})
+        for k, v in vars(self).items():
+            setattr(out, k, None if v is None else v.to(device))
+        return out
+
+
+def _stats(stats) -> Stats:
+    return stats if isinstance(stats, Stats) else Stats(stats)
+
+
+def _check(crop: int, size: int, pca: str = "off", normalize: str = "mean_image") -> None:
+    if not 1 <= crop <= size:
+        raise UserError(f"crop {crop}: must be between 1 and the prepared image size {size}")
+    if pca not in PCA_MODES:
+        raise UserError(f"pca {pca!r}: choose one of {', '.join(PCA_MODES)}")
+    if normalize not in NORMALIZE_MODES:
+        raise UserError(f"normalize {normalize!r}: choose one of {', '.join(NORMALIZE_MODES)}")
+
+
+def sample_draws(n: int, generator: torch.Generator | None = None, *, crop: int, size: int = 256) -> dict:
+    """Random draws for n images: y0, x0 (n,) int64 crop corners in [0, size - crop]; flip (n,)
+    bool with p = 0.5; alpha (n, 3) float32 ~ N(0, 0.1)."""
+    span = size - crop + 1
+    return {
+        "y0": torch.randint(0, span, (n,), generator=generator),
+        "x0": torch.randint(0, span, (n,), generator=generator),
+        "flip": torch.rand(n, generator=generator) < 0.5,
+        "alpha": torch.randn(n, 3, generator=generator) * ALPHA_STD,
+    }
+
+
+def pca_shift(alpha: torch.Tensor, stats: Stats, pca: str) -> torch.Tensor:
+    """Per-image RGB shift (n, 3) on the 0-255 scale: sum_i p_i * alpha_i * lambda_i (paper, on
+    [0, 1], hence x255) or alpha_i * sqrt(lambda_i) on 0-255 (cuda-convnet2)."""
+    if pca == "off":
+        return torch.zeros_like(alpha)
+    eigval = stats.need("eigval", "PCA colour noise").to(alpha.device)
+    eigvec = stats.need("eigvec", "PCA colour noise").to(alpha.device)
+    scale = eigval if pca == "paper" else eigval.sqrt()
+    return (alpha * scale) @ eigvec.T * 255.0
+
+
+def _normalize(patch: torch.Tensor, mean_patch, shift: torch.Tensor, stats: Stats, normalize: str):
+    """patch float (..., 3, h, w) on 0-255; shift (..., 3) on 0-255."""
+    shift = shift[..., :, None, None]
+    if normalize == "mean_image":
+        return patch.sub_(mean_patch).add_(shift)
+    cm = stats.need("channel_mean", "channel normalisation").to(patch.device)[:, None, None]
+    cs = stats.need("channel_std", "channel normalisation").to(patch.device)[:, None, None]
+    return patch.add_(shift).mul_(1 / 255.0).sub_(cm).div_(cs)
+
+
+# ---------------------------------------------------------------- per image
+
+
+def train_one(x: torch.Tensor, draw: dict, *, stats, crop: int, pca: str = "paper",
+              normalize: str = "mean_image", flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """uint8 (3, S, S) + one image's draws (scalars / (3,)) -> float32 (3, crop, crop)."""
+    stats = _stats(stats)
+    y0, x0 = int(draw["y0"]), int(draw["x0"])
+    patch = x[:, y0 : y0 + crop, x0 : x0 + crop].float()
+    mean_patch = None
+    if normalize == "mean_image":
+        mean_patch = stats.need("mean_image", "mean-image subtraction")[:, y0 : y0 + crop, x0 : x0 + crop]
+    out = _normalize(patch, mean_patch, pca_shift(draw["alpha"].reshape(1, 3), stats, pca)[0], stats, normalize)
+    if flip and bool(draw["flip"]):
+        out = out.flip(-1)
+    return out
+
+
+class TrainTransform:
+    """The paper's training transform: random crop, mirror with p = 0.5, PCA colour noise, mean
+    image subtracted (or channel mean/std). Call as t(uint8 (3, S, S), generator) -> float32
+    (3, crop, crop); all randomness comes from `generator`."""
+
+    def __init__(self, *, stats, crop: int = 227, flip: bool = True, pca: str = "paper",
+                 normalize: str = "mean_image"):  # fmt: skip
+        _check(crop, 10**9, pca, normalize)
+        self.stats, self.crop, self.flip, self.pca, self.normalize = _stats(stats), crop, flip, pca, normalize
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        size = x.shape[-1]
+        _check(self.crop, size)
+        draws = sample_draws(1, generator, crop=self.crop, size=size)
+        row = {k: v[0] for k, v in draws.items()}
+        return train_one(x, row, stats=self.stats, crop=self.crop, pca=self.pca, normalize=self.normalize,
+                         flip=self.flip)  # fmt: skip
+
+
+def crop_offsets(size: int, crop: int, crops: int) -> list[tuple[int, int]]:
+    """(y0, x0) of the eval crops: the centre, or the paper's 4 corners + centre (TL, TR, BL, BR, C)."""
+    c, e = (size - crop) // 2, size - crop
+    if crops == 1:
+        return [(c, c)]
+    if crops == 10:
+        return [(0, 0), (0, e), (e, 0), (e, e), (c, c)]
+    raise UserError(f"crops {crops}: choose 1 (centre) or 10 (the paper's corners, centre and mirrors)")
+
+
+class EvalTransform:
+    """Centre crop -> (3, crop, crop), or the paper's 10 crops -> (10, 3, crop, crop): the 4 corners
+    and the centre, then their mirrors in the same order."""
+
+    def __init__(self, *, stats, crop: int = 227, crops: int = 1, normalize: str = "mean_image"):
+        _check(crop, 10**9, "off", normalize)
+        crop_offsets(256, 1, crops)  # validates `crops`
+        self.stats, self.crop, self.crops, self.normalize = _stats(stats), crop, crops, normalize
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = eval_batch(x[None], stats=self.stats, crop=self.crop, crops=self.crops, normalize=self.normalize)
+        return out[0]
+
+
+# ---------------------------------------------------------------- batched (any device)
+
+
+def _gather(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, crop: int, flip: torch.Tensor | None):
+    """Crops (B, C, crop, crop) of x (B, C, S, S) or of a shared (C, S, S) at per-image corners,
+    mirrored where `flip`; one advanced-indexing gather."""
+    ar = torch.arange(crop, device=x.device)
+    rows = y0.to(x.device)[:, None] + ar  # (B, crop)
+    cols = x0.to(x.device)[:, None] + ar
+    if flip is not None:
+        cols = torch.where(flip.to(x.device)[:, None], cols.flip(-1), cols)
+    chans = torch.arange(x.shape[-3], device=x.device)[None, :, None, None]
+    if x.dim() == 3:
+        return x[chans, rows[:, None, :, None], cols[:, None, None, :]]
+    batch = torch.arange(x.shape[0], device=x.device)[:, None, None, None]
+    return x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def train_batch(x: torch.Tensor, *, stats, crop: int, draws: dict, pca: str = "paper",
+                normalize: str = "mean_image", flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """Batched train_one: uint8 (B, 3, S, S) on any device + draws for B -> float32 (B, 3, crop, crop)."""
+    stats = _stats(stats)
+    _check(crop, x.shape[-1], pca, normalize)
+    fl = draws["flip"] if flip else None
+    patch = _gather(x, draws["y0"], draws["x0"], crop, fl).float()
+    mean_patch = None
+    if normalize == "mean_image":
+        mean = stats.need("mean_image", "mean-image subtraction").to(x.device)
+        mean_patch = _gather(mean, draws["y0"], draws["x0"], crop, fl)
+    shift = pca_shift(draws["alpha"].to(x.device), stats, pca)
+    return _normalize(patch, mean_patch, shift, stats, normalize)
+
+
+def eval_batch(x: torch.Tensor, *, stats, crop: int = 227, crops: int = 1, normalize: str = "mean_image"):
+    """uint8 (B, 3, S, S) -> float32 (B, 3, crop, crop), or (B, 10, 3, crop, crop) for 10 crops
+    (TL, TR, BL, BR, centre, then the same five mirrored)."""
+    stats = _stats(stats)
+    _check(crop, x.shape[-1], "off", normalize)
+    mean = stats.need("mean_image", "mean-image subtraction").to(x.device) if normalize == "mean_image" else None
+    zero = torch.zeros(3, device=x.device)
+    views = []
+    for y0, x0 in crop_offsets(x.shape[-1], crop, crops):
+        patch = x[:, :, y0 : y0 + crop, x0 : x0 + crop].float()
+        mean_patch = None if mean is None else mean[:, y0 : y0 + crop, x0 : x0 + crop]
+        views.append(_normalize(patch, mean_patch, zero, stats, normalize))
+    if crops == 1:
+        return views[0]
+    views += [v.flip(-1) for v in views]
+    return torch.stack(views, dim=1)
