@@ -1,0 +1,230 @@
+"""Dataset, loader and the paper's augmentation: statistics, geometry, batched == per-image,
+determinism across worker counts, distributed sharding."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import DistributedSampler
+
+from alexnet.data import EvalTransform, PackedDataset, PreparedSet, TrainTransform, make_loader
+from alexnet.data.augment import eval_batch, pca_shift, sample_draws, train_batch, train_one, Stats
+from alexnet.data.packed import _Sampler
+from alexnet.data.prepare import prepare
+from alexnet.data.synthetic import make_shapes
+from alexnet.errors import UserError
+
+S = 256
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_shapes(str(root / "src"), classes=3, per_class=8, size=96, seed=0)
+    prepare(str(root / "src"), str(root / "set"), workers=2, val_fraction=0.25, size=S)
+    return PreparedSet(str(root / "set"))
+
+
+def _zero_stats(size=S):
+    """Statistics that make normalisation the identity (mean 0, std 1/255)."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return {"mean_image": np.zeros((size, size, 3), np.float32), "channel_mean": np.zeros(3, np.float32),
+            "channel_std": np.full(3, 1 / 255, np.float32), "eigval": np.array([0.2, 0.02, 0.005], np.float32),
+            "eigvec": q.astype(np.float32)}  # fmt: skip
+
+
+def _position_image(size=S):
+    """uint8 (3, S, S): channel 0 = row, channel 1 = column, channel 2 = 7."""
+    r = torch.arange(size).clamp(max=255)
+    return torch.stack([r[:, None].expand(size, size), r[None, :].expand(size, size),
+                        torch.full((size, size), 7)]).to(torch.uint8)  # fmt: skip
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def test_prepared_set_and_dataset(prepared, tmp_path):
+    assert prepared.splits == ["train", "val"] and prepared.num_classes == 3
+    assert prepared.class_names == sorted(["red_circle", "orange_triangle", "yellow_star"])  # folder order
+    ds = PackedDataset(prepared, "train")
+    x, y = ds[0]
+    assert x.shape == (3, S, S) and x.dtype == torch.uint8 and isinstance(y, int)
+    assert ds.labels.dtype == np.int64 and len(ds) == prepared.split_size("train")
+    ds2 = pickle.loads(pickle.dumps(PackedDataset(prepared.root, "val")))  # pickles before and after use
+    ds2[0]
+    assert torch.equal(pickle.loads(pickle.dumps(ds2))[1][0], ds2[1][0])
+    with pytest.raises(UserError, match="no split"):
+        PackedDataset(prepared, "test")
+    with pytest.raises(UserError, match="alexnet prepare"):
+        PreparedSet(str(tmp_path))
+
+
+# ---------------------------------------------------------------- augmentation statistics
+
+
+def test_draw_statistics():
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    d = sample_draws(n, g, crop=227, size=S)
+    assert abs(d["flip"].float().mean().item() - 0.5) < 0.015
+    for key in ("y0", "x0"):
+        assert d[key].min() >= 0 and d[key].max() <= S - 227
+        counts = torch.bincount(d[key], minlength=30).float()
+        assert len(counts) == 30 and (counts / (n / 30) - 1).abs().max() < 0.2  # uniform over 0..29
+    assert abs(d["alpha"].std().item() - 0.1) < 0.003 and abs(d["alpha"].mean().item()) < 0.003
+
+
+@pytest.mark.parametrize("mode", ["paper", "convnet2"])
+def test_pca_shift_covariance(mode):
+    stats = Stats(_zero_stats())
+    g = torch.Generator().manual_seed(1)
+    alpha = sample_draws(40000, g, crop=1, size=1)["alpha"]
+    shift = pca_shift(alpha, stats, mode).double()
+    lam = stats.eigval.double() if mode == "paper" else stats.eigval.double().sqrt()
+    vec = stats.eigvec.double()
+    expected = vec @ torch.diag((0.1 * lam * 255) ** 2) @ vec.T
+    emp = torch.cov(shift.T, correction=0)
+    assert shift.mean(0).abs().max() < 0.05 * expected.diag().sqrt().max()
+    assert torch.allclose(emp, expected, rtol=0.05, atol=0.03 * expected.abs().max().item())
+    assert pca_shift(alpha, stats, "off").abs().max() == 0
+
+
+def test_train_transform_crop_positions_and_flip():
+    t = TrainTransform(stats=_zero_stats(), crop=227, pca="off")
+    x = _position_image()
+    g = torch.Generator().manual_seed(2)
+    tops, flips = [], []
+    for _ in range(600):
+        out = t(x, generator=g)
+        assert out.shape == (3, 227, 227) and out.dtype == torch.float32
+        y0, left, right = int(out[0, 0, 0]), int(out[1, 0, 0]), int(out[1, 0, -1])
+        flipped = left > right
+        x0 = right if flipped else left
+        assert 0 <= y0 <= S - 227 and 0 <= x0 <= S - 227 and abs(left - right) == 226
+        assert torch.equal(out[1, 0], torch.arange(x0, x0 + 227).flip(0).float() if flipped else torch.arange(x0, x0 + 227).float())
+        tops.append(y0)
+        flips.append(flipped)
+    assert 0.42 < np.mean(flips) < 0.58
+    assert np.histogram(tops, bins=3, range=(0, 30))[0].min() > 140  # roughly uniform
+
+
+def test_train_transform_pca_and_mean_image():
+    stats = _zero_stats()
+    rng = np.random.default_rng(3)
+    stats["mean_image"] = rng.uniform(0, 255, (S, S, 3)).astype(np.float32)
+    x = torch.from_numpy(rng.integers(0, 256, (3, S, S), dtype=np.uint8))
+    g = torch.Generator().manual_seed(4)
+    d = sample_draws(1, torch.Generator().manual_seed(4), crop=224, size=S)
+    out = TrainTransform(stats=stats, crop=224, pca="paper")(x, generator=g)
+    y0, x0 = int(d["y0"][0]), int(d["x0"][0])
+    ref = x[:, y0 : y0 + 224, x0 : x0 + 224].double() - torch.from_numpy(stats["mean_image"]).permute(2, 0, 1)[:, y0 : y0 + 224, x0 : x0 + 224].double()
+    shift = (torch.from_numpy(stats["eigvec"]).double() @ (d["alpha"][0].double() * torch.from_numpy(stats["eigval"]).double())) * 255
+    ref = ref + shift[:, None, None]
+    if d["flip"][0]:
+        ref = ref.flip(-1)
+    assert torch.allclose(out.double(), ref, atol=1e-3)
+    # channel normalisation: ((x + shift) / 255 - mean) / std
+    stats["channel_mean"] = np.array([0.4, 0.5, 0.6], np.float32)
+    stats["channel_std"] = np.array([0.2, 0.25, 0.3], np.float32)
+    t = TrainTransform(stats=stats, crop=224, pca="off", flip=False, normalize="channel")
+    out = t(x, generator=torch.Generator().manual_seed(4))
+    ref = x[:, y0 : y0 + 224, x0 : x0 + 224].double() / 255
+    ref = (ref - torch.tensor([0.4, 0.5, 0.6]).double()[:, None, None]) / torch.tensor([0.2, 0.25, 0.3]).double()[:, None, None]
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("pca", ["paper", "convnet2", "off"])
+@pytest.mark.parametrize("normalize", ["mean_image", "channel"])
+def test_batched_equals_per_image(prepared, pca, normalize):
+    ds = PackedDataset(prepared, "train")
+    x = torch.stack([ds.image(i) for i in range(6)])
+    draws = sample_draws(6, torch.Generator().manual_seed(5), crop=227, size=S)
+    batched = train_batch(x, stats=prepared.stats, crop=227, draws=draws, pca=pca, normalize=normalize)
+    for i in range(6):
+        row = {k: v[i] for k, v in draws.items()}
+        one = train_one(x[i], row, stats=prepared.stats, crop=227, pca=pca, normalize=normalize)
+        assert torch.allclose(batched[i], one, atol=1e-5)
+    # the per-image transform consumes the generator through the same draw function
+    t = TrainTransform(stats=prepared.stats, crop=227, pca=pca, normalize=normalize)
+    d1 = sample_draws(1, torch.Generator().manual_seed(9), crop=227, size=S)
+    single = train_batch(x[:1], stats=prepared.stats, crop=227, draws=d1, pca=pca, normalize=normalize)[0]
+    assert torch.allclose(t(x[0], generator=torch.Generator().manual_seed(9)), single, atol=1e-5)
+
+
+def test_ten_crop_geometry_matches_torchvision():
+    x = _position_image()
+    out = EvalTransform(stats=_zero_stats(), crop=227, crops=10)(x)
+    assert out.shape == (10, 3, 227, 227)
+    # The first five are torchvision's five crops (tl, tr, bl, br, centre); the last five are
+    # their mirrors (the paper's "patches and their reflections"; torchvision's ten_crop instead
+    # crops the mirrored image, which orders them differently and moves the odd centre by 1).
+    assert torch.equal(out[:5], torch.stack(TF.five_crop(x.float(), [227, 227])))
+    assert torch.equal(out[5:], out[:5].flip(-1))
+    centre = EvalTransform(stats=_zero_stats(), crop=227)(x)
+    assert torch.equal(centre, TF.center_crop(x.float(), [227, 227]))
+    xb = torch.stack([x, x.flip(-1)])
+    assert torch.equal(eval_batch(xb, stats=_zero_stats(), crop=227, crops=10)[1, :5], torch.stack(TF.five_crop(x.flip(-1).float(), [227, 227])))
+    with pytest.raises(UserError):
+        EvalTransform(stats=_zero_stats(), crops=5)
+
+
+def test_small_sizes_and_bad_crop():
+    stats = _zero_stats(32)
+    x = _position_image(32)
+    assert TrainTransform(stats=stats, crop=28)(x, generator=torch.Generator().manual_seed(0)).shape == (3, 28, 28)
+    with pytest.raises(UserError, match="crop 227"):
+        TrainTransform(stats=stats, crop=227)(x)
+
+
+# ---------------------------------------------------------------- loader
+
+
+def _batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_loader_determinism_across_workers(prepared):
+    kw = dict(train=True, batch_size=4, seed=7)
+    a = _batches(make_loader(prepared, "train", workers=0, **kw), 1)
+    b = _batches(make_loader(prepared, "train", workers=2, **kw), 1)
+    assert len(a) == len(b) == prepared.split_size("train") // 4
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.shape == (4, 3, 227, 227) and xa.dtype == torch.float32 and ya.dtype == torch.int64
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    c = _batches(make_loader(prepared, "train", workers=0, **kw), 2)
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))  # new epoch, new draws
+    d = _batches(make_loader(prepared, "train", workers=0, **{**kw, "seed": 8}), 1)
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, d))
+
+
+def test_eval_loader_order_and_ten_crops(prepared):
+    loader = make_loader(prepared, "val", train=False, batch_size=4, workers=0, crops=10)
+    xs, ys = zip(*loader)
+    assert torch.cat(ys).tolist() == PackedDataset(prepared, "val").labels.tolist()
+    assert xs[0].shape[1:] == (10, 3, 227, 227)
+    assert len(loader) == math.ceil(prepared.split_size("val") / 4) and loader.num_samples == prepared.split_size("val")
+
+
+def test_sampler_matches_distributed_sampler_and_eval_shards_without_padding():
+    n, world = 23, 3
+    ds = list(range(n))
+    for epoch in (0, 3):
+        for rank in range(world):
+            ours = _Sampler(n, shuffle=True, seed=5, rank=rank, world=world)
+            ours.epoch = epoch
+            ref = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=5)
+            ref.set_epoch(epoch)
+            assert [i for i, _ in ours] == list(ref) and len(ours) == len(ref)
+    shards = [[i for i, _ in _Sampler(n, shuffle=False, seed=0, rank=r, world=world)] for r in range(world)]
+    assert sorted(sum(shards, [])) == list(range(n))  # every image exactly once
+    # per-sample seeds depend on (seed, epoch, index) only, not on the rank that draws them
+    s0 = dict(_Sampler(n, shuffle=True, seed=5, rank=0, world=1))
+    s1 = dict(_Sampler(n, shuffle=True, seed=5, rank=1, world=world))
+    assert all(s0[i] == s for i, s in s1.items())
