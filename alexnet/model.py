@@ -151,8 +151,8 @@ class AlexNet(nn.Module):
     Args:
         variant: "paper" (default), "ungrouped" or "torchvision" (see the module docstring).
         num_classes: size of the last layer (1000 for ImageNet).
-        input_size: 227 (the paper's arithmetic) or 224 (conv1 then pads by 2, later shapes unchanged).
-            The torchvision variant always pads conv1 by 2, as torchvision does.
+        input_size: 227 (the paper's arithmetic; the default) or 224 (conv1 then pads by 2, later
+            shapes unchanged); other sizes keep the paper's padding 0. The torchvision variant always pads conv1 by 2 and defaults to 224.
         activation: "relu" (the paper) or "tanh" (the saturating baseline of §3.1).
         lrn: local response normalisation after ReLU 1 and 2 (§3.3); default on except torchvision.
         pool: "overlapping" (3/2, §3.4) or "non-overlapping" (2/2; same output sizes).
@@ -170,7 +170,7 @@ class AlexNet(nn.Module):
         variant: str = "paper",
         *,
         num_classes: int = 1000,
-        input_size: int = 227,
+        input_size: int | None = None,
         activation: str = "relu",
         lrn: bool | None = None,
         pool: str = "overlapping",
@@ -182,6 +182,9 @@ class AlexNet(nn.Module):
         _check_choice("variant", variant, VARIANTS)
         _check_choice("activation", activation, ("relu", "tanh"))
         _check_choice("pool", pool, ("overlapping", "non-overlapping"))
+        input_size = input_size or (224 if variant == "torchvision" else 227)
+        if input_size < 1:
+            raise UserError(f"input_size must be a positive number of pixels, got {input_size}")
         lrn = (variant != "torchvision") if lrn is None else lrn
         dropout_placement = dropout_placement or ("torchvision" if variant == "torchvision" else "paper")
         _check_choice("dropout_placement", dropout_placement, ("paper", "torchvision"))
@@ -204,7 +207,7 @@ class AlexNet(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 3
         for i, (out_ch, kernel, stride, pad, groups) in enumerate(_CONV_SPECS[variant], start=1):
-            if i == 1 and variant != "torchvision" and input_size != 227:
+            if i == 1 and variant != "torchvision" and input_size == 224:
                 pad = 2  # a 224 crop: pad conv1 by 2 so conv1 is still 55x55 (torchvision's way)
             layers += [nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups), act()]
             if i in (1, 2):

@@ -1,0 +1,40 @@
+"""`alexnet summary`: the layer arithmetic of a registered model."""
+
+from __future__ import annotations
+
+from alexnet.cli import add_parser, print_json
+from alexnet.model import MODELS, MODEL_NAMES
+
+
+def register(sub) -> None:
+    models = "\n".join(f"  {name:20s} {text}" for name, (_, text) in MODELS.items())
+    parser = add_parser(
+        sub, "summary",
+        "per-layer shapes, parameters, multiply-adds and activation memory of a model",
+        description=(
+            "Per-layer table computed from the real module with forward hooks: kernel, stride, padding,\n"
+            "groups, output shape with floor((N - F + 2P)/S) + 1 worked out, parameters, multiply-adds,\n"
+            "fp32 activation memory per image; then totals and the conv vs fully-connected shares.\n\n"
+            "Counting: MACs are conv out_h*out_w*out_c*(in_c/groups)*kh*kw and fc in*out (biases, ReLU,\n"
+            "pooling and LRN not counted); activation memory is the input plus every layer output that\n"
+            "is a new tensor (in-place ReLU and dropout excluded), one image, forward only.\n\n"
+            f"Models:\n{models}"
+        ),
+    )
+    parser.add_argument("--model", default="alexnet", choices=MODEL_NAMES, metavar="NAME",
+                        help="registered model name (see the list above)")
+    parser.add_argument("--input", type=int, default=None,
+                        help="input height = width in pixels (default: 227 for the paper's nets, 224 otherwise)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from alexnet.summary import format_table, summarize
+
+    summary = summarize(args.model, args.input)
+    if args.json:
+        print_json(summary.to_json())
+    else:
+        print(format_table(summary))
+    return 0

@@ -1,0 +1,237 @@
+"""The paper's AlexNet, its variants and switches, checked against the paper's formulas and torchvision."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, build_model, reference_lrn
+
+
+def out_size(n, f, s, p):
+    return (n - f + 2 * p) // s + 1  # the paper's / textbooks' formula
+
+
+def expected_shapes(input_size, widths=(96, 256, 384, 384, 256), pad1=None):
+    """Shapes after every conv/pool from the formula alone, without running the net."""
+    pad1 = pad1 if pad1 is not None else (2 if input_size == 224 else 0)
+    n = out_size(input_size, 11, 4, pad1)
+    shapes = [(widths[0], n, n)]
+    n = out_size(n, 3, 2, 0)
+    shapes.append((widths[0], n, n))
+    n = out_size(n, 5, 1, 2)
+    shapes.append((widths[1], n, n))
+    n = out_size(n, 3, 2, 0)
+    shapes.append((widths[1], n, n))
+    for w in widths[2:]:
+        n = out_size(n, 3, 1, 1)
+        shapes.append((w, n, n))
+    n = out_size(n, 3, 2, 0)
+    shapes.append((widths[4], n, n))
+    return shapes
+
+
+@pytest.mark.parametrize("input_size", [227, 224])
+def test_shapes_after_every_layer(input_size):
+    model = AlexNet(input_size=input_size).eval()
+    x = torch.randn(2, 3, input_size, input_size)
+    seen = []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            seen.append(tuple(x.shape[1:]))
+    assert seen == expected_shapes(input_size)
+    assert seen[0] == (96, 55, 55) and seen[-1] == (256, 6, 6)  # paper Fig. 2
+    assert model(torch.randn(2, 3, input_size, input_size)).shape == (2, 1000)
+
+
+def test_groups_are_the_two_towers():
+    convs = AlexNet("paper").convs()
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]  # conv3 crosses towers, paper §3.5
+    assert [tuple(c.weight.shape) for c in convs] == [
+        (96, 3, 11, 11), (256, 48, 5, 5), (384, 256, 3, 3), (384, 192, 3, 3), (256, 192, 3, 3)]
+    assert all(c.groups == 1 for c in AlexNet("ungrouped").convs())
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def formula_params(widths, groups, classes=1000):
+    kernels = [11, 5, 3, 3, 3]
+    total, in_ch = 0, 3
+    for w, k, g in zip(widths, kernels, groups):
+        total += w * (in_ch // g) * k * k + w
+        in_ch = w
+    return total + (256 * 36 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * classes + classes)
+
+
+@pytest.mark.parametrize("variant,expected", [("paper", 60_965_224), ("ungrouped", 62_378_344),
+                                              ("torchvision", 61_100_840)])
+def test_param_counts(variant, expected):
+    model = AlexNet(variant)
+    widths = [c.out_channels for c in model.convs()]
+    groups = [c.groups for c in model.convs()]
+    assert count_params(model) == formula_params(widths, groups) == expected
+
+
+def test_torchvision_variant_matches_torchvision_exactly():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(weights=None).eval()
+    ours = AlexNet("torchvision").eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_every_parameter_receives_a_gradient():
+    model = AlexNet(num_classes=17)
+    loss = model(torch.randn(2, 3, 227, 227)).logsumexp(1).sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_num_classes_17():
+    model = AlexNet(num_classes=17).eval()
+    assert model(torch.randn(1, 3, 227, 227)).shape == (1, 17)
+    assert model.classifier[-1].out_features == 17
+
+
+def test_paper_init_statistics():
+    torch.manual_seed(0)
+    model = AlexNet("paper")
+    layers = model.convs() + model.linears()
+    for index, layer in enumerate(layers, start=1):
+        assert abs(layer.weight.std().item() - 0.01) < 0.001, index
+        assert abs(layer.weight.mean().item()) < 0.001, index
+        expected_bias = 1.0 if index in (2, 4, 5, 6, 7) else 0.0  # paper §5
+        assert torch.all(layer.bias == expected_bias), index
+
+
+def test_kaiming_init_is_fan_in():
+    torch.manual_seed(0)
+    model = AlexNet(init="kaiming")
+    conv1 = model.convs()[0]
+    fan_in = 3 * 11 * 11
+    assert abs(conv1.weight.std().item() - math.sqrt(2 / fan_in)) < 0.01 * math.sqrt(2 / fan_in) * 10
+    assert all(torch.all(l.bias == 0) for l in model.convs() + model.linears())
+
+
+def lrn_naive(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
+    """b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, paper §3.3, by loop."""
+    out = torch.empty_like(a)
+    channels = a.shape[1]
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        s = (a[:, lo:hi + 1] ** 2).sum(dim=1)
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+def test_lrn_against_the_formula_and_torch():
+    torch.manual_seed(0)
+    a = torch.randn(2, 11, 5, 5, dtype=torch.float64) * 60  # large enough that the denominator matters
+    ours = LocalResponseNorm()(a)
+    assert torch.allclose(ours, lrn_naive(a), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ours, reference_lrn(a), rtol=1e-10, atol=1e-10)
+    # torch divides alpha by n: nn.LocalResponseNorm(5, alpha=5e-4) is the paper's alpha=1e-4
+    assert torch.allclose(ours, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(a), rtol=1e-10)
+    assert not torch.allclose(ours, nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a), rtol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_gradcheck(beta):
+    torch.manual_seed(0)
+    a = (torch.randn(2, 7, 3, 3, dtype=torch.float64) * 60).requires_grad_()
+    lrn = LocalResponseNorm(5, 1e-4, beta, 2.0)
+    assert torch.autograd.gradcheck(lrn, (a,))
+    g = torch.randn(2, 7, 3, 3, dtype=torch.float64)
+    (grad_ours,) = torch.autograd.grad(lrn(a), a, g)
+    (grad_ref,) = torch.autograd.grad(reference_lrn(a, beta=beta), a, g)
+    assert torch.allclose(grad_ours, grad_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_lrn_channels_last_and_blocks():
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(9, 96, 13, 13) * 50)  # 9 images: several blocks of the fused kernel
+    g = torch.randn_like(a)
+    ref_in = a.clone().requires_grad_()
+    reference_lrn(ref_in).backward(g)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = a.clone().to(memory_format=fmt).requires_grad_()
+        y = LocalResponseNorm()(x)
+        y.backward(g)
+        assert torch.allclose(y, reference_lrn(a), rtol=1e-5, atol=1e-5)
+        assert torch.allclose(x.grad, ref_in.grad, rtol=1e-4, atol=1e-5)
+
+
+def differing_modules(a: nn.Module, b: nn.Module):
+    """Positions in features/classifier whose module type or settings differ."""
+    out = []
+    for part in ("features", "classifier"):
+        for i, (x, y) in enumerate(zip(getattr(a, part), getattr(b, part))):
+            if type(x) is not type(y) or x.extra_repr() != y.extra_repr():
+                out.append((part, i, type(x).__name__, type(y).__name__))
+    return out
+
+
+def test_each_ablation_switch_changes_exactly_what_it_names():
+    base = AlexNet()
+    no_lrn = differing_modules(base, AlexNet(lrn=False))
+    assert [(p, i) for p, i, *_ in no_lrn] == [("features", 2), ("features", 6)]
+    assert all(t == "LocalResponseNorm" and u == "Identity" for *_, t, u in no_lrn)
+    pools = differing_modules(base, AlexNet(pool="non-overlapping"))
+    assert {t for *_, t, _ in pools} == {"MaxPool2d"} and len(pools) == 3
+    tanh = differing_modules(base, AlexNet(activation="tanh"))
+    assert {(t, u) for *_, t, u in tanh} == {("ReLU", "Tanh")} and len(tanh) == 7
+    drop = differing_modules(base, AlexNet(dropout=0.2))
+    assert {t for *_, t, _ in drop} == {"Dropout"} and len(drop) == 2
+    # placement: paper drops the outputs of fc6/fc7, torchvision their inputs
+    kinds = lambda m: [type(x).__name__ for x in m.classifier]  # noqa: E731
+    assert kinds(base) == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert kinds(AlexNet(dropout_placement="torchvision")) == [
+        "Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
+    # non-overlapping pooling keeps every output size (paper §3.4)
+    x = torch.randn(1, 3, 227, 227)
+    assert AlexNet(pool="non-overlapping").eval()(x).shape == (1, 1000)
+
+
+def test_fc7_features():
+    model = AlexNet(num_classes=5).eval()
+    x = torch.randn(2, 3, 227, 227)
+    feats = model.fc7_features(x)
+    assert feats.shape == (2, 4096) and (feats >= 0).all()
+    with torch.no_grad():
+        assert torch.allclose(model.classifier[-1](feats), model(x), atol=1e-5)
+
+
+def test_registry():
+    assert set(MODEL_NAMES) >= {"alexnet", "alexnet_ungrouped", "alexnet_torchvision", "vgg16", "googlenet",
+                                "resnet18", "resnet50", "resnet152"}
+    assert build_model("alexnet").variant == "paper"
+    with pytest.raises(UserError, match="choose one of: alexnet"):
+        build_model("alexnet_v2")
+    with pytest.raises(UserError, match="unknown init"):
+        build_model("alexnet", init="xavier")
+    assert build_model("resnet18", num_classes=3)(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_overfit_a_tiny_batch():
+    """The paper's net can drive the loss on a tiny batch to ~0 (nothing blocks learning)."""
+    torch.manual_seed(0)
+    # 127 px keeps it quick; every layer is still there (pool5 is 2x2, then avg-pooled to 6x6)
+    model = AlexNet(num_classes=4, init="kaiming", dropout=0.0, input_size=127)
+    x, y = torch.randn(4, 3, 127, 127), torch.tensor([0, 1, 2, 3])
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    for _ in range(25):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
