@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from alexnet.data.augment import EvalTransform, TrainTransform, _check
 from alexnet.data.prepare import default_workers
@@ -186,19 +186,63 @@ class PackedDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = index % len(self)
-        # Per-image ops are tiny: intra-op threads only add overhead (measured 100x slower with 2
-        # threads on a 2-core machine), so run them single-threaded, also in the main process.
-        threads = torch.get_num_threads()
-        if threads > 1:
-            torch.set_num_threads(1)
-        try:
+        with _single_thread():
             x = self.image(index)
             if self.transform is not None:
                 x = self.transform(x, generator=generator)
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
         return x, int(self.labels[index])
+
+    def __getitems__(self, keys: list):
+        """A whole batch (the DataLoader's fast path): with the training transform each image is
+        normalised straight into one (B, 3, crop, crop) output, in shared memory inside a worker,
+        saving the collate copy; the values equal __getitem__'s."""
+        t = self.transform
+        if not isinstance(t, TrainTransform) or not all(isinstance(k, tuple) for k in keys):
+            return [self[k] for k in keys]
+        shared = get_worker_info() is not None
+        out = _empty((len(keys), 3, t.crop, t.crop), torch.float32, shared)
+        labels = torch.empty(len(keys), dtype=torch.int64)
+        with _single_thread():
+            for j, (index, seed) in enumerate(keys):
+                t(self.image(index), generator=torch.Generator().manual_seed(int(seed)), out=out[j])
+                labels[j] = int(self.labels[index])
+        return _Collated((out, labels))
+
+
+class _Collated(tuple):
+    """A batch already collated by PackedDataset.__getitems__."""
+
+
+def collate(batch):
+    """DataLoader collate_fn: passes batches collated by __getitems__ through."""
+    if isinstance(batch, _Collated):
+        return tuple(batch)
+    return default_collate(batch)
+
+
+def _empty(shape, dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, allocated in shared memory when `shared` (as default_collate does
+    in workers, so that sending the batch to the main process copies nothing)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = math.prod(shape)
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(numel, device="cpu")
+    return proto.new(storage).view(shape)
+
+
+class _single_thread:
+    """Per-image ops are tiny: intra-op threads only add overhead (measured 100x slower with 2
+    threads on a 2-core machine), so run them single-threaded, also in the main process."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        if self.threads > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.threads > 1:
+            torch.set_num_threads(self.threads)
 
 
 # ---------------------------------------------------------------- sampler and loader
@@ -260,6 +304,7 @@ class Loader:
             drop_last=drop_last,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
+            collate_fn=collate,
         )
 
     @property

@@ -1,0 +1,120 @@
+"""`alexnet bench data`: our loader vs the usual torchvision ImageFolder pipeline.
+
+Both read the same images with the same worker count and batch size and deliver augmented float
+batches: the baseline decodes each original JPEG with PIL, then Resize(256), RandomCrop(227),
+RandomHorizontalFlip, ToTensor, Normalize (what most training scripts do); ours reads the
+prepared 256 x 256 JPEGs and applies the paper's full augmentation (crop, mirror, PCA colour
+noise, mean image). Epochs are timed alternately after a warm-up epoch; medians are reported.
+Both loaders keep their workers between epochs, so worker start-up is not timed for either.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from multiprocessing import get_context
+
+import numpy as np
+
+from alexnet.bench.common import environment, median, time_alternately
+from alexnet.errors import UserError
+
+BASELINE = ("torchvision ImageFolder + PIL: Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, "
+            "Normalize")  # fmt: skip
+
+
+def _write_photos(args) -> int:
+    from PIL import Image
+
+    from alexnet.data.synthetic import draw_photo_like
+
+    out_dir, indices, classes, seed = args
+    for k in indices:
+        d = os.path.join(out_dir, f"class_{k % classes:02d}")
+        os.makedirs(d, exist_ok=True)
+        pixels = draw_photo_like(np.random.default_rng([seed, k]), 500, 375)
+        Image.fromarray(pixels).save(os.path.join(d, f"img_{k:05d}.jpg"), quality=90)
+    return len(indices)
+
+
+def generate_images(out_dir: str, n: int, *, classes: int = 10, seed: int = 0, workers: int = 1) -> None:
+    """n ImageNet-like 500 x 375 photo-like JPEGs in out_dir/class_XX/ (same as
+    synthetic.make_photo_like, spread over processes)."""
+    chunks = [(out_dir, list(range(i, n, workers)), classes, seed) for i in range(workers)]
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            pool.map(_write_photos, chunks)
+    else:
+        _write_photos(chunks[0])
+
+
+def _epoch(loader) -> int:
+    count = 0
+    for x, _ in loader:
+        count += x.shape[0]
+    return count
+
+
+def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | None = None, batch_size: int = 64,
+                   crop: int = 227, repeats: int = 5, warmup: int = 1, work_dir: str | None = None,
+                   seed: int = 0) -> dict:  # fmt: skip
+    """Measure both loaders; returns the result dict (see module docstring)."""
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    from alexnet.data.packed import decoder_name, make_loader
+    from alexnet.data.prepare import default_workers, prepare
+
+    workers = default_workers() if workers is None else workers
+    if images is not None and not os.path.isdir(images):
+        raise UserError(f"--images {images}: not a directory; give a folder of class folders of JPEGs")
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="alexnet-bench-data-") as tmp:
+        if images is None:
+            images = os.path.join(tmp, "images")
+            start = time.perf_counter()
+            generate_images(images, n, seed=seed, workers=max(1, workers))
+            generated_s = time.perf_counter() - start
+        else:
+            generated_s = None
+        manifest = prepare(images, os.path.join(tmp, "prepared"), val_fraction=0, workers=max(1, workers))
+        count = manifest["splits"]["train"]["count"]
+        if count < batch_size:
+            raise UserError(f"{images}: {count} usable images, fewer than one batch of {batch_size}")
+        ours = make_loader(os.path.join(tmp, "prepared"), "train", train=True, batch_size=batch_size,
+                           workers=workers, crop=crop, drop_last=False)  # fmt: skip
+        mean = [0.485, 0.456, 0.406]
+        std = [0.229, 0.224, 0.225]
+        tf = T.Compose([T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        base_ds = torchvision.datasets.ImageFolder(images, transform=tf)
+        base = torch.utils.data.DataLoader(base_ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                           persistent_workers=workers > 0)  # fmt: skip
+        epochs = {"ours": 0}
+
+        def run_ours():
+            ours.set_epoch(epochs["ours"])
+            epochs["ours"] += 1
+            return _epoch(ours)
+
+        times = time_alternately({"ours": run_ours, "baseline": lambda: _epoch(base)}, warmup=warmup, repeats=repeats)
+        ours_img_s = count / median(times["ours"])
+        base_img_s = len(base_ds) / median(times["baseline"])
+    return {
+        "baseline": BASELINE,
+        "ours": f"alexnet PackedDataset ({decoder_name()} decode of 256x256 JPEG) + paper augmentation "
+        "(crop, mirror, PCA colour, mean image)",
+        "ours_img_s": round(ours_img_s, 1),
+        "baseline_img_s": round(base_img_s, 1),
+        "ratio": round(ours_img_s / base_img_s, 2),
+        "prepare_img_s_per_worker": round(manifest["images_per_s"] / manifest["workers"], 1),
+        "prepare_img_s": manifest["images_per_s"],
+        "images": count,
+        "image_source": "generated 500x375 photo-like JPEGs" if generated_s is not None else os.path.abspath(images),
+        "workers": workers,
+        "batch_size": batch_size,
+        "crop": crop,
+        "repeats": repeats,
+        "times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "env": environment(),
+    }

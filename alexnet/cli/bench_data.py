@@ -1,0 +1,57 @@
+"""`alexnet bench data`: decode + augment throughput of our loader vs torchvision ImageFolder + PIL."""
+
+from __future__ import annotations
+
+import sys
+
+from alexnet.cli import add_parser, print_json
+
+
+def register(sub) -> None:
+    parser = add_parser(
+        sub, "data",
+        "loader img/s vs torchvision ImageFolder + PIL transforms (ratio = ours / baseline)",
+        description=(
+            "Generates ImageNet-like 500x375 photo-like JPEGs (or uses --images), prepares them, and\n"
+            "times full epochs of two loaders with the same worker count and batch size, alternately,\n"
+            "after a warm-up epoch (medians): ours (packed 256x256 JPEGs, the paper's crop + mirror +\n"
+            "PCA colour + mean image) and the usual torchvision ImageFolder over the original JPEGs with\n"
+            "PIL Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, Normalize.\n"
+            "Also reports the prepare rate (images/s per worker)."
+        ),
+    )
+    parser.add_argument("--images", default=None, help="folder of class folders of JPEGs to use instead of generated ones")
+    parser.add_argument("--n", type=int, default=512, help="number of generated images")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers for both; unset: min(cores, 8)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch for both")
+    parser.add_argument("--crop", type=int, default=227, help="crop size (paper: 227, or 224)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs of each (the median is reported)")
+    parser.add_argument("--work-dir", default=None, help="where the temporary images and prepared set go; unset: the system temp folder")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from alexnet.bench.data import run_data_bench
+    from alexnet.errors import UserError
+
+    for name in ("n", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be 0 or more")
+    if not args.json:
+        print("generating and preparing images, then timing both loaders ...", file=sys.stderr)
+    r = run_data_bench(images=args.images, n=args.n, workers=args.workers, batch_size=args.batch_size,
+                       crop=args.crop, warmup=args.warmup, repeats=args.repeats, work_dir=args.work_dir)  # fmt: skip
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"data loading, {r['images']} images, {r['workers']} workers, batch {r['batch_size']} "
+          f"(torch {r['env']['torch']}, torchvision {r['env']['torchvision']})")
+    print(f"  ours      {r['ours_img_s']:8.1f} img/s  {r['ours']}")
+    print(f"  baseline  {r['baseline_img_s']:8.1f} img/s  {r['baseline']}")
+    print(f"  ratio (ours / baseline) = {r['ratio']:.2f}")
+    print(f"  prepare: {r['prepare_img_s_per_worker']:.1f} images/s per worker ({r['prepare_img_s']:.1f} total)")
+    return 0
