@@ -7,11 +7,17 @@ rank sees a disjoint, unpadded shard of the split, so every image is counted exa
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from alexnet.errors import UserError
 
 
 def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
@@ -134,3 +140,218 @@ def evaluate(
     for r in result["per_model"]:
         r.pop("per_class_top1_error", None)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints against a prepared split: the `alexnet evaluate` command's library side
+# ----------------------------------------------------------------------------------------------
+
+# Paper §6 / Table 2 and the public AlexNet weights (PAPER.md §3), error rates in %, ILSVRC-2012 val.
+PAPER_RESULTS = (
+    ("paper: 1 CNN (10 crops)", 40.7, 18.2),
+    ("paper: 5 CNNs (10 crops)", 38.1, 16.4),
+    ("Caffe bvlc_alexnet, centre crop", 42.9, 19.8),
+    ("torchvision alexnet, centre crop", 43.48, 20.93),
+)
+
+
+def load_model_state(path) -> dict:
+    """A checkpoint (file or run directory) or an exported .safetensors file, as a checkpoint dict."""
+    if str(path).endswith(".safetensors"):
+        from alexnet.export import load_safetensors
+
+        return load_safetensors(path)
+    from alexnet.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def checkpoint_preprocess(state: dict, fallback_stats: dict | None = None) -> dict:
+    """{"crop", "normalize", "stats"} a checkpoint's model expects (docs/architecture.md).
+
+    stats: the checkpoint's own statistics as numpy arrays (lists in the file), else `fallback_stats`
+    (the data's). Older or hand-made checkpoints without `preprocess` get the model's input size and
+    the paper's mean-image normalisation.
+    """
+    import numpy as np
+
+    pre = dict(state.get("preprocess") or {})
+    kwargs = state.get("model_kwargs") or {}
+    default_crop = kwargs.get("input_size") or (224 if "torchvision" in state.get("model_name", "") else 227)
+    stats = state.get("stats") or fallback_stats or {}
+    return {
+        "crop": int(pre.get("crop") or default_crop),
+        "normalize": pre.get("normalize") or "mean_image",
+        "stats": {k: np.asarray(v, dtype=np.float32) for k, v in stats.items() if v is not None},
+    }
+
+
+def check_classes(state: dict, class_ids: Sequence[str], data_root: str) -> None:
+    """UserError naming both files when a checkpoint's classes are not the data's, in order."""
+    classes = state.get("classes") or {}
+    ids = list(classes.get("ids") or [])
+    where = state.get("path", "checkpoint")
+    if not ids:
+        return  # a hand-made checkpoint without classes: only the count can be checked (by evaluate)
+    if ids != list(class_ids):
+        if len(ids) != len(class_ids):
+            detail = f"{len(ids)} classes vs {len(class_ids)}"
+        elif set(ids) == set(class_ids):
+            detail = "same classes in a different order"
+        else:
+            first = next(i for i, (a, b) in enumerate(zip(ids, class_ids)) if a != b)
+            detail = f"class {first} is {ids[first]!r} vs {class_ids[first]!r}"
+        raise UserError(f"{where} was trained on other classes than {data_root} ({detail}); "
+                        "evaluate it on the prepared set it was trained on")
+
+
+def _same_preprocess(a: dict, b: dict) -> bool:
+    import numpy as np
+
+    if (a["crop"], a["normalize"]) != (b["crop"], b["normalize"]):
+        return False
+    keys = ("mean_image",) if a["normalize"] == "mean_image" else ("channel_mean", "channel_std")
+    return all(k in a["stats"] and k in b["stats"] and a["stats"][k].shape == b["stats"][k].shape
+               and np.allclose(a["stats"][k], b["stats"][k], atol=1e-4) for k in keys)
+
+
+def _with_stats(prepared, stats: dict):
+    """A shallow copy of a PreparedSet whose statistics are a checkpoint's (make_loader reads `.stats`)."""
+    view = copy.copy(prepared)
+    view.stats = stats
+    return view
+
+
+def default_device() -> torch.device:
+    """cuda (this rank's GPU under torchrun) -> mps -> cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def distributed_from_env(device: torch.device | None = None):
+    """Under torchrun (WORLD_SIZE > 1): init the process group (nccl on CUDA, gloo otherwise) for the
+    block and destroy it after. Yields (rank, world_size); (0, 1) outside torchrun or when a group
+    already exists (then it is left alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return
+    device = device or default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def evaluate_checkpoints(
+    paths: Sequence[str],
+    data,
+    split: str = "val",
+    crops: int = 1,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress=None,
+) -> dict:
+    """The paper's test protocol for one checkpoint or an ensemble of them over a prepared split.
+
+    data: a prepared directory or PreparedSet. Preprocessing (crop, normalisation, statistics) comes
+    from the checkpoints, which must agree with each other; their classes must be the data's. Under
+    an initialised torch.distributed group every rank evaluates a disjoint shard and the counts are
+    all-reduced (every rank gets the full result). Returns the `alexnet evaluate --json` document:
+    {"models", "data", "split", "crops", "n", "loss", "top1_error", "top5_error",
+     "per_model": [{"model", "n", "loss", "top1_error", "top5_error"}], "per_class_top1_error":
+     {class id: error or None}}; errors are fractions in [0, 1].
+    """
+    from alexnet.checkpoint import model_from_checkpoint
+    from alexnet.data import PreparedSet, make_loader
+
+    if not paths:
+        raise UserError("give at least one checkpoint")
+    prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
+    device = torch.device(device) if device is not None else default_device()
+    states = [load_model_state(p) for p in paths]
+    pre = None
+    for state in states:
+        check_classes(state, prepared.class_ids, prepared.root)
+        this = checkpoint_preprocess(state, prepared.stats)
+        if pre is not None and not _same_preprocess(pre, this):
+            raise UserError(f"{state['path']}: preprocessing (crop {this['crop']}, {this['normalize']} "
+                            f"normalisation, statistics) differs from {states[0]['path']}'s; an ensemble "
+                            "needs nets trained with the same preprocessing")
+        pre = pre or this
+    models = [model_from_checkpoint(s, device) for s in states]
+    for state, model in zip(states, models):
+        out = _num_outputs(model)
+        if out is not None and out != prepared.num_classes:
+            raise UserError(f"{state['path']}: the net has {out} outputs but {prepared.root} has "
+                            f"{prepared.num_classes} classes")
+        del state["model"]  # the weights live in the module now
+    loader = make_loader(_with_stats(prepared, pre["stats"]), split, train=False, batch_size=batch_size,
+                         workers=workers, crop=pre["crop"], crops=crops, normalize=pre["normalize"],
+                         distributed=True, pin_memory=device.type == "cuda")
+    result = evaluate(models, loader, device=device, num_classes=prepared.num_classes, progress=progress)
+    per_model = [{"model": s["path"], **r} for s, r in zip(states, result["per_model"])]
+    per_class = {cid: (None if e != e else e)  # NaN (no images of the class) -> null in JSON
+                 for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])}
+    return {
+        "models": [s["path"] for s in states],
+        "data": prepared.root,
+        "split": split,
+        "crops": crops,
+        "crop": pre["crop"],
+        "normalize": pre["normalize"],
+        "n": result["n"],
+        "loss": result["loss"],
+        "top1_error": result["top1_error"],
+        "top5_error": result["top5_error"],
+        "per_model": per_model,
+        "per_class_top1_error": per_class,
+    }
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
+
+
+def is_imagenet(class_ids: Sequence[str]) -> bool:
+    """True when the ids are the 1000 ILSVRC-2012 wnids in their usual order."""
+    from alexnet.predict import imagenet_classes
+
+    return list(class_ids) == [wnid for wnid, _ in imagenet_classes()]
+
+
+def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
+    """A table like the paper's Table 2: a row per net, one for the ensemble; errors in %."""
+    crops = "10 crops (softmax averaged)" if result["crops"] == 10 else "centre crop"
+    lines = [f"{result['split']} split of {result['data']}: {result['n']} images, {crops}, "
+             f"crop {result['crop']}, {result['normalize']} normalisation", ""]
+    rows = [(_short(r["model"]), r) for r in result["per_model"]]
+    if len(rows) > 1:
+        rows.append((f"ensemble of {len(rows)} (softmax averaged)", result))
+    width = max([len(name) for name, _ in rows] + [32])
+    lines.append(f"{'model':<{width}}  {'top-1 err':>9}  {'top-5 err':>9}  {'loss':>7}")
+    for name, r in rows:
+        lines.append(f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
+                     f"{r['loss']:7.4f}")
+    if class_ids is not None and is_imagenet(class_ids):
+        lines += ["", "for comparison (ILSVRC-2012 val, PAPER.md §3):"]
+        lines += [f"{name:<{width}}  {t1:8.2f}%  {t5:8.2f}%" for name, t1, t5 in PAPER_RESULTS]
+    return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    """A run directory's name for its checkpoints (RUN/checkpoints/best.pt -> RUN/best.pt)."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        return str(Path(parts[-3]) / parts[-1])
+    return str(path)
