@@ -204,6 +204,14 @@ def test_loader_determinism_across_workers(prepared):
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, d))
 
 
+def test_iter_from_equals_tail(prepared):
+    loader = make_loader(prepared, "train", train=True, batch_size=4, workers=0, seed=1)
+    full = _batches(loader, 2)
+    tail = [(x, y) for x, y in loader.iter_from(2)]
+    assert len(tail) == len(full) - 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], tail))
+
+
 def test_eval_loader_order_and_ten_crops(prepared):
     loader = make_loader(prepared, "val", train=False, batch_size=4, workers=0, crops=10)
     xs, ys = zip(*loader)

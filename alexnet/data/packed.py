@@ -323,6 +323,16 @@ class Loader:
     def __iter__(self):
         return iter(self._loader)
 
+    def iter_from(self, start_batch: int):
+        """This epoch's batches from `start_batch` on (mid-epoch resume), equal to the tail of
+        iter(self); the skipped batches are not decoded."""
+        if start_batch <= 0:
+            return iter(self)
+        keys = list(iter(self.sampler))[start_batch * self.batch_size :]
+        tail = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.workers,
+                          drop_last=self.drop_last, pin_memory=self._loader.pin_memory, collate_fn=collate)  # fmt: skip
+        return iter(tail)
+
 
 def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int | None = None, crop: int = 227,
                 crops: int = 1, pca: str = "paper", normalize: str = "mean_image", flip: bool = True,
