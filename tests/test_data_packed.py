@@ -65,6 +65,17 @@ def test_prepared_set_and_dataset(prepared, tmp_path):
         PreparedSet(str(tmp_path))
 
 
+def test_decoders_agree(prepared, monkeypatch):
+    import alexnet.data.packed as packed
+
+    ds = PackedDataset(prepared, "val")
+    fast = [ds.image(i) for i in range(len(ds))]
+    monkeypatch.setattr(packed, "_DECODER", ("pillow", packed._decode_pil))  # the fallback
+    assert packed.decoder_name() == "pillow"
+    for i, x in enumerate(fast):
+        assert torch.equal(ds.image(i), x)
+
+
 # ---------------------------------------------------------------- augmentation statistics
 
 

@@ -81,7 +81,8 @@ def _find_files(root: str, names: tuple[str, ...], depth: int = 2) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath[len(root):].count(os.sep) >= depth:
             dirnames[:] = []
-        dirnames[:] = [d for d in dirnames if d not in ("train", "val", "test", "jpg")]
+        # Metadata sits beside the images, never inside them: skip image folders (fast on ImageNet).
+        dirnames[:] = [d for d in dirnames if d not in ("train", "val", "test", "jpg") and not WNID.match(d)]
         hits += [os.path.join(dirpath, n) for n in filenames if n in names]
     return sorted(hits)
 
