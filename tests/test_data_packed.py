@@ -247,3 +247,16 @@ def test_sampler_matches_distributed_sampler_and_eval_shards_without_padding():
     s0 = dict(_Sampler(n, shuffle=True, seed=5, rank=0, world=1))
     s1 = dict(_Sampler(n, shuffle=True, seed=5, rank=1, world=world))
     assert all(s0[i] == s for i, s in s1.items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batched_augmentation_on_gpu_equals_cpu(prepared):
+    ds = PackedDataset(prepared, "train")
+    x = torch.stack([ds.image(i) for i in range(8)])
+    draws = sample_draws(8, torch.Generator().manual_seed(3), crop=227, size=S)
+    cpu = train_batch(x, stats=prepared.stats, crop=227, draws=draws, pca="paper")
+    gpu = train_batch(x.cuda(), stats=prepared.stats, crop=227, draws=draws, pca="paper")
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-3)
+    ev = eval_batch(x.cuda(), stats=prepared.stats, crop=227, crops=10)
+    assert torch.allclose(ev.cpu(), eval_batch(x, stats=prepared.stats, crop=227, crops=10), atol=1e-3)

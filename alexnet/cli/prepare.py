@@ -33,14 +33,14 @@ def register(sub) -> None:
     p.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "flowers17", "cifar10"],
                    help="source layout; auto detects it")  # fmt: skip
     p.add_argument("--format", dest="fmt", default="jpeg", choices=["jpeg", "raw"],
-                   help="jpeg: re-encoded 256x256 JPEGs (small, fast to decode); raw: uint8 pixels (no decode, 196 KB/image)")  # fmt: skip
+                   help="jpeg: the SIZExSIZE images as JPEGs (small, fast to decode); raw: uint8 pixels (no decode, 196 KB per 256-px image)")  # fmt: skip
     p.add_argument("--size", type=int, default=None,
-                   help="side of the stored square images in pixels (default: 256, the paper's; 32 for CIFAR-10)")  # fmt: skip
+                   help="side of the stored square images in pixels; unset: 256 (the paper's), 32 for CIFAR-10")  # fmt: skip
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of each class held out as val when the source has no val split")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: min(cores, 8))")
+    p.add_argument("--workers", type=int, default=None, help="worker processes; unset: min(cores, 8)")
     p.add_argument("--force", action="store_true", help="replace an existing prepared OUT")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run)
