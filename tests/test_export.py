@@ -1,0 +1,204 @@
+"""Export round trips (safetensors, ONNX through onnxruntime) and the torchvision weights import."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from alexnet.cli import main
+from alexnet.errors import UserError
+from alexnet.evaluate import load_model_state
+from alexnet.export import (TORCHVISION_MEAN, TORCHVISION_STD, export_onnx, export_safetensors, import_torchvision,
+                            load_safetensors)  # fmt: skip
+from alexnet.model import AlexNet
+from alexnet.predict import Predictor
+
+IDS, NAMES = ["a", "b", "c"], ["apple", "bus", "cloud"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=3, init="kaiming")
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(0.05)
+    path = tmp_path_factory.mktemp("export") / "net.pt"
+    rng = np.random.default_rng(0)
+    save_checkpoint(path, {
+        "model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3},
+        "classes": {"ids": IDS, "names": NAMES},
+        "stats": {"mean_image": torch.from_numpy(rng.uniform(80, 160, (256, 256, 3)).astype(np.float32)),
+                  "channel_mean": [0.5, 0.45, 0.4], "channel_std": [0.25, 0.24, 0.26]},
+        "preprocess": {"crop": 227, "normalize": "mean_image"}, "config": {},
+    })  # fmt: skip
+    return str(path)
+
+
+def _square_png(path, seed=0, size=(256, 256)):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).resize(size, Image.BICUBIC).save(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def test_safetensors_round_trip(ckpt, tmp_path, capsys):
+    from safetensors import safe_open
+
+    out = tmp_path / "net.safetensors"
+    assert main(["export", ckpt, "--format", "safetensors", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["variant"] == "paper" and meta["num_classes"] == "3" and meta["input_size"] == "227"
+    assert json.loads(meta["class_names"]) == NAMES and meta["normalize"] == "mean_image"
+    assert json.loads(meta["channel_mean"]) == pytest.approx([0.5, 0.45, 0.4])
+
+    original, loaded = load_checkpoint(ckpt), load_safetensors(str(out))
+    for key, value in original["stats"].items():
+        np.testing.assert_array_equal(np.asarray(loaded["stats"][key]), np.asarray(value, np.float32))
+    a, b = model_from_checkpoint(original), model_from_checkpoint(loaded)
+    x = torch.randn(2, 3, 227, 227) * 50
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+    # predict and evaluate read the exported file directly
+    image = _square_png(tmp_path / "img.png")
+    p1 = next(Predictor(original, device="cpu").predict([image], topk=3))
+    p2 = next(Predictor(load_model_state(str(out)), device="cpu").predict([image], topk=3))
+    assert p1["predictions"] == p2["predictions"]
+
+
+def test_safetensors_without_our_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(UserError, match="alexnet export"):
+        load_safetensors(str(tmp_path / "plain.safetensors"))
+    (tmp_path / "junk.safetensors").write_text("junk")
+    with pytest.raises(UserError, match="not a readable"):
+        load_safetensors(str(tmp_path / "junk.safetensors"))
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def test_onnx_matches_pytorch(ckpt, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "net.onnx"
+    assert main(["export", ckpt, "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    diff = float(re.search(r"max abs difference ([0-9.eE+-]+)", printed).group(1))
+    assert diff < 1e-3
+    # our own check, at another batch size (the batch axis is dynamic)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 227, 227, generator=torch.Generator().manual_seed(5)) * 50
+    got = session.run(["logits"], {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = model_from_checkpoint(load_checkpoint(ckpt))(x).numpy()
+    print(f"ONNX vs PyTorch max abs difference: {np.abs(got - want).max():.3g}")
+    np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=1e-4)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["class_names"]) == NAMES and props["input_size"] == "227"
+
+
+def test_onnx_missing_gives_the_install_hint(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(UserError, match=r"pip install 'alexnet\[onnx\]'"):
+        export_onnx(load_checkpoint(ckpt), str(tmp_path / "x.onnx"))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------- torchvision import
+
+
+@pytest.fixture(scope="module")
+def torchvision_file(tmp_path_factory):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(1)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    path = tmp_path_factory.mktemp("tv") / "alexnet.pth"
+    torch.save(tv.state_dict(), path)
+    return tv, str(path)
+
+
+def test_import_torchvision_matches_torchvision(torchvision_file, tmp_path, capsys):
+    import torchvision.transforms as T
+
+    tv, path = torchvision_file
+    out = tmp_path / "tv.pt"
+    assert main(["import-torchvision", path, "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_classes"] == 1000 and summary["params"] == 61_100_840
+    state = load_checkpoint(str(out))
+    assert state["model_name"] == "alexnet_torchvision"
+    assert state["preprocess"] == {"crop": 224, "normalize": "channel"}
+    assert "mean_image" not in state["stats"]
+    ours = model_from_checkpoint(state)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-6)
+
+    # preprocessing = torchvision's eval preset (Resize(256), CenterCrop(224), ToTensor, Normalize)
+    preset = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)])
+    predictor = Predictor(state, device="cpu")
+    for size in ((256, 256), (320, 240)):
+        image = _square_png(tmp_path / f"img{size[0]}.png", seed=size[0], size=size)
+        want_x = preset(Image.open(image).convert("RGB"))
+        got_x = predictor.prepare(image)
+        torch.testing.assert_close(got_x, want_x, rtol=0, atol=1e-5)
+        with torch.no_grad():
+            want = torch.softmax(tv(want_x[None]), 1)[0]
+        entry = next(predictor.predict([image], topk=5))
+        top = want.topk(5)
+        assert [p["index"] for p in entry["predictions"]] == top.indices.tolist()
+        assert [p["prob"] for p in entry["predictions"]] == pytest.approx(top.values.tolist(), rel=1e-5)
+        # readable ImageNet names
+        assert entry["predictions"][0]["name"] == predictor.names[top.indices[0]] != entry["predictions"][0]["class"]
+
+
+def test_imported_checkpoint_evaluates(tmp_path):
+    """A 3-class torchvision AlexNet on a prepared set whose class folders are named 0, 1, 2."""
+    torchvision = pytest.importorskip("torchvision")
+    from alexnet.data import PreparedSet
+    from alexnet.data.prepare import prepare
+    from alexnet.evaluate import evaluate_checkpoints
+
+    for split, count in (("train", 1), ("val", 1)):
+        for c in range(3):
+            (tmp_path / "src" / split / str(c)).mkdir(parents=True)
+            for k in range(count):
+                _square_png(tmp_path / "src" / split / str(c) / f"{k}.png", seed=10 * c + k, size=(300, 260))
+    prepare(str(tmp_path / "src"), str(tmp_path / "prep"), workers=1)
+    prepared = PreparedSet(tmp_path / "prep")
+    assert prepared.class_ids == ["0", "1", "2"]
+    torch.manual_seed(2)
+    torch.save(torchvision.models.alexnet(weights=None, num_classes=3).state_dict(), tmp_path / "tv3.pth")
+    import_torchvision(str(tmp_path / "tv3.pth"), str(tmp_path / "tv3.pt"))
+    result = evaluate_checkpoints([str(tmp_path / "tv3.pt")], prepared, "val", workers=0, device="cpu")
+    assert result["n"] == 3 and result["crop"] == 224 and result["normalize"] == "channel"
+    assert 0 <= result["top1_error"] <= 1 and result["top5_error"] == 0  # 3 classes: top-5 always hits
+
+
+def test_import_torchvision_bad_inputs(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        import_torchvision(str(tmp_path / "none.pth"), str(tmp_path / "o.pt"))
+    (tmp_path / "junk.pth").write_text("junk")
+    with pytest.raises(UserError, match="not a readable"):
+        import_torchvision(str(tmp_path / "junk.pth"), str(tmp_path / "o.pt"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not a torchvision AlexNet"):
+        import_torchvision(str(tmp_path / "other.pth"), str(tmp_path / "o.pt"))
+    assert main(["import-torchvision", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.pt")]) == 2
+    assert not (tmp_path / "o.pt").exists()
