@@ -1,0 +1,45 @@
+"""`alexnet report`: the paper's figures and tables for a run, as an HTML page."""
+
+from __future__ import annotations
+
+import sys
+
+from alexnet.cli import add_parser, print_json
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "report", "write a run's HTML report: curves, the paper's Figures 3 and 4, tables",
+        description=(
+            "Writes RUN/report/index.html (or --out DIR/index.html) with the PNGs beside it; open it in\n"
+            "any browser, nothing is fetched from a network. The page shows the training curves (loss,\n"
+            "top-1/top-5 error, learning rate with its drops), Figure 3 (conv1 kernels, the two towers\n"
+            "apart), Figure 4 left (top-5 labels as bars) and right (nearest training images in fc7\n"
+            "space), the evaluation table (centre crop and 10 crops), a confusion matrix (<= 30\n"
+            "classes), the architecture table and the run's config and environment. Large splits are\n"
+            "sampled evenly (the page says so). A run without a checkpoint gets the curves only."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", help="run directory written by `alexnet train`")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="prepared directory (default: the one the run recorded in env.json)")
+    p.add_argument("--out", default=None, metavar="DIR", help="report directory (default: RUN/report)")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="checkpoint file to show (default: RUN/checkpoints/best.pt, else last.pt)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help='print {"report": path of index.html} as JSON')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from alexnet.report import write_report
+
+    say = None if args.quiet else (lambda text: print(f"report: {text}", file=sys.stderr, flush=True))
+    path = write_report(args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint,
+                        device=args.device)
+    if args.json:
+        print_json({"report": str(path)})
+    else:
+        print(path)
+    return 0
