@@ -1,0 +1,217 @@
+"""End-to-end training speed fed by the real data pipeline, against the same step fed by a batch
+already on the device: ratio = real img/s / synthetic img/s (1.0: the loader is never waited for).
+
+One model, one optimizer (the paper's update, PaperSGD), one training step; the contenders differ
+only in where the batch comes from:
+    synthetic  a fixed batch already on the device (the ceiling)
+    host       make_loader: workers decode and augment each image to float32; copied to the device
+    device     make_device_loader: workers decode to uint8; crop, mirror, PCA noise and mean run on
+               the device on the whole batch (the GPU path; on CPU the main process does it)
+    nvjpeg     make_device_loader(decode="device"): workers read JPEG bytes; the device decodes
+               (nvJPEG on CUDA; torchvision's CPU decoder in the main process on CPU)
+Rounds alternate the contenders (time_alternately). Loaders prefetch while another contender runs,
+so each real path first takes `drain` untimed steps per round (its prefetch depth) before its timed
+steps: a loader slower than the model cannot hide behind batches buffered during someone else's turn.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from alexnet.bench.common import environment, median, sync, time_alternately
+from alexnet.bench.model import resolve_device
+from alexnet.errors import UserError
+
+PATHS = ("host", "device", "nvjpeg")
+PREFETCH_FACTOR = 2  # torch DataLoader's default: batches buffered per worker
+MIN_CROP = 67  # smallest input the paper net's three 3/2 poolings leave 1 pixel of
+
+
+def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256, workers: int | None = None) -> str:
+    """A prepared set of n drawn-shape images at `size` px in `out`/set: `unique` distinct images
+    (make_shapes), repeated as hard links up to n (decoding cost is what matters, not variety)."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    src = os.path.join(out, "src")
+    per_class = max(1, -(-min(n, unique) // classes))
+    names = make_shapes(src, classes=classes, per_class=per_class, size=size, seed=0)
+    files = [os.path.join(src, c, f) for c in names for f in sorted(os.listdir(os.path.join(src, c)))]
+    for k in range(n - len(files)):
+        f = files[k % len(files)]
+        os.link(f, f"{f[:-4]}_copy{k:06d}.jpg")
+    prepared = os.path.join(out, "set")
+    prepare(src, prepared, size=size, val_fraction=0.0, workers=workers)
+    shutil.rmtree(src, ignore_errors=True)
+    return prepared
+
+
+def _step_fn(model, optimizer, amp: torch.dtype | None, channels_last: bool) -> Callable:
+    """One training step on (images, labels) already on the model's device (as train.train_step)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _endless(loader, device: torch.device):
+    """Batches on the device across epoch boundaries, as a trainer sees them."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        count = 0
+        for x, y in loader:
+            count += 1
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if count == 0:
+            raise UserError(f"the training split has fewer images than one batch ({loader.batch_size})")
+        epoch += 1
+
+
+def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: int | None = None, crop: int = 227,
+                       workers: int | None = None, steps: int | None = None, warmup: int = 1, repeats: int = 3,
+                       amp: str | None = None, channels_last: bool = False, compile: bool = False,
+                       paths: list[str] | None = None, n: int | None = None, size: int = 256,
+                       work_dir: str | None = None, progress: Callable[[str], None] | None = None) -> dict:  # fmt: skip
+    """Training img/s fed by each data path vs by a batch already on the device.
+
+    Args:
+        data: prepared directory; None generates a set of `n` images at `size` px in a temp dir.
+        batch, steps: images per step and timed steps per round (defaults: CUDA 256 / 50, CPU 16 / 4).
+        paths: data paths to time (see the module docstring); default CUDA: device, host (+ nvjpeg
+            for a JPEG set); CPU: host, device.
+    Returns a JSON-ready dict: img_s per contender, ratio per path ("ratios"), "ratio" of the
+    default path (device on CUDA; on CPU the faster of host and device), config and environment.
+    """
+    from alexnet.data import PreparedSet, make_loader
+    from alexnet.data.device import make_device_loader
+    from alexnet.data.prepare import default_workers
+    from alexnet.model import build_model
+    from alexnet.optim import PaperSGD
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    batch = batch or (256 if cuda else 16)
+    steps = steps or (50 if cuda else 4)
+    if batch < 1 or steps < 1 or repeats < 1 or warmup < 0:
+        raise UserError("--batch, --steps and --repeats must be at least 1, --warmup at least 0")
+    if amp not in (None, "bf16", "fp16"):
+        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+    say = progress or (lambda m: None)
+    tmp = None
+    try:
+        if data is None:
+            tmp = tempfile.mkdtemp(prefix="alexnet-bench-pipeline-", dir=work_dir)
+            n = n or max(512, 16 * batch)
+            say(f"no --data: generating {n} images ({min(n, 256)} distinct drawn shapes) at {size} px in {tmp}")
+            data = generate_set(tmp, n=n, size=size)
+            source = f"generated: {n} drawn-shape JPEGs at {size} px (alexnet.data.synthetic.make_shapes + prepare)"
+        else:
+            source = os.path.abspath(data)
+        if crop < MIN_CROP:
+            raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
+        ps = PreparedSet(data)
+        if crop > ps.size:
+            raise UserError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")
+        if ps.split_size("train") < batch:
+            raise UserError(f"{ps.root}: the training split has {ps.split_size('train')} images, fewer than "
+                            f"--batch {batch}")  # fmt: skip
+        paths = list(paths) if paths else (["device", "host"] + (["nvjpeg"] if ps.format == "jpeg" else [])
+                                           if cuda else ["host", "device"])  # fmt: skip
+        for p in paths:
+            if p not in PATHS:
+                raise UserError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
+            if p == "nvjpeg" and ps.format != "jpeg":
+                raise UserError(f"--paths nvjpeg: {ps.root} stores raw pixels, not JPEGs")
+        workers = default_workers() if workers is None else max(0, workers)
+
+        torch.manual_seed(0)
+        model = build_model("alexnet", num_classes=max(1000, ps.num_classes), input_size=crop).to(dev).train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        step = _step_fn(torch.compile(model) if compile else model, optimizer,
+                        {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp], channels_last)
+
+        common = dict(train=True, batch_size=batch, workers=workers, crop=crop, seed=0, drop_last=True)
+        loaders = {}
+        for p in paths:
+            if p == "host":
+                loaders[p] = make_loader(ps, "train", pin_memory=cuda, **common)
+            else:
+                loaders[p] = make_device_loader(ps, "train", device=dev, channels_last=channels_last,
+                                                decode="device" if p == "nvjpeg" else "host", **common)  # fmt: skip
+        drain = workers * PREFETCH_FACTOR + (1 if cuda else 0)  # batches a loader may hold ready
+        x_syn = torch.randn(batch, 3, crop, crop, device=dev)
+        y_syn = torch.randint(0, ps.num_classes, (batch,), device=dev)
+
+        def synthetic() -> None:
+            for _ in range(steps):
+                step(x_syn, y_syn)
+
+        contenders = {"synthetic": synthetic}
+        for p, loader in loaders.items():
+            stream = _endless(loader, dev)
+
+            def run(count: int, stream=stream) -> None:
+                for _ in range(count):
+                    step(*next(stream))
+
+            if drain:
+                contenders[f"{p}_drain"] = lambda run=run: run(drain)
+            contenders[p] = lambda run=run: run(steps)
+        say(f"timing {', '.join(['synthetic', *paths])} on {dev}: batch {batch}, {warmup} warm-up + {repeats} rounds "
+            f"of {steps} steps (+{drain} untimed drain steps per real path), {workers} workers")
+        times = time_alternately(contenders, device=dev, warmup=warmup, repeats=repeats)
+        sync(dev)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    img_s = {name: batch * steps / median(t) for name, t in times.items() if not name.endswith("_drain")}
+    ratios = {p: img_s[p] / img_s["synthetic"] for p in paths}
+    default = "device" if cuda and "device" in ratios else max(ratios, key=ratios.get)
+    from alexnet.data.packed import decoder_name
+
+    return {
+        "device": str(dev),
+        "data": source,
+        "format": ps.format,
+        "prepared_size": ps.size,
+        "batch": batch,
+        "steps_per_round": steps,
+        "drain_steps": drain,
+        "workers": workers,
+        "config": {"amp": amp, "channels_last": channels_last, "compile": compile, "optimizer": "paper",
+                   "crop": crop, "model": "alexnet"},  # fmt: skip
+        "img_s": img_s,
+        "synthetic_img_s": img_s["synthetic"],
+        "ratios": ratios,
+        "default_path": default,
+        "ratio": ratios[default],
+        "round_times_s": {k: v for k, v in times.items() if not k.endswith("_drain")},
+        "decoder": decoder_name(),
+        "env": environment(dev),
+    }
+
+
+def print_summary(result: dict, file=sys.stdout) -> None:
+    print(f"training img/s on {result['device']}, batch {result['batch']}, data {result['data']}", file=file)
+    print(f"  synthetic (batch already on the device)  {result['synthetic_img_s']:9.1f} img/s", file=file)
+    for p, r in result["ratios"].items():
+        mark = "  <- default" if p == result["default_path"] else ""
+        print(f"  {p:<40} {result['img_s'][p]:9.1f} img/s  ratio {r:.2f}{mark}", file=file)
+    print(f"  ratio (real / synthetic, {result['default_path']}) = {result['ratio']:.2f}  (goal >= 0.9)", file=file)

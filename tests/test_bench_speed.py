@@ -1,0 +1,129 @@
+"""The device-side data path equals the per-image loader; `bench pipeline` and `bench infer` run on
+CPU at a tiny size and print consistent JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.data import PreparedSet, make_loader
+from alexnet.data.device import DeviceAugment, make_device_loader, to_device_batches
+from alexnet.data.prepare import prepare
+from alexnet.data.synthetic import make_shapes
+from alexnet.errors import UserError
+
+SIZE, CROP = 80, 72  # CROP: the paper net's smallest workable input is 67
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    make_shapes(str(root / "src"), classes=3, per_class=4, size=SIZE, seed=0)
+    prepare(str(root / "src"), str(root / "set"), workers=1, val_fraction=0.25, size=SIZE)
+    prepare(str(root / "src"), str(root / "raw"), workers=1, val_fraction=0.25, size=SIZE, fmt="raw")
+    return PreparedSet(str(root / "set"))
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+@pytest.mark.parametrize("pca,normalize,decode,workers", [
+    ("paper", "mean_image", "host", 0),
+    ("convnet2", "channel", "device", 0),
+    ("paper", "mean_image", "device", 1),
+    ("off", "mean_image", "host", 1),
+])  # fmt: skip
+def test_device_loader_equals_per_image_loader(prepared, pca, normalize, decode, workers):
+    kw = dict(train=True, batch_size=3, seed=5, crop=CROP, pca=pca, normalize=normalize)
+    ref = _epoch(make_loader(prepared, "train", workers=0, **kw), 2)
+    dev = _epoch(make_device_loader(prepared, "train", workers=workers, device="cpu", decode=decode, **kw), 2)
+    assert len(ref) == len(dev) == prepared.split_size("train") // 3
+    for (xa, ya), (xb, yb) in zip(ref, dev):
+        assert xb.shape == (3, 3, CROP, CROP) and xb.dtype == torch.float32
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = _epoch(make_device_loader(prepared, "train", workers=0, device="cpu", **kw), 3)
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(dev, other))  # a new epoch draws anew
+
+
+def test_device_loader_eval_raw_and_resume(prepared):
+    raw = PreparedSet(prepared.root.replace("/set", "/raw"))
+    for crops in (1, 10):
+        kw = dict(train=False, batch_size=2, crop=CROP, crops=crops)
+        ref = _epoch(make_loader(raw, "val", workers=0, **kw), 0)
+        dev = _epoch(make_device_loader(raw, "val", workers=0, device="cpu", **kw), 0)
+        assert len(ref) == len(dev) > 0
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, dev))
+    loader = make_device_loader(prepared, "train", train=True, batch_size=2, workers=0, device="cpu", crop=CROP, seed=1)
+    full = _epoch(loader, 4)
+    tail = list(loader.iter_from(2))
+    assert len(tail) == len(full) - 2 and all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail))
+    assert not hasattr(loader, "sampler") and len(loader) == len(full)
+    with pytest.raises(UserError, match="decode=device needs a JPEG"):
+        make_device_loader(raw, "train", train=True, batch_size=2, device="cpu", crop=CROP, decode="device")
+
+
+def test_to_device_batches_channels_last(prepared):
+    kw = dict(train=True, batch_size=2, seed=0, crop=CROP)
+    ref = make_loader(prepared, "train", workers=0, **kw)
+    host = make_device_loader(prepared, "train", workers=0, device="cpu", **kw).host
+    got = list(to_device_batches(host, "cpu", prepared.stats, CROP, "paper", "mean_image", True))
+    for (xa, ya), (xb, yb) in zip(ref, got):
+        assert xb.is_contiguous(memory_format=torch.channels_last) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    augment = DeviceAugment(prepared.stats, device="cpu", crop=CROP)
+    images, labels, draws = next(iter(host))
+    assert images.dtype == torch.uint8 and images.shape == (2, 3, SIZE, SIZE) and set(draws) == {"y0", "x0", "flip", "alpha"}
+    assert augment((images, labels, draws))[0].shape == (2, 3, CROP, CROP)
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_pipeline_cpu_json(prepared, capsys):
+    out = _json(capsys, ["bench", "pipeline", "--data", prepared.root, "--batch", "2", "--steps", "1", "--crop", str(CROP),
+                         "--workers", "0", "--warmup", "1", "--repeats", "2", "--paths", "host,device,nvjpeg", "--json"])  # fmt: skip
+    assert set(out["ratios"]) == {"host", "device", "nvjpeg"} and out["drain_steps"] == 0
+    for path, ratio in out["ratios"].items():
+        times = out["round_times_s"][path]
+        assert len(times) == 2 and out["img_s"][path] == pytest.approx(2 * 1 / (sum(times) / 2))  # median of two
+        assert ratio == pytest.approx(out["img_s"][path] / out["img_s"]["synthetic"])
+    assert out["ratio"] == out["ratios"][out["default_path"]] == max(out["ratios"].values())
+    assert out["env"]["torch"] and out["config"]["optimizer"] == "paper"
+
+
+def test_bench_pipeline_generates_a_set(capsys):
+    out = _json(capsys, ["bench", "pipeline", "--n", "6", "--size", str(SIZE), "--crop", str(CROP), "--batch", "2",
+                         "--steps", "1", "--workers", "1", "--warmup", "0", "--repeats", "1", "--paths", "device", "--json"])  # fmt: skip
+    assert out["data"].startswith("generated: 6") and out["drain_steps"] == 2 and out["ratio"] > 0
+
+
+def test_bench_pipeline_errors(prepared, capsys):
+    assert main(["bench", "pipeline", "--data", prepared.root, "--crop", "40"]) == 2
+    assert "at least 67" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--data", prepared.root, "--crop", str(CROP), "--batch", "2", "--paths", "gpu"]) == 2
+    assert "--paths 'gpu'" in capsys.readouterr().err
+
+
+def test_bench_infer_cpu_json(capsys):
+    out = _json(capsys, ["bench", "infer", "--batch", "2", "--warmup", "1", "--repeats", "2", "--latency-repeats", "2",
+                         "--json"])  # fmt: skip
+    t = out["times_s"]
+    assert len(t["throughput"]["ours"]) == 2 and len(t["latency"]["torchvision"]) == 2
+    assert out["throughput_ratio"] == pytest.approx(out["ours_img_s"] / out["torchvision_img_s"])
+    assert out["latency_ratio"] == pytest.approx(out["ours_latency_ms"] / out["torchvision_latency_ms"])
+    assert out["ours_img_s"] == pytest.approx(2 / (sum(t["throughput"]["ours"]) / 2))
+    assert out["batch"] == 2 and out["device"] == "cpu" and out["env"]["torchvision"]
+
+
+def test_bench_infer_errors(capsys):
+    assert main(["bench", "infer", "--graphs"]) == 2
+    assert "CUDA graphs" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "infer", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
