@@ -2,8 +2,9 @@
 
 Contenders run alternately, one step each per round, after warm-up; medians are reported. A step
 is forward, cross-entropy, backward and an SGD update with momentum 0.9 and weight decay 5e-4 (the
-paper's update equals torch's SGD while the learning rate is constant, so both use torch's
-foreach/fused SGD). Inputs are random tensors already on the device: this measures the model only.
+paper's update equals torch's SGD while the learning rate is constant, so by default both use
+torch's fused (CUDA) / foreach (CPU) SGD; optimizer="paper" times ours with PaperSGD, foreach).
+Inputs are random tensors already on the device: this measures the model only.
 """
 
 from __future__ import annotations
@@ -42,25 +43,36 @@ def resolve_device(device: str) -> torch.device:
 
 
 def train_step_fn(model: nn.Module, *, batch: int, input_size: int, num_classes: int, device: torch.device,
-                  amp: str | None = None, channels_last: bool = False, compile: bool = False) -> Callable[[], None]:
-    """A closure doing one full training step on a fixed random batch."""
+                  amp: str | None = None, channels_last: bool = False, compile: bool = False,
+                  optimizer: str = "sgd", compile_mode: str | None = None) -> Callable[[], None]:
+    """A closure doing one full training step on a fixed random batch.
+
+    optimizer: "sgd" (torch SGD, fused on CUDA, foreach elsewhere) or "paper" (PaperSGD, foreach);
+    compile_mode: torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" ...)."""
     model = model.to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                                **({"fused": True} if fused else {"foreach": True}))
-    step_model = torch.compile(model) if compile else model
+    if optimizer == "paper":
+        from alexnet.optim import PaperSGD
+
+        opt = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    elif optimizer == "sgd":
+        fused = device.type == "cuda"
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
+                              **({"fused": True} if fused else {"foreach": True}))
+    else:
+        raise UserError(f"--optimizer {optimizer!r}: choose sgd or paper")
+    step_model = torch.compile(model, mode=compile_mode) if compile else model
     x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = nn.functional.cross_entropy(step_model(x), y)
         loss.backward()
-        optimizer.step()
+        opt.step()
 
     return step
 
@@ -81,6 +93,8 @@ def bench_model(
     amp: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    optimizer: str = "sgd",
+    compile_mode: str | None = None,
     warmup: int = 2,
     repeats: int = 5,
     progress: Callable[[str], None] | None = None,
@@ -101,7 +115,8 @@ def bench_model(
     size = model_input_size(ours)
     contenders = {
         "ours": train_step_fn(ours, batch=batch, input_size=size, num_classes=1000, device=dev, amp=amp,
-                              channels_last=channels_last, compile=compile),
+                              channels_last=channels_last, compile=compile, optimizer=optimizer,
+                              compile_mode=compile_mode),
         "torchvision": train_step_fn(torchvision.models.alexnet(), batch=batch, input_size=224,
                                      num_classes=1000, device=dev),
     }
@@ -120,7 +135,8 @@ def bench_model(
         "model": model,
         "batch": batch,
         "device": str(dev),
-        "config": {"amp": amp, "channels_last": channels_last, "compile": compile},
+        "config": {"amp": amp, "channels_last": channels_last, "compile": compile,
+                   "compile_mode": compile_mode if compile else None, "optimizer": optimizer},
         "ours_step_s": step_s["ours"],
         "torchvision_step_s": step_s["torchvision"],
         "ours_img_s": img_s["ours"],

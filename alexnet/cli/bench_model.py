@@ -28,6 +28,11 @@ def register(sub) -> None:
                         help="autocast dtype for our model (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for our model")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--compile-mode", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode with --compile/--fast (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "paper"],
+                        help="ours: torch SGD (fused on CUDA; the paper's update while lr is constant) or PaperSGD")
     parser.add_argument("--fast", action="store_true",
                         help="our fastest configuration for the device: on CUDA bf16 + channels_last + compile")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -43,7 +48,8 @@ def run(args) -> int:
     if args.fast and resolve_device(args.device).type == "cuda":
         amp, channels_last, compile = amp or "bf16", True, True
     result = bench_model(args.model, batch=args.batch, device=args.device, amp=amp,
-                         channels_last=channels_last, compile=compile, warmup=args.warmup,
+                         channels_last=channels_last, compile=compile, optimizer=args.optimizer,
+                         compile_mode=args.compile_mode, warmup=args.warmup,
                          repeats=args.repeats, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print_json(result)

@@ -1,0 +1,122 @@
+"""GPU-only paths (skipped without CUDA): the fast training step, the device data pipeline on CUDA,
+nvJPEG decoding, CUDA-graph inference, and the bench commands on CUDA.
+
+Run on a GPU machine with: python -m pytest tests/test_gpu.py -m gpu -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.cli import main
+from alexnet.data import PreparedSet, make_loader
+from alexnet.data.device import make_device_loader
+from alexnet.data.prepare import prepare
+from alexnet.data.synthetic import make_shapes
+from alexnet.model import build_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+SIZE, CROP = 96, 88
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu")
+    make_shapes(str(root / "src"), classes=4, per_class=6, size=SIZE, seed=0)
+    prepare(str(root / "src"), str(root / "set"), workers=2, val_fraction=0.25, size=SIZE)
+    return PreparedSet(str(root / "set"))
+
+
+def _step(model, opt, x, y, amp):
+    with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
+        loss = F.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def test_fast_training_step_matches_fp32():
+    """bf16 autocast + channels_last + torch.compile: the same loss and update as eager fp32, loosely."""
+    from alexnet.optim import PaperSGD
+
+    torch.manual_seed(0)
+    ref = build_model("alexnet", num_classes=10, init="kaiming").cuda()
+    fast = build_model("alexnet", num_classes=10, init="kaiming").cuda()
+    fast.load_state_dict(ref.state_dict())
+    for m in (ref, fast):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0  # deterministic: the two runs draw different dropout masks
+    fast = fast.to(memory_format=torch.channels_last)
+    compiled = torch.compile(fast)
+    opt_ref = PaperSGD(ref.parameters(), lr=0.01)
+    opt_fast = PaperSGD(fast.parameters(), lr=0.01)
+    x = torch.randn(16, 3, 227, 227, device="cuda")
+    y = torch.randint(0, 10, (16,), device="cuda")
+    for _ in range(3):
+        l_ref = _step(ref, opt_ref, x, y, None)
+        l_fast = _step(compiled, opt_fast, x.contiguous(memory_format=torch.channels_last), y, torch.bfloat16)
+        assert torch.isfinite(l_fast) and abs(l_fast.item() - l_ref.item()) < 0.05 * max(1.0, l_ref.item())
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+        cos = F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        assert cos > 0.99, name
+
+
+@pytest.mark.parametrize("decode", ["host", "device"])
+def test_device_loader_on_cuda_equals_cpu_loader(prepared, decode):
+    kw = dict(train=True, batch_size=4, seed=3, crop=CROP)
+    ref = make_loader(prepared, "train", workers=0, **kw)
+    dev = make_device_loader(prepared, "train", workers=2, device="cuda", decode=decode, channels_last=True, **kw)
+    ref.set_epoch(1)
+    dev.set_epoch(1)
+    batches = list(zip(ref, dev))
+    assert len(batches) == len(ref) > 0
+    for (xa, ya), (xb, yb) in batches:
+        assert xb.is_cuda and yb.is_cuda and xb.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ya, yb.cpu())
+        diff = (xa - xb.cpu()).abs()
+        if decode == "host":
+            assert diff.max() < 1e-3  # same pixels; float arithmetic on another device
+        else:
+            assert diff.mean() < 2.0 and diff.max() < 64  # nvJPEG's IDCT differs from libjpeg's slightly
+
+
+def test_cuda_graph_inference_equals_eager():
+    from alexnet.bench.infer import eager_forward, graphed
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", init="kaiming").cuda().eval()
+    x = torch.randn(8, 3, 227, 227, device="cuda")
+    eager = eager_forward(model, device=torch.device("cuda"))(x)
+    g = graphed(model, torch.empty_like(x))
+    assert torch.allclose(g(x), eager, rtol=1e-4, atol=1e-4)
+    x2 = torch.randn_like(x)  # a new input through the same graph
+    assert torch.allclose(g(x2).clone(), eager_forward(model, device=torch.device("cuda"))(x2), rtol=1e-4, atol=1e-4)
+    cl = model.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    gb = graphed(cl, xc, amp=torch.bfloat16)
+    eb = eager_forward(cl, device=torch.device("cuda"), amp=torch.bfloat16)(xc)
+    assert torch.allclose(gb(xc).float(), eb.float(), rtol=2e-2, atol=2e-2)
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_commands_on_cuda(prepared, capsys):
+    m = _json(capsys, ["bench", "model", "--device", "cuda", "--fast", "--batch", "8", "--warmup", "2", "--repeats", "2",
+                       "--json"])  # fmt: skip
+    assert m["speedup_vs_torchvision_bf16"] > 0 and 0 < m["fraction_of_matmul"] < 1.5 and m["paper_recipe_hours"] > 0
+    p = _json(capsys, ["bench", "pipeline", "--device", "cuda", "--data", prepared.root, "--crop", str(CROP), "--batch",
+                       "4", "--steps", "2", "--repeats", "1", "--workers", "2", "--json"])  # fmt: skip
+    assert p["default_path"] == "device" and set(p["ratios"]) == {"device", "host", "nvjpeg"}
+    i = _json(capsys, ["bench", "infer", "--device", "cuda", "--fast", "--batch", "16", "--repeats", "2",
+                       "--latency-repeats", "3", "--json"])  # fmt: skip
+    assert i["config"]["graphs"] and i["ours_latency_ms"] > 0 and i["throughput_ratio_vs_bf16_cl"] > 0
