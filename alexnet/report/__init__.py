@@ -236,7 +236,26 @@ def _evaluation(records, result) -> str:
            f"(paper §6).{page.esc(source)}"
            + (f" Lowest validation top-1 error logged during training: {page.pct(min(best))}." if best else "")
            + "</p>")
-    return page.table([split + " split", "images", "top-1 error", "top-5 error", "loss"], rows, numeric=(1, 2, 3, 4)) + how
+    return (page.table([split + " split", "images", "top-1 error", "top-5 error", "loss"], rows, numeric=(1, 2, 3, 4))
+            + how + _per_class(result))
+
+
+def _per_class(result) -> str:
+    """Top-1 error per class (centre crop): all classes when few, else the 10 hardest and 10 easiest."""
+    import numpy as np
+
+    labels, names = result["labels"], result["classes"]
+    predicted = result["probs"].argmax(1)
+    counts = np.bincount(labels, minlength=len(names))
+    wrong = np.bincount(labels, weights=(predicted != labels), minlength=len(names))
+    seen = [c for c in range(len(names)) if counts[c]]
+    seen.sort(key=lambda c: (-wrong[c] / counts[c], names[c]))
+    if len(seen) <= MAX_CONFUSION_CLASSES:
+        title, chosen = "Top-1 error per class (centre crop), hardest first", seen
+    else:
+        title, chosen = "The 10 hardest and the 10 easiest classes (top-1 error, centre crop)", seen[:10] + seen[-10:]
+    rows = [[names[c], int(counts[c]), page.pct(wrong[c] / counts[c])] for c in chosen]
+    return f"<h3>{page.esc(title)}</h3>" + page.table(["class", "images", "top-1 error"], rows, numeric=(1, 2))
 
 
 def _architecture(result, notes: list[str]) -> str | None:
@@ -246,7 +265,7 @@ def _architecture(result, notes: list[str]) -> str | None:
     kwargs = dict(state.get("model_kwargs") or {})
     kwargs.pop("variant", None)
     try:
-        size = None if "input_size" in kwargs or not state["model_name"].startswith("alexnet") else result["crop"]
+        size = kwargs.pop("input_size", None) or (result["crop"] if state["model_name"].startswith("alexnet") else None)
         s = summarize(state["model_name"], size, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the table is not worth failing the report for
         notes.append(f"No architecture table: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")

@@ -293,7 +293,8 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     if "train" not in prepared.splits or prepared.split_size("train") == 0:
         notes.append("No training split in the prepared directory: Figure 4 (right) is skipped.")
         return out
-    qpos = pick_examples(out["labels"], QUERY_IMAGES, seed=1, exclude=out["top5"])
+    enough = len(out["labels"]) - len(out["top5"]) >= QUERY_IMAGES  # else Figure 4 left's may be reused
+    qpos = pick_examples(out["labels"], QUERY_IMAGES, seed=1, exclude=out["top5"] if enough else ())
     qrows = rows[qpos]
     query = torch.cat([net.fc7(x) for x, _ in _batches(ds, qrows, batch_size, workers)])
     train = dataset("train")

@@ -1,0 +1,291 @@
+"""The run report: figures and page from a tiny CPU training run, checked against independent
+computations (evaluate_checkpoints, fc7 features + brute-force distances); robustness to partial
+runs; rendering in headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import config as cfg
+from alexnet.cli import main
+from alexnet.errors import UserError
+from alexnet.report import figures, write_report
+from alexnet.report import analysis
+
+FIGURES = {"curves.png", "conv1.png", "top5.png", "neighbours.png", "confusion.png"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A real run: 3 classes x 4 training + 3 validation images, one epoch of 2 steps on the CPU."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+    from alexnet.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("report")
+    make_shapes(root / "src", classes=3, per_class=4, val_per_class=3, seed=0)
+    prepare(str(root / "src"), str(root / "prep"), workers=1)
+    config = cfg.load_config(TrainConfig, None, [
+        "data.batch_size=6", "data.workers=0", "train.epochs=1", "train.log_every=1", "model.init=kaiming",
+        "data.normalize=channel", "train.stall_steps=0", "schedule.name=constant"])
+    train(root / "prep", root / "run", config, progress="off")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(analysis, "MAX_TEN_CROP", 2)  # exercises the cap (and keeps the test fast)
+        index = write_report(root / "run")  # the prepared directory comes from the run's env.json
+    return {"root": root, "run": root / "run", "data": root / "prep", "index": index}
+
+
+def _not_blank(path) -> None:
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    assert pixels.shape[0] > 50 and pixels.shape[1] > 50, path
+    assert pixels.std() > 5, f"{path} is blank"
+    packed = pixels.astype(np.int64) @ np.array([65536, 256, 1])
+    assert len(np.unique(packed)) > 20, f"{path} has almost no colours"
+
+
+def test_page_and_figures_from_a_tiny_run(tiny):
+    index = tiny["index"]
+    assert index == tiny["run"] / "report" / "index.html" and index.is_file()
+    html = index.read_text()
+    sources = set(re.findall(r'<img src="([^"]+)"', html))
+    assert sources == FIGURES
+    for name in sources:
+        _not_blank(index.parent / name)
+    for title in ("Training curves", "Evaluation", "Figure 3", "Figure 4 (left)", "Figure 4 (right)",
+                  "Confusion matrix", "Architecture", "Config and environment"):
+        assert title in html, title
+    # nothing fetched from elsewhere: no URLs, no scripts
+    assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html
+    summary = json.loads((index.parent / "report.json").read_text())
+    assert summary["ten"]["n"] == 2 and "10-crop evaluation uses 2 of the 9 val images" in html
+    from alexnet.model import build_model
+
+    kwargs = json.loads((tiny["run"] / "config.json").read_text())
+    with torch.device("meta"):  # shapes only
+        net = build_model("alexnet", num_classes=3, init=kwargs["model"]["init"])
+    params = sum(p.numel() for p in net.parameters())
+    assert f"{params:,}" in html  # the architecture table's total, counted here from the module
+    from alexnet.data import PreparedSet
+
+    for name in PreparedSet(tiny["data"]).class_names:  # the per-class table
+        assert f"<td>{name}</td>" in html
+    # no temporary directories left beside the report
+    assert sorted(p.name for p in tiny["run"].iterdir() if p.name.startswith(".")) == []
+
+
+def test_centre_crop_numbers_match_evaluate(tiny):
+    from alexnet.evaluate import evaluate_checkpoints
+
+    summary = json.loads((tiny["index"].parent / "report.json").read_text())
+    oracle = evaluate_checkpoints([str(tiny["run"])], str(tiny["data"]), "val", crops=1, workers=0, device="cpu")
+    assert summary["centre"]["n"] == oracle["n"] == 9
+    for key in ("top1_error", "top5_error", "loss"):
+        assert summary["centre"][key] == pytest.approx(oracle[key], rel=1e-4, abs=1e-6), key
+
+
+def test_neighbours_are_the_nearest_in_fc7(tiny, tmp_path):
+    from alexnet.predict import features_of_split, load_features
+
+    summary = json.loads((tiny["index"].parent / "report.json").read_text())
+    feats = {}
+    for split in ("train", "val"):
+        features_of_split(str(tiny["run"]), str(tiny["data"]), split, str(tmp_path / f"{split}.npz"), workers=0,
+                          device="cpu")
+        feats[split] = load_features(str(tmp_path / f"{split}.npz"))
+    assert len(summary["neighbours"]) == analysis.QUERY_IMAGES
+    for row, label, hits in summary["neighbours"]:
+        assert label == feats["val"]["labels"][row]
+        d = np.linalg.norm(feats["train"]["features"].astype(np.float64) - feats["val"]["features"][row], axis=1)
+        order = np.argsort(d, kind="stable")[: analysis.NEIGHBOURS]
+        assert [h[0] for h in hits] == order.tolist()
+        np.testing.assert_allclose([h[2] for h in hits], d[order], rtol=1e-3)
+        assert [h[1] for h in hits] == feats["train"]["labels"][order].tolist()
+
+
+def test_kernel_mosaic_scales_each_kernel():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3, 4, 4))
+    w[4] = 0.3  # a flat kernel
+    mosaic = figures.kernel_mosaic(w, cols=3, gap=1)
+    assert mosaic.shape == (2 * 5 - 1, 3 * 5 - 1, 3)
+    for i in range(4):
+        r, c = divmod(i, 3)
+        tile = mosaic[r * 5: r * 5 + 4, c * 5: c * 5 + 4]
+        expect = ((w[i] - w[i].min()) / (w[i].max() - w[i].min())).transpose(1, 2, 0)
+        np.testing.assert_allclose(tile, expect)
+    np.testing.assert_allclose(mosaic[5:9, 5:9], 0.5)
+    assert np.all(mosaic[4, :] == 1.0)  # the gap row is white
+
+
+def test_lr_drops_and_epoch_length():
+    steps = [{"step": s, "epoch": (s - 1) // 10 + 1, "lr": 0.01 if s <= 10 else 0.001, "loss": 1.0} for s in range(1, 21)]
+    epochs = [{"epoch": 1, "step": 10, "lr": 0.01}, {"epoch": 2, "step": 20, "lr": 0.001}]
+    assert figures.lr_drops(steps, epochs, "step") == [10.0]
+    assert figures.lr_drops(steps, epochs, None) == [10.0]
+    assert figures.lr_drops(steps, [dict(e, lr_dropped=e["epoch"] == 1) for e in epochs], "plateau") == [10.0]
+    assert figures.lr_drops(steps, epochs, "cosine") == []
+    warmup = [{"step": s, "lr": 0.001 * s} for s in range(1, 11)]  # rising lr: no drop
+    assert figures.lr_drops(warmup, [], "step") == []
+    assert figures.steps_per_epoch(steps, epochs) == 10
+    assert figures.steps_per_epoch(steps, []) == 10  # from the step records of epoch 1
+    assert figures.steps_per_epoch(steps[:5], []) is None
+
+
+def _hand_run(root, *, steps=(), epochs=(), config=None, env=None):
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(config or {"model": {"name": "alexnet"}, "train": {"epochs": 3}}))
+    (root / "env.json").write_text(json.dumps(env or {"device": "cpu", "started": "2024-01-01T00:00:00+0000"}))
+    lines = [json.dumps({"kind": "step", **r}) for r in steps] + [json.dumps({"kind": "epoch", **r}) for r in epochs]
+    (root / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+    return root
+
+
+@pytest.mark.parametrize("logged", ["nothing", "steps", "epochs"])
+def test_run_without_checkpoint_gets_curves_only(tmp_path, logged):
+    steps = [{"step": s, "epoch": 1, "loss": 2.3 - 0.1 * s, "lr": 0.01, "img_s": 50.0, "time": 1.7e9 + s,
+              "top1_error": 0.9, "top5_error": 0.5} for s in range(1, 6)] if logged != "nothing" else []
+    epochs = [{"epoch": 1, "step": 5, "lr": 0.01, "train_loss": 2.0, "train_top1_error": 0.8, "train_top5_error": 0.4,
+               "val_loss": None, "val_top1_error": None, "val_top5_error": None, "seconds": 12.0}] \
+        if logged == "epochs" else []
+    run = _hand_run(tmp_path / "run", steps=steps, epochs=epochs,
+                    config={"model": {"name": "alexnet"}, "note": "<script>alert(1)</script> & co"})
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"kind": "step", "ste')  # a line cut by a kill
+    index = write_report(run, out=tmp_path / "out")
+    html = index.read_text()
+    assert "No checkpoint yet" in html and "unreadable line" in html
+    assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png"}
+    _not_blank(index.parent / "curves.png")
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+
+
+def test_report_is_replaced_atomically_and_guards_other_directories(tmp_path):
+    run = _hand_run(tmp_path / "run")
+    first = write_report(run)
+    (first.parent / "stale.png").write_bytes(b"old")
+    second = write_report(run)
+    assert second == first and not (second.parent / "stale.png").exists()
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a report directory"):
+        write_report(run, out=precious)
+    assert (precious / "data.txt").read_text() == "keep"
+
+
+def test_user_errors(tmp_path, tiny):
+    with pytest.raises(UserError, match="no such run directory"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a run directory"):
+        write_report(tmp_path / "empty")
+    # a checkpoint but no recorded data: --data is asked for
+    run = _hand_run(tmp_path / "run", env={"device": "cpu"})
+    (run / "checkpoints").mkdir()
+    os.link(tiny["run"] / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match="--data"):
+        write_report(run)
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_and_no_val_split(tiny, tmp_path, capsys):
+    """`alexnet report --data` with a prepared set that has no val split: evaluation and Figure 4 are
+    skipped with a note, Figure 3 and the architecture still shown."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    make_shapes(tmp_path / "src", classes=3, per_class=2, seed=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "noval"), val_fraction=0, workers=1)
+    out = tmp_path / "rep"
+    assert main(["report", str(tiny["run"]), "--data", str(tmp_path / "noval"), "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "index.html")
+    html = (out / "index.html").read_text()
+    assert "has no val (or test) split" in html
+    assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png", "conv1.png"}
+    assert "Architecture" in html
+
+
+def test_other_model_and_many_classes(tmp_path):
+    """A non-AlexNet checkpoint (no Figure 3, no fc7 neighbours) on 31 classes (no confusion matrix)."""
+    from alexnet.checkpoint import save_checkpoint
+    from alexnet.data import PreparedSet
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+    from alexnet.model import build_model
+
+    make_shapes(tmp_path / "src", classes=31, per_class=1, val_per_class=1, size=64, seed=2)
+    prepare(str(tmp_path / "src"), str(tmp_path / "prep"), size=64, workers=1)
+    ps = PreparedSet(tmp_path / "prep")
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=31)
+    run = _hand_run(tmp_path / "run", env={"device": "cpu", "data": ps.root},
+                    config={"model": {"name": "resnet18"}, "train": {"epochs": 1}})
+    save_checkpoint(run / "checkpoints" / "last.pt", {
+        "model": model.state_dict(), "model_name": "resnet18", "model_kwargs": {"num_classes": 31},
+        "classes": {"ids": ps.class_ids, "names": ps.class_names},
+        "stats": {k: v.tolist() for k, v in ps.stats.items()}, "preprocess": {"crop": 56, "normalize": "channel"}})
+    index = write_report(run, device="cpu")
+    html = index.read_text()
+    assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png", "top5.png"}
+    assert "not an AlexNet" in html and "only AlexNet nets have" in html
+    assert "No confusion matrix: 31 classes" in html
+    _not_blank(index.parent / "top5.png")
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+
+def _chromium(install: bool) -> str | None:
+    """A Chromium binary; with install=True, try Debian's package when running as root with apt."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "chromium"]):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if command[1] == "install" and done.returncode == 0:
+            break
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _screenshot(tiny, tmp_path, install: bool):
+    browser = _chromium(install)
+    if browser is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium; or run `pytest -m slow` as root to let "
+                    "this test install it)" if not install else
+                    "chromium is not installed and could not be installed (needs root, apt-get and the network)")
+    shot = tmp_path / "page.png"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+               tiny["index"].resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.std() > 10, "the screenshot is a flat colour"
+    not_white = (pixels < 240).any(axis=2).mean()
+    assert not_white > 0.05, f"only {not_white:.1%} of the screenshot is drawn"
+
+
+def test_page_renders_in_chromium(tiny, tmp_path):
+    _screenshot(tiny, tmp_path, install=False)
+
+
+@pytest.mark.slow
+def test_page_renders_in_chromium_installing_it(tiny, tmp_path):
+    _screenshot(tiny, tmp_path, install=True)
