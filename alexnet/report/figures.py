@@ -237,8 +237,9 @@ def neighbours_panel(queries: list[tuple[np.ndarray, str]],
     (class, Euclidean fc7 distance; green title = same class as the query)."""
     rows = len(queries)
     cols = 1 + max((len(n) for n in neighbours), default=0)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.4, 2.15 * rows + 0.3), squeeze=False,
-                             gridspec_kw={"hspace": 0.55, "wspace": 0.08})
+    height = 1.95 * rows + 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.4, height), squeeze=False,
+                             gridspec_kw={"hspace": 0.42, "wspace": 0.06, "top": 1 - 0.75 / height, "bottom": 0.01, "left": 0.01, "right": 0.99})
     for r, ((image, name), row) in enumerate(zip(queries, neighbours)):
         ax = axes[r, 0]
         ax.imshow(image)
