@@ -157,6 +157,8 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
                                                 decode="device" if p == "nvjpeg" else "host", **common)  # fmt: skip
         drain = workers * PREFETCH_FACTOR + (1 if cuda else 0)  # batches a loader may hold ready
         x_syn = torch.randn(batch, 3, crop, crop, device=dev)
+        if channels_last:  # as the device path delivers it: the ceiling pays no layout copy
+            x_syn = x_syn.contiguous(memory_format=torch.channels_last)
         y_syn = torch.randint(0, ps.num_classes, (batch,), device=dev)
 
         def synthetic() -> None:

@@ -18,6 +18,7 @@ import os
 import warnings
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
@@ -62,8 +63,12 @@ class UInt8Dataset(PackedDataset):
                 images = (data, offsets)
             else:
                 images = _empty((n, 3, s, s), torch.uint8, shared)
+                handle = self._open()
                 for j, (index, _) in enumerate(keys):
-                    images[j] = self.image(int(index))
+                    if self.format == "raw":  # one strided copy from the page cache, HWC -> CHW
+                        np.copyto(images[j].numpy(), handle[int(index)].transpose(2, 0, 1))
+                    else:
+                        images[j] = self.image(int(index))
             draws = {}
             if self.train:
                 rows = [sample_draws(1, torch.Generator().manual_seed(int(seed)), crop=self.crop, size=s)
