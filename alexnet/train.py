@@ -109,7 +109,9 @@ class TrainSection:
     log_every: int = 20  # steps between step records in log.jsonl and progress lines
     checkpoint_every: int = 0  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
     max_steps: int | None = None  # stop (saving last.pt) after this many steps in all; unset: run all epochs
-    stall_steps: int = 200  # after this many steps, warn if the loss is still ~ln(num_classes); 0 = never
+    # after this many steps, warn if the loss is still ~ln(num_classes); 0 = never. ImageNet runs
+    # legitimately sit near ln(1000) for the first few hundred steps, hence not fewer by default.
+    stall_steps: int = 1000
     stall_window: int = 50  # steps whose mean loss the stall check looks at
     stall_tolerance: float = 0.02  # "stalled" = mean loss within this fraction of ln(num_classes)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable, slower on GPU)
