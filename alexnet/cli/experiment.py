@@ -1,0 +1,100 @@
+"""`alexnet experiment relu-vs-tanh | ablations`: the paper's claims as runs (docs/experiments.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from alexnet.cli import _Formatter, add_parser, print_json
+
+RELU_DESCRIPTION = """\
+The paper's Figure 1 (§3.1): a four-layer CNN (cuda-convnet's layers-80sec: three 5x5 conv layers
+of 32, 32, 64 maps with pooling, one fully-connected layer) trained on CIFAR-10 with ReLU and with
+tanh units: same initial weights, batches and learning rate, SGD with momentum, no regularisation.
+Records the training error after every epoch; reports the epochs (linearly interpolated) and
+training seconds each net needs to reach 25% training error, and the speed-up (paper: about 6x).
+
+--data: the folder of CIFAR-10's python batches (cifar-10-batches-py). Without it, a CIFAR-10-format
+set of 5,000 generated 32x32 images is made once under $ALEXNET_CACHE (default ~/.cache/alexnet).
+Writes OUT/result.json and OUT/relu-vs-tanh.png (the curves, like Figure 1)."""
+
+ABLATION_DESCRIPTION = """\
+The paper's design choices, each switched off in turn (§3.3 LRN, §3.4 overlapping pooling, §4.1 PCA
+colour noise, §4.2 dropout): the paper net and its variants are trained with the same budget and
+seeds through `alexnet train`'s recipe, then evaluated (centre crop) on the validation split.
+Prints top-1/top-5 error (mean ± std over seeds), the difference to the paper net, and the paper's
+claimed difference. Writes OUT/result.json, OUT/ablations.png and each run under OUT/runs/.
+
+--data: a prepared directory (`alexnet prepare`), or "demo" for a generated set of 10 shape classes
+(made once under $ALEXNET_CACHE, default ~/.cache/alexnet, at --size pixels)."""
+
+
+def register(sub) -> None:
+    parent = add_parser(sub, "experiment", "the paper's claims as runs: relu-vs-tanh (Figure 1), ablations",
+                        description="Reproduce the paper's claims. See `alexnet experiment SUBCOMMAND --help`.")
+    inner = parent.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    parent.set_defaults(func=lambda args: _missing(parent))
+
+    p = inner.add_parser("relu-vs-tanh", help="Figure 1: epochs to 25%% training error, ReLU vs tanh",
+                         description=RELU_DESCRIPTION, formatter_class=_Formatter)
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="CIFAR-10 python batches (cifar-10-batches-py); default: a generated set in the cache")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per net")
+    p.add_argument("--seeds", type=int, default=1, help="repeats with seeds 0..K-1 (mean ± std reported)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate of both nets")
+    p.add_argument("--lr-tanh", type=float, default=None,
+                   help="a separate learning rate for the tanh net (the paper tuned each); default: --lr")
+    p.add_argument("--batch-size", type=int, default=64, help="images per SGD step")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N training images")
+    p.add_argument("--target", type=float, default=0.25, help="training error at which speed is compared")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--cache", default=None, metavar="DIR", help="where the generated set is kept (default: $ALEXNET_CACHE or ~/.cache/alexnet)")
+    p.add_argument("--out", default="experiments/relu-vs-tanh", metavar="DIR", help="where result.json and the plot go")
+    p.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run_relu_vs_tanh)
+
+
+def _missing(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_relu_vs_tanh(args) -> int:
+    from alexnet.experiments import ReluTanhConfig, run_relu_vs_tanh as run
+
+    config = ReluTanhConfig(epochs=args.epochs, seeds=args.seeds, lr=args.lr, lr_tanh=args.lr_tanh,
+                            batch_size=args.batch_size, limit=args.limit, target=args.target, device=args.device)
+    result = run(args.data, args.out, config, cache=args.cache, progress=not (args.quiet or args.json))
+    if args.json:
+        print_json(result)
+        return 0
+    _print_relu(result)
+    return 0
+
+
+def _print_relu(r: dict) -> None:
+    from alexnet.experiments.common import fmt_pm
+
+    t = r["target"]
+    print(f"ReLU vs tanh, four-layer CNN, {r['data']['train_images']} training images"
+          f"{' (generated)' if r['data']['generated'] else ''}, {len(r['per_seed'])} seed(s), "
+          f"{r['settings']['epochs']} epochs, {r['seconds']:.0f} s")
+    print(f"{'':6s} {'epochs to ' + format(t, '.0%'):>18s} {'seconds to ' + format(t, '.0%'):>16s} "
+          f"{'final train err':>16s} {'test err':>9s}")
+    for act in ("relu", "tanh"):
+        c = r["curves"][act]
+        final = sum(e[-1] for e in c["train_error"]) / len(c["train_error"])
+        secs = r["seconds_to_25"][act]
+        test = r["final_test_error"][act]
+        print(f"{act:6s} {fmt_pm(r['epochs_to_25'][act], r['epochs_to_25_std'][act], digits=2):>18s} "
+              f"{'—' if secs is None else format(secs, '.1f'):>16s} {final:16.3f} "
+              f"{'—' if test is None else format(test, '.3f'):>9s}")
+    s = r["speedup"]
+    bound = "≥ " if r["speedup_is_lower_bound"] else ""
+    print(f"speed-up (epochs): {'n/a' if s is None else bound + fmt_pm(s, r['speedup_std'], digits=2)}×"
+          f"   (wall time: {'n/a' if r['speedup_seconds'] is None else format(r['speedup_seconds'], '.2f')}×; "
+          f"paper: ~{r['paper_speedup']:.0f}×)")
+    if r["note"]:
+        print(f"note: {r['note']}")
+    print(f"wrote {r['json']} and {r['plot']}")
+

@@ -1,0 +1,151 @@
+"""Experiments: both commands end to end at a tiny scale on CPU, plus their arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.data.synthetic import make_cifar10
+from alexnet.experiments.common import mean_std
+from alexnet.experiments.relu_tanh import FourLayerNet, crossing, load_cifar10
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    # 20 images per class = 200 training images, in the real CIFAR-10 pickle format
+    return make_cifar10(tmp_path_factory.mktemp("cifar"), per_class=20, test_per_class=4, seed=3)
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def test_crossing_interpolates_linearly():
+    errors = [0.9, 0.5, 0.3, 0.2, 0.1]
+    seconds = [0.0, 10.0, 20.0, 30.0, 40.0]
+    c = crossing(errors, seconds, 0.25)
+    # between epoch 2 (0.3) and 3 (0.2): 2 + (0.3 - 0.25) / (0.3 - 0.2) = 2.5
+    assert c["epochs"] == pytest.approx(2.5)
+    assert c["seconds"] == pytest.approx(25.0)
+    assert c["first_epoch"] == 3
+    assert crossing([0.9, 0.8], [0, 1], 0.25) == {"epochs": None, "seconds": None, "first_epoch": None}
+    assert crossing([0.2, 0.1], [0, 1], 0.25)["epochs"] == 0.0
+
+
+def test_mean_std_matches_numpy():
+    xs = [0.31, 0.27, 0.35]
+    m, s = mean_std(xs + [None])
+    assert m == pytest.approx(np.mean(xs))
+    assert s == pytest.approx(np.std(xs, ddof=1))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([None]) == (None, None)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_four_layer_net_shapes_and_layers(activation):
+    net = FourLayerNet(activation)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    weighted = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) == 4  # "a four-layer convolutional neural network"
+    act = torch.nn.ReLU if activation == "relu" else torch.nn.Tanh
+    assert sum(isinstance(m, act) for m in net.modules()) == 3
+
+
+def test_same_seed_same_initial_weights():
+    torch.manual_seed(0)
+    a = FourLayerNet("relu").state_dict()
+    torch.manual_seed(0)
+    b = FourLayerNet("tanh").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_load_cifar10_reads_the_pickles(cifar):
+    sets = load_cifar10(cifar)
+    x, y = sets["train"]
+    assert x.shape == (200, 3, 32, 32) and x.dtype == torch.uint8
+    assert sorted(torch.bincount(y).tolist()) == [20] * 10
+    assert sets["test"][0].shape == (40, 3, 32, 32)
+
+
+# ---------------------------------------------------------------- relu-vs-tanh end to end
+
+
+def test_relu_vs_tanh_end_to_end(cifar, tmp_path, capsys):
+    out = tmp_path / "rt"
+    rc = main(["experiment", "relu-vs-tanh", "--data", str(cifar), "--epochs", "2", "--seeds", "2",
+               "--batch-size", "32", "--target", "0.85", "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    result = json.loads(captured.out)  # stdout holds only the JSON
+    assert set(result["epochs_to_25"]) == {"relu", "tanh"}
+    assert "speedup" in result and "curves" in result
+    for act in ("relu", "tanh"):
+        curve = result["curves"][act]
+        assert curve["epoch"] == [0, 1, 2]
+        assert len(curve["train_error"]) == 2 and all(len(c) == 3 for c in curve["train_error"])
+        assert np.allclose(curve["mean"], np.mean(curve["train_error"], axis=0))
+        for errs, secs in zip(curve["train_error"], curve["seconds"]):
+            assert all(0.0 <= e <= 1.0 for e in errs)
+            assert secs[0] == 0.0 and secs == sorted(secs)
+            # the reported crossing agrees with the curve it came from
+    for row in result["per_seed"]:
+        for act in ("relu", "tanh"):
+            curve = result["curves"][act]
+            c = crossing(curve["train_error"][row["seed"]], curve["seconds"][row["seed"]], 0.85)
+            assert row[act]["epochs"] == c["epochs"]
+        if row["relu"]["epochs"] and row["tanh"]["epochs"] is not None:
+            assert row["speedup"] == pytest.approx(row["tanh"]["epochs"] / row["relu"]["epochs"])
+    assert (out / "relu-vs-tanh.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "result.json").read_text())["curves"] == result["curves"]
+    assert result["data"]["train_images"] == 200 and not result["data"]["generated"]
+
+
+def test_relu_vs_tanh_speedup_lower_bound_when_tanh_never_reaches(cifar, tmp_path, monkeypatch):
+    from alexnet.experiments import relu_tanh
+
+    def fake_curve(activation, x, y, config, seed, device, **kw):
+        errs = [0.9, 0.2, 0.1] if activation == "relu" else [0.9, 0.6, 0.5]
+        return {"train_error": errs, "seconds": [0.0, 1.0, 2.0], "loss": [1.0, 0.5], "test_error": 0.5, "lr": 0.01}
+
+    monkeypatch.setattr(relu_tanh, "train_curve", fake_curve)
+    cfg = relu_tanh.ReluTanhConfig(epochs=2, target=0.25)
+    r = relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "o", cfg, progress=False)
+    relu_epochs = 0 + (0.9 - 0.25) / (0.9 - 0.2)
+    assert r["epochs_to_25"]["relu"] == pytest.approx(relu_epochs)
+    assert r["epochs_to_25"]["tanh"] is None
+    assert r["speedup_is_lower_bound"] and r["speedup"] == pytest.approx(2 / relu_epochs)
+    assert "lower bound" in r["note"]
+
+
+def test_relu_vs_tanh_generates_into_cache(tmp_path, monkeypatch):
+    from alexnet.experiments import relu_tanh
+
+    monkeypatch.setattr(relu_tanh, "GENERATED", {"per_class": 3, "test_per_class": 1, "seed": 0})
+    d = relu_tanh.generated_cifar10(tmp_path / "cache")
+    assert d.parent == tmp_path / "cache" and (d / "data_batch_5").is_file()
+    assert load_cifar10(d)["train"][0].shape[0] == 30
+    assert relu_tanh.generated_cifar10(tmp_path / "cache") == d  # reused, not regenerated
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [d.name]  # no temporary left behind
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty", "garbage"])
+def test_relu_vs_tanh_bad_data_is_one_line(tmp_path, capsys, bad):
+    d = tmp_path / "d"
+    if bad != "missing":
+        d.mkdir()
+    if bad == "garbage":
+        (d / "data_batch_1").write_bytes(b"not a pickle")
+        (d / "batches.meta").write_bytes(b"nor this")
+    rc = main(["experiment", "relu-vs-tanh", "--data", str(d), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("alexnet experiment: error: --data")
+    assert "Traceback" not in err[0]
+
+
+def test_relu_vs_tanh_bad_options(tmp_path, capsys):
+    assert main(["experiment", "relu-vs-tanh", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "--epochs" in capsys.readouterr().err
