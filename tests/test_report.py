@@ -84,7 +84,8 @@ def test_centre_crop_numbers_match_evaluate(tiny):
     from alexnet.evaluate import evaluate_checkpoints
 
     summary = json.loads((tiny["index"].parent / "report.json").read_text())
-    oracle = evaluate_checkpoints([str(tiny["run"])], str(tiny["data"]), "val", crops=1, workers=0, device="cpu")
+    assert summary["checkpoint"] == str(tiny["run"] / "checkpoints" / "last.pt")
+    oracle = evaluate_checkpoints([summary["checkpoint"]], str(tiny["data"]), "val", crops=1, workers=0, device="cpu")
     assert summary["centre"]["n"] == oracle["n"] == 9
     for key in ("top1_error", "top5_error", "loss"):
         assert summary["centre"][key] == pytest.approx(oracle[key], rel=1e-4, abs=1e-6), key
@@ -239,6 +240,15 @@ def test_other_model_and_many_classes(tmp_path):
     assert "not an AlexNet" in html and "only AlexNet nets have" in html
     assert "No confusion matrix: 31 classes" in html
     _not_blank(index.parent / "top5.png")
+    # one 10-crop pass gave both rows (the centre crop is crop 4 of the 10): check both against evaluate
+    from alexnet.evaluate import evaluate_checkpoints
+
+    summary = json.loads((index.parent / "report.json").read_text())
+    for key, crops in (("centre", 1), ("ten", 10)):
+        oracle = evaluate_checkpoints([str(run)], ps.root, "val", crops=crops, workers=0, device="cpu")
+        assert summary[key]["n"] == oracle["n"] == 31
+        for metric in ("top1_error", "top5_error", "loss"):
+            assert summary[key][metric] == pytest.approx(oracle[metric], rel=1e-4, abs=1e-6), (key, metric)
 
 
 # ---------------------------------------------------------------- headless Chromium

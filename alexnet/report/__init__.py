@@ -53,6 +53,12 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
     if records.bad_lines:
         notes.append(f"log.jsonl has {records.bad_lines} unreadable line(s) (cut by a kill?); they are skipped.")
     ckpt = checkpoint_path(records, checkpoint)
+    best = records.root / "checkpoints" / "best.pt"
+    if checkpoint is None and ckpt is not None and ckpt.name == "last.pt" and best.is_file() \
+            and not os.path.samefile(best, ckpt):
+        notes.append("Shown: last.pt, the end of the run. best.pt (the lowest validation error during training) "
+                     "differs; its validation numbers are optimistic, as it was chosen on that split. Show it with "
+                     "--checkpoint RUN/checkpoints/best.pt.")
     result = None
     if ckpt is None:
         notes.append("No checkpoint yet (RUN/checkpoints/best.pt or last.pt): training curves and settings only.")
@@ -230,7 +236,8 @@ def _evaluation(records, result) -> str:
     best = [r["val_top1_error"] for r in records.epochs if isinstance(r.get("val_top1_error"), (int, float))]
     source = " The 10-crop row is read from RUN/eval.json, which measured these same weights." \
         if (result["ten"] or {}).get("source") == "eval.json" else ""
-    how = (f"<p class=\"how\">Checkpoint <code>{page.esc(result['checkpoint'])}</code> on the {page.esc(split)} split "
+    how = (f"<p class=\"how\">Checkpoint <code>{page.esc(result['checkpoint'])}</code>{page.esc(_position(result))} "
+           f"on the {page.esc(split)} split "
            f"of <code>{page.esc(result['data'])}</code>; crop {result['crop']}, {page.esc(result['normalize'])} "
            f"normalisation. Top-5 error counts an image wrong when its label is not among the five most probable "
            f"(paper §6).{page.esc(source)}"
@@ -238,6 +245,16 @@ def _evaluation(records, result) -> str:
            + "</p>")
     return (page.table([split + " split", "images", "top-1 error", "top-5 error", "loss"], rows, numeric=(1, 2, 3, 4))
             + how + _per_class(result))
+
+
+def _position(result) -> str:
+    """Where in training the checkpoint was saved, from its loop keys (absent in hand-made ones)."""
+    state = result["state"]
+    if not isinstance(state.get("step"), int):
+        return ""
+    epoch, batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
+    where = f"epoch {epoch + 1}, batch {batch}" if batch else f"{epoch} epoch{'s' * (epoch != 1)}"
+    return f" (saved after {where}, step {state['step']:,})"
 
 
 def _per_class(result) -> str:

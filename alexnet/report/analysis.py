@@ -94,12 +94,16 @@ def data_path(records: RunRecords, data=None) -> str | None:
 
 
 def checkpoint_path(records: RunRecords, checkpoint=None) -> Path | None:
-    """`checkpoint` (a file), else the run's best.pt, else last.pt, else None."""
+    """`checkpoint` (a file), else the run's last.pt, else best.pt, else None.
+
+    last.pt by default: the weights the curves end with, and an unbiased validation number (best.pt
+    was chosen for its error on the very split the report evaluates).
+    """
     from alexnet.checkpoint import resolve_checkpoint_path
 
     if checkpoint is not None:
         return resolve_checkpoint_path(checkpoint)
-    for name in ("best.pt", "last.pt"):
+    for name in ("last.pt", "best.pt"):
         path = records.root / "checkpoints" / name
         if path.is_file():
             return path
@@ -148,6 +152,13 @@ class Net:
         from alexnet.evaluate import average_probabilities
 
         return average_probabilities([self.model], self.inputs(images, crops))[0].float().cpu()
+
+    @torch.inference_mode()
+    def views(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 10, C) softmax of each of the paper's 10 crops; [:, 4] is the centre crop."""
+        x = self.inputs(images, 10)
+        probs = torch.softmax(self.model(x.flatten(0, 1)).float(), dim=1)
+        return probs.view(x.shape[0], x.shape[1], -1).cpu()
 
     @torch.inference_mode()
     def fc7(self, images: torch.Tensor) -> torch.Tensor:
@@ -261,20 +272,25 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     if len(rows) < len(ds):
         notes.append(f"Centre-crop evaluation uses {len(rows):,} of the {len(ds):,} {split} images "
                      "(evenly spaced), to keep the report fast.")
-    say(f"centre crop over {len(rows)} {split} images")
-    probs = [net.probabilities(x) for x, _ in _batches(ds, rows, batch_size, workers)]
-    out["probs"] = torch.cat(probs).numpy() if probs else out["probs"]
     out["labels"], out["indices"] = ds.labels[rows], rows
     if len(rows) == 0:
         notes.append(f"The {split} split is empty: no evaluation.")
         return out
-    out["centre"] = metrics(out["probs"], out["labels"])
-
-    # 10 crops: reuse RUN/eval.json when it measured these weights, else evaluate (capped).
+    # 10 crops: reuse RUN/eval.json when it measured these weights; for a small split one 10-crop pass
+    # gives the centre crop too (it is crop 4 of the 10); else a centre pass and a capped 10-crop pass.
     ten = _eval_json(records, ckpt, split, len(ds))
     if ten is not None:
         ten["source"] = "eval.json"
+    if ten is None and len(ds) <= MAX_TEN_CROP and len(rows) == len(ds):
+        say(f"centre crop and 10 crops over {len(rows)} {split} images")
+        views = torch.cat([net.views(x) for x, _ in _batches(ds, rows, max(1, batch_size // 10), workers)])
+        out["probs"] = views[:, 4].numpy()
+        ten = metrics(views.mean(dim=1).numpy(), out["labels"])
     else:
+        say(f"centre crop over {len(rows)} {split} images")
+        out["probs"] = torch.cat([net.probabilities(x) for x, _ in _batches(ds, rows, batch_size, workers)]).numpy()
+    out["centre"] = metrics(out["probs"], out["labels"])
+    if ten is None:
         rows10 = spread(len(ds), MAX_TEN_CROP)
         if len(rows10) < len(ds):
             notes.append(f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "

@@ -18,8 +18,9 @@ body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Dej
 header { background:#14233c; color:#fff; padding:28px 40px 22px; }
 header h1 { margin:0 0 4px; font-size:26px; font-weight:650; }
 header p { margin:0; color:#c9d4e3; font-size:14px; }
-nav { background:var(--soft); border-bottom:1px solid var(--line); padding:8px 40px; font-size:14px; }
-nav a { color:var(--accent); text-decoration:none; margin-right:18px; white-space:nowrap; }
+nav { background:var(--soft); border-bottom:1px solid var(--line); padding:8px 40px; font-size:14px;
+      display:flex; flex-wrap:wrap; gap:2px 18px; }
+nav a { color:var(--accent); text-decoration:none; white-space:nowrap; }
 main { max-width:1240px; margin:0 auto; padding:8px 40px 40px; }
 section { margin-top:34px; }
 h2 { font-size:20px; border-bottom:2px solid var(--line); padding-bottom:4px; margin:0 0 12px; }
