@@ -125,6 +125,21 @@ def test_kernel_mosaic_scales_each_kernel():
     assert np.all(mosaic[4, :] == 1.0)  # the gap row is white
 
 
+def test_figures_take_odd_class_names(tmp_path):
+    """Names with $ (matplotlib's mathtext), markup and underscores; fewer than five classes."""
+    names = ["a $5 bill", "<b>bold</b>", "snake_case_name_that_is_far_too_long_for_a_bar"]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    probs = rng.dirichlet(np.ones(3), size=3)
+    figures.top5_panel(images, probs, [0, 1, 2], names, tmp_path / "top5.png")
+    cm = figures.confusion_matrix([0, 1, 2, 2], [0, 2, 2, 1], 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    figures.confusion(cm, names, tmp_path / "cm.png")
+    figures.neighbours_panel([(images[0], names[0])], [[(images[1], names[1], 1.5, False)]], tmp_path / "nn.png")
+    for name in ("top5.png", "cm.png", "nn.png"):
+        _not_blank(tmp_path / name)
+
+
 def test_lr_drops_and_epoch_length():
     steps = [{"step": s, "epoch": (s - 1) // 10 + 1, "lr": 0.01 if s <= 10 else 0.001, "loss": 1.0} for s in range(1, 21)]
     epochs = [{"epoch": 1, "step": 10, "lr": 0.01}, {"epoch": 2, "step": 20, "lr": 0.001}]

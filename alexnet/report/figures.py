@@ -185,7 +185,8 @@ def conv1_kernels(weights: np.ndarray, path, *, towers: bool) -> None:
 
 
 def _short(name: str, width: int = 24) -> str:
-    return textwrap.shorten(str(name).replace("_", " "), width=width, placeholder="…")
+    """A class name for a figure: underscores as spaces, shortened, `$` kept literal (not mathtext)."""
+    return textwrap.shorten(str(name).replace("_", " "), width=width, placeholder="…").replace("$", r"\$")
 
 
 def top5_panel(images: list[np.ndarray], probs: np.ndarray, labels: list[int], names: list[str], path) -> None:
