@@ -47,7 +47,7 @@ def _marker(path: Path) -> dict | None:
 
 
 def _prepared(out: Path, quiet: bool) -> Path:
-    """Generate and prepare the image set, or reuse a complete one made with the same settings."""
+    """Generate and prepare the image set, or reuse a complete one made with the same settings (DATA)."""
     from alexnet.data.prepare import prepare
     from alexnet.data.synthetic import make_shapes
 

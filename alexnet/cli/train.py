@@ -20,7 +20,7 @@ Configuration: defaults <- --config FILE.toml <- --set section.key=value (repeat
 keys (docs/training.md explains each):
 {keys}
 
-Many GPUs / nodes: torchrun --nproc_per_node=8 -m alexnet train DATA --out RUN
+Many GPUs / nodes: torchrun --standalone --nproc_per_node=8 -m alexnet train DATA --out RUN
 (data.batch_size is the global batch, split over the processes; lr is not rescaled).
 If the loss stays at ln(classes), see the warning it prints: --set model.init=kaiming
 --set data.normalize=channel is the robust alternative to the paper's init."""

@@ -1,0 +1,53 @@
+"""`alexnet demo`: the pipeline on generated images (shrunk here; the real default is a slow test)."""
+
+import json
+
+import pytest
+
+from alexnet import demo
+from alexnet.cli import main
+
+KEYS = {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds"}
+
+
+def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "DATA", {"classes": 3, "per_class": 6, "val_per_class": 2, "size": 256, "seed": 0})
+    out = tmp_path / "demo"
+    shrink = ["--set", "train.epochs=1", "--set", "data.crop=67", "--set", "data.batch_size=6",
+              "--set", "data.workers=0"]
+    assert main(["demo", "--out", str(out), "--json", *shrink]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert set(result) == KEYS
+    assert result["run"] == str(out / "run") and result["data"] == str(out / "data")
+    assert 0 <= result["top1_error"] <= 1 and 0 <= result["top1_error_10crop"] <= 1
+    assert result["top5_error"] == 0  # 3 classes
+    assert result["report"] is None or (out / "run" / "report").is_dir()
+    evaluation = json.loads((out / "run" / "eval.json").read_text())
+    assert evaluation["1crop"]["n"] == evaluation["10crop"]["n"] == 6
+    assert evaluation["1crop"]["top1_error"] == result["top1_error"]
+    assert (out / "run" / "checkpoints" / "last.pt").is_file()
+
+    # a rerun reuses the complete generated data and starts a fresh run
+    stamp = (out / "data" / "manifest.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), *shrink]) == 0
+    captured = capsys.readouterr()
+    assert "reusing the prepared images" in captured.err and "replacing the previous demo run" in captured.err
+    assert (out / "data" / "manifest.json").stat().st_mtime_ns == stamp
+    assert "top-1" in captured.out and str(out / "run") in captured.out
+    steps = [json.loads(x) for x in (out / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "epoch"] == [3]  # one fresh epoch, not appended
+
+
+def test_demo_refuses_a_file_as_out(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert main(["demo", "--out", str(target)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_default_learns(tmp_path):
+    """The real demo (about 5-10 minutes on a 2-core CPU): far below chance (0.9)."""
+    result = demo.run_demo(tmp_path / "demo", progress="off")
+    assert result["top1_error"] < 0.5 and result["top1_error_10crop"] < 0.5
