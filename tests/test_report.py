@@ -238,8 +238,8 @@ def test_other_model_and_many_classes(tmp_path):
     from alexnet.data.synthetic import make_shapes
     from alexnet.model import build_model
 
-    make_shapes(tmp_path / "src", classes=31, per_class=1, val_per_class=1, size=64, seed=2)
-    prepare(str(tmp_path / "src"), str(tmp_path / "prep"), size=64, workers=1)
+    make_shapes(tmp_path / "src", classes=31, per_class=1, val_per_class=1, size=40, seed=2)
+    prepare(str(tmp_path / "src"), str(tmp_path / "prep"), size=40, workers=1)
     ps = PreparedSet(tmp_path / "prep")
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=31)
@@ -248,7 +248,7 @@ def test_other_model_and_many_classes(tmp_path):
     save_checkpoint(run / "checkpoints" / "last.pt", {
         "model": model.state_dict(), "model_name": "resnet18", "model_kwargs": {"num_classes": 31},
         "classes": {"ids": ps.class_ids, "names": ps.class_names},
-        "stats": {k: v.tolist() for k, v in ps.stats.items()}, "preprocess": {"crop": 56, "normalize": "channel"}})
+        "stats": {k: v.tolist() for k, v in ps.stats.items()}, "preprocess": {"crop": 32, "normalize": "channel"}})
     index = write_report(run, device="cpu")
     html = index.read_text()
     assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png", "top5.png"}

@@ -57,10 +57,9 @@ def pct(x) -> str:
 def duration(seconds) -> str:
     if seconds is None:
         return "–"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def table(header: list[str], rows: list[list], numeric=(), total_rows=()) -> str:
