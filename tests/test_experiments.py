@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +149,113 @@ def test_relu_vs_tanh_bad_data_is_one_line(tmp_path, capsys, bad):
 def test_relu_vs_tanh_bad_options(tmp_path, capsys):
     assert main(["experiment", "relu-vs-tanh", "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- ablations
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from alexnet.experiments.ablations import demo_data
+
+    # 10 classes x (3 train + 2 val) images at 76 px -> crop 67, AlexNet's smallest input
+    return demo_data(tmp_path_factory.mktemp("cache"), classes=10, per_class=3, val_per_class=2, size=76)
+
+
+def test_ablations_default_covers_all_four():
+    from alexnet.cli import build_parser
+    from alexnet.experiments.ablations import ABLATIONS, AblationConfig
+
+    assert set(ABLATIONS) == {"no-lrn", "non-overlapping-pool", "no-pca", "no-dropout"}
+    assert AblationConfig().variants == list(ABLATIONS)
+    args = build_parser().parse_args(["experiment", "ablations"])
+    assert args.variants.split(",") == list(ABLATIONS) and args.data == "demo"
+
+
+def test_each_variant_switches_exactly_one_setting():
+    import dataclasses
+
+    import alexnet.train as train_module
+    from alexnet import config as cfg
+    from alexnet.experiments.ablations import ABLATIONS, AblationConfig, _pool, run_config
+
+    config = AblationConfig()
+    base, base_pool = run_config("paper", 0, config, 99)
+    assert base_pool is None
+    flat = lambda c: {f"{s}.{k}": v for s, sec in cfg.to_dict(c).items() for k, v in sec.items()}  # noqa: E731
+    expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0}}
+    for variant in ABLATIONS:
+        c, pool = run_config(variant, 0, config, 99)
+        diff = {k: v for k, v in flat(c).items() if flat(base)[k] != v}
+        if variant == "non-overlapping-pool":
+            fields = {f.name for f in dataclasses.fields(train_module.ModelConfig)}
+            assert diff == ({"model.pool": "non-overlapping"} if "pool" in fields else {})
+            assert pool == (None if "pool" in fields else "non-overlapping")
+        else:
+            assert diff == expected[variant] and pool is None
+    original = train_module.model_kwargs
+    with _pool("non-overlapping"):
+        kwargs = train_module.model_kwargs(base, 10)
+    assert kwargs["pool"] == "non-overlapping" and train_module.model_kwargs is original
+    model = train_module.build_model("alexnet", **kwargs)
+    pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(2, 2)] * 3
+
+
+def test_summarise_pairs_differences_by_seed():
+    from alexnet.experiments.ablations import summarise
+
+    def row(seed, top1, top5):
+        return {"seed": seed, "top1_error": top1, "top5_error": top5, "train_top1_error": None, "seconds": 1.0}
+
+    runs = {"paper": [row(0, 0.40, 0.20), row(1, 0.50, 0.30)],
+            "no-lrn": [row(0, 0.45, 0.20), row(1, 0.52, 0.35)]}
+    r = summarise(runs)
+    assert r["paper"]["top1_error"] == pytest.approx(0.45)
+    assert r["paper"]["top1_error_std"] == pytest.approx(np.std([0.40, 0.50], ddof=1))
+    assert r["no-lrn"]["diff_top1_error"] == pytest.approx(np.mean([0.05, 0.02]))
+    assert r["no-lrn"]["diff_top1_error_std"] == pytest.approx(np.std([0.05, 0.02], ddof=1))
+    assert r["no-lrn"]["diff_top5_error"] == pytest.approx(np.mean([0.0, 0.05]))
+    assert r["no-lrn"]["paper_claim"]["top1"] == 1.4
+    assert r["no-lrn"]["train_top1_error"] is None and "diff_top1_error" not in r["paper"]
+
+
+def test_ablations_end_to_end(shapes, tmp_path, capsys):
+    out = tmp_path / "abl"
+    rc = main(["experiment", "ablations", "--data", str(shapes), "--epochs", "1", "--seeds", "1",
+               "--variants", "non-overlapping-pool", "--workers", "0", "--set", "data.batch_size=10",
+               "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["variants"] == ["paper", "non-overlapping-pool"]
+    assert result["settings"]["crop"] == 67
+    for name in result["variants"]:
+        e = result["results"][name]
+        (row,) = e["per_seed"]
+        assert 0.0 <= row["top1_error"] <= row["top5_error"] or row["top5_error"] <= row["top1_error"]
+        assert 0.0 <= e["top1_error"] <= 1.0 and 0.0 <= e["top5_error"] <= e["top1_error"]
+        assert row["steps"] == 3 and row["epochs"] == 1  # 30 images / batch 10
+        assert not (Path(row["run"]) / "checkpoints").exists()  # removed after evaluating
+        assert (Path(row["run"]) / "log.jsonl").is_file()
+    assert result["results"]["non-overlapping-pool"]["per_seed"][0]["pool"] == "non-overlapping"
+    assert result["results"]["paper"]["per_seed"][0]["pool"] == "overlapping"
+    d = result["results"]["non-overlapping-pool"]
+    assert d["diff_top1_error"] == pytest.approx(d["top1_error"] - result["results"]["paper"]["top1_error"])
+    assert (out / "ablations.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "result.json").read_text())["results"].keys() == result["results"].keys()
+
+
+@pytest.mark.parametrize("case", ["missing", "not-prepared", "crop"])
+def test_ablations_bad_data_is_one_line(shapes, tmp_path, capsys, case):
+    args = {"missing": ["--data", str(tmp_path / "nope")],
+            "not-prepared": ["--data", str(tmp_path)],
+            "crop": ["--data", str(shapes), "--crop", "60"]}[case]
+    rc = main(["experiment", "ablations", *args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("alexnet experiment: error:"), err
+
+
+def test_ablations_unknown_variant(tmp_path, capsys):
+    assert main(["experiment", "ablations", "--variants", "no-lrn,no-relu", "--out", str(tmp_path)]) == 2
+    assert "no-relu" in capsys.readouterr().err

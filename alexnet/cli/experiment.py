@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from alexnet.cli import _Formatter, add_parser, print_json
 
@@ -53,6 +54,38 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_relu_vs_tanh)
 
+    from alexnet.experiments.ablations import ABLATIONS, RECIPES
+
+    p = inner.add_parser("ablations", help="LRN, overlapping pooling, PCA noise, dropout: each switched off",
+                         description=ABLATION_DESCRIPTION, formatter_class=_Formatter)
+    p.add_argument("--data", default="demo", metavar="DIR",
+                   help='prepared directory (alexnet prepare), or "demo" for a generated set in the cache')
+    p.add_argument("--epochs", type=int, default=6, help="epochs per run")
+    p.add_argument("--seeds", type=int, default=1, help="runs per net with seeds 0..K-1 (mean ± std reported)")
+    p.add_argument("--variants", default=",".join(ABLATIONS), metavar="LIST",
+                   help=f"comma-separated ablations to run beside the paper net: {', '.join(ABLATIONS)}")
+    p.add_argument("--recipe", default="robust", choices=sorted(RECIPES),
+                   help="robust: Kaiming init, channel-normalised inputs, batch 32, warm-up, constant lr (CPU "
+                        "budgets); paper: alexnet train's defaults (the paper's recipe, for full-scale runs)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="training crop / model input; default: 227/256 of the prepared size (227 at 256)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop each run after N SGD steps")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="an alexnet train setting for every run, e.g. --set data.batch_size=64 (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes; unset: train's default")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--demo-per-class", type=int, default=None, metavar="N",
+                   help="--data demo: training images per class; unset: 100 (and 20 val images per class)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="where the demo set is kept (default: $ALEXNET_CACHE or ~/.cache/alexnet)")
+    p.add_argument("--out", default="experiments/ablations", metavar="DIR",
+                   help="where result.json, ablations.png and the runs (OUT/runs/) go")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every run's checkpoints (about 455 MB each); by default only logs and configs stay")
+    p.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run_ablations)
+
 
 def _missing(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -98,3 +131,48 @@ def _print_relu(r: dict) -> None:
         print(f"note: {r['note']}")
     print(f"wrote {r['json']} and {r['plot']}")
 
+
+
+def run_ablations(args) -> int:
+    from alexnet.experiments import AblationConfig, run_ablations as run
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    config = AblationConfig(epochs=args.epochs, seeds=args.seeds, variants=variants, recipe=args.recipe,
+                            crop=args.crop, max_steps=args.max_steps, workers=args.workers, device=args.device,
+                            overrides=list(args.overrides), keep_checkpoints=args.keep_checkpoints)
+    demo = {"per_class": args.demo_per_class} if args.demo_per_class else None
+    result = run(args.data, args.out, config, cache=args.cache, demo=demo,
+                 progress="off" if (args.quiet or args.json) else "lines")
+    if args.json:
+        print_json(result)
+        return 0
+    _print_ablations(result)
+    return 0
+
+
+def _print_ablations(r: dict) -> None:
+    from alexnet.experiments.common import fmt_pm
+
+    d, s = r["data"], r["settings"]
+    print(f"Ablations on {d['dir']}{' (generated)' if d['generated'] else ''}: {d['train_images']} training / "
+          f"{d['val_images']} val images, crop {s['crop']}, {s['epochs']} epochs, {s['seeds']} seed(s), "
+          f"recipe {s['recipe']}, {r['seconds']:.0f} s")
+    print("errors in %, centre crop on val; diff = variant - paper net (paired by seed), + means the feature helps")
+    print(f"{'net':22s} {'top-1':>13s} {'top-5':>13s} {'diff top-1':>13s} {'diff top-5':>13s} "
+          f"{'train top-1':>12s}  paper's claim")
+    for name in r["variants"]:
+        e = r["results"][name]
+        claim = e["paper_claim"]
+        if claim is None:
+            claim_text = ""
+        elif claim["top1"] is None:
+            claim_text = "overfits without; ~2x the iterations with"
+        else:
+            claim_text = f"+{claim['top1']:.1f} / " + ("—" if claim["top5"] is None else f"+{claim['top5']:.1f}")
+            claim_text += " (top-1 > +1.0)" if name == "no-pca" else ""
+        diff1 = fmt_pm(e.get("diff_top1_error"), e.get("diff_top1_error_std"), 100, sign=True) if name != "paper" else ""
+        diff5 = fmt_pm(e.get("diff_top5_error"), e.get("diff_top5_error_std"), 100, sign=True) if name != "paper" else ""
+        print(f"{name:22s} {fmt_pm(e['top1_error'], e['top1_error_std'], 100):>13s} "
+              f"{fmt_pm(e['top5_error'], e['top5_error_std'], 100):>13s} {diff1:>13s} {diff5:>13s} "
+              f"{fmt_pm(e['train_top1_error'], None, 100):>12s}  {claim_text}")
+    print(f"wrote {r['json']} and {r['plot']}; runs in {Path(r['json']).parent / 'runs'}")

@@ -6,6 +6,7 @@
 Each writes OUT/result.json and a PNG plot and returns the same dict.
 """
 
+from alexnet.experiments.ablations import ABLATIONS, AblationConfig, run_ablations
 from alexnet.experiments.relu_tanh import ReluTanhConfig, run_relu_vs_tanh
 
-__all__ = ["ReluTanhConfig", "run_relu_vs_tanh"]
+__all__ = ["ABLATIONS", "AblationConfig", "ReluTanhConfig", "run_ablations", "run_relu_vs_tanh"]
