@@ -127,3 +127,22 @@ def test_bench_infer_errors(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "infer", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_pipeline_bf16_channels_last_on_cpu(prepared, capsys):
+    """The CUDA training configuration's code path (autocast + channels_last + device path) on CPU."""
+    out = _json(capsys, ["bench", "pipeline", "--data", prepared.root, "--batch", "2", "--steps", "1", "--crop", str(CROP),
+                         "--workers", "0", "--warmup", "0", "--repeats", "1", "--paths", "device", "--amp", "bf16",
+                         "--channels-last", "--json"])  # fmt: skip
+    assert out["config"]["amp"] == "bf16" and out["config"]["channels_last"] and out["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_commands_compile_on_cpu(prepared, capsys):
+    """torch.compile through the paper net (custom LRN autograd.Function) in training and inference."""
+    out = _json(capsys, ["bench", "pipeline", "--data", prepared.root, "--batch", "2", "--steps", "1", "--crop", str(CROP),
+                         "--workers", "0", "--warmup", "1", "--repeats", "1", "--paths", "device", "--compile", "--json"])  # fmt: skip
+    assert out["config"]["compile"] and out["ratio"] > 0
+    out = _json(capsys, ["bench", "infer", "--batch", "2", "--warmup", "1", "--repeats", "1", "--latency-repeats", "1",
+                         "--compile", "--channels-last", "--json"])  # fmt: skip
+    assert out["config"]["compile"] and out["ours_img_s"] > 0
