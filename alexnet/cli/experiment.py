@@ -76,6 +76,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--demo-per-class", type=int, default=None, metavar="N",
                    help="--data demo: training images per class; unset: 100 (and 20 val images per class)")
+    p.add_argument("--demo-size", type=int, default=None, metavar="PX",
+                   help="--data demo: image size in pixels; unset: 112 (crop 99); 76 gives crop 67, the smallest")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="where the demo set is kept (default: $ALEXNET_CACHE or ~/.cache/alexnet)")
     p.add_argument("--out", default="experiments/ablations", metavar="DIR",
@@ -140,8 +142,8 @@ def run_ablations(args) -> int:
     config = AblationConfig(epochs=args.epochs, seeds=args.seeds, variants=variants, recipe=args.recipe,
                             crop=args.crop, max_steps=args.max_steps, workers=args.workers, device=args.device,
                             overrides=list(args.overrides), keep_checkpoints=args.keep_checkpoints)
-    demo = {"per_class": args.demo_per_class} if args.demo_per_class else None
-    result = run(args.data, args.out, config, cache=args.cache, demo=demo,
+    demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v}
+    result = run(args.data, args.out, config, cache=args.cache, demo=demo or None,
                  progress="off" if (args.quiet or args.json) else "lines")
     if args.json:
         print_json(result)
