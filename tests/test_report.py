@@ -80,26 +80,35 @@ def test_page_and_figures_from_a_tiny_run(tiny):
     assert sorted(p.name for p in tiny["run"].iterdir() if p.name.startswith(".")) == []
 
 
-def test_centre_crop_numbers_match_evaluate(tiny):
-    from alexnet.evaluate import evaluate_checkpoints
+@pytest.fixture(scope="module")
+def oracle(tiny):
+    """The run's last checkpoint loaded once, with loaders over its data (centre crop)."""
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.data import make_loader
+
+    state = load_checkpoint(tiny["run"] / "checkpoints" / "last.pt")
+    loaders = {split: make_loader(tiny["data"], split, train=False, batch_size=4, workers=0,
+                                  normalize=state["preprocess"]["normalize"], crop=state["preprocess"]["crop"])
+               for split in ("train", "val")}
+    return {"model": model_from_checkpoint(state), "loaders": loaders}
+
+
+def test_centre_crop_numbers_match_evaluate(tiny, oracle):
+    from alexnet.evaluate import evaluate
 
     summary = json.loads((tiny["index"].parent / "report.json").read_text())
     assert summary["checkpoint"] == str(tiny["run"] / "checkpoints" / "last.pt")
-    oracle = evaluate_checkpoints([summary["checkpoint"]], str(tiny["data"]), "val", crops=1, workers=0, device="cpu")
-    assert summary["centre"]["n"] == oracle["n"] == 9
+    expect = evaluate(oracle["model"], oracle["loaders"]["val"])
+    assert summary["centre"]["n"] == expect["n"] == 9
     for key in ("top1_error", "top5_error", "loss"):
-        assert summary["centre"][key] == pytest.approx(oracle[key], rel=1e-4, abs=1e-6), key
+        assert summary["centre"][key] == pytest.approx(expect[key], rel=1e-4, abs=1e-6), key
 
 
-def test_neighbours_are_the_nearest_in_fc7(tiny, tmp_path):
-    from alexnet.predict import features_of_split, load_features
+def test_neighbours_are_the_nearest_in_fc7(tiny, oracle):
+    from alexnet.predict import extract_features
 
     summary = json.loads((tiny["index"].parent / "report.json").read_text())
-    feats = {}
-    for split in ("train", "val"):
-        features_of_split(str(tiny["run"]), str(tiny["data"]), split, str(tmp_path / f"{split}.npz"), workers=0,
-                          device="cpu")
-        feats[split] = load_features(str(tmp_path / f"{split}.npz"))
+    feats = {split: extract_features(oracle["model"], oracle["loaders"][split]) for split in ("train", "val")}
     assert len(summary["neighbours"]) == analysis.QUERY_IMAGES
     for row, label, hits in summary["neighbours"]:
         assert label == feats["val"]["labels"][row]

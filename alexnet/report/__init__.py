@@ -61,7 +61,7 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
                      "--checkpoint RUN/checkpoints/best.pt.")
     result = None
     if ckpt is None:
-        notes.append("No checkpoint yet (RUN/checkpoints/best.pt or last.pt): training curves and settings only.")
+        notes.append("No checkpoint yet (RUN/checkpoints/last.pt or best.pt): training curves and settings only.")
     else:
         prepared = data_path(records, data)
         if prepared is None:
@@ -122,6 +122,9 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
     total = (records.config.get("train") or {}).get("epochs")
     done = epochs[-1]["epoch"] if epochs else 0
     seconds = sum(r.get("seconds") or 0 for r in epochs) if epochs else None
+    timing = "sum of the epochs, validation included"
+    if seconds is None:
+        seconds, timing = page.wall_time(records.env, records.steps, epochs), "wall clock so far"
     cards = []
     if result and result["centre"]:
         c, t = result["centre"], result["ten"]
@@ -133,7 +136,7 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
     elif epochs and epochs[-1].get("val_top1_error") is not None:
         cards.append(("val top-1 error", page.pct(epochs[-1]["val_top1_error"]), f"logged after epoch {done}"))
     cards += [("epochs", f"{done}" + (f" / {total}" if total else ""), f"{epochs[-1]['step']:,} steps" if epochs else "none finished"),
-              ("training time", page.duration(seconds), "sum of the epochs, validation included"),
+              ("training time", page.duration(seconds), timing),
               ("device", str(records.env.get("device", "?")), str(records.env.get("device_name", "")))]
     return cards
 

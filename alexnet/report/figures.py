@@ -86,8 +86,10 @@ def training_curves(steps: list[dict], epochs: list[dict], path, *, schedule: st
               ("top5_error", "Top-5 error", "top-5 error (%)", "train_top5_error", "val_top5_error", 100.0)]
     for ax, (step_key, title, ylabel, train_key, val_key, factor) in zip(axes.flat, panels):
         x, y = _num(steps, step_key)
+        faint = len(_num(epochs, train_key)[0]) > 0  # a background to the epoch means, else the curve itself
         if len(x):
-            ax.plot(x / scale, y * factor, color=TRAIN, alpha=0.35, lw=1, label="train (each logged interval)")
+            ax.plot(x / scale, y * factor, color=TRAIN, alpha=0.35 if faint else 1.0, lw=1 if faint else 1.8,
+                    label="train (each logged interval)")
         x, y = _num(epochs, train_key)
         if len(x):
             ax.plot(x / scale, y * factor, "o-", color=TRAIN, lw=2, ms=4, label="train (epoch mean)")
@@ -110,7 +112,8 @@ def training_curves(steps: list[dict], epochs: list[dict], path, *, schedule: st
         x, y = _num(epochs, "lr")
         x = x - (per_epoch or 0)
     if len(x):
-        ax.plot(np.maximum(x, 0) / scale, y, color="#2ca02c", lw=2, drawstyle="steps-post", label="learning rate")
+        x, y = np.append(np.maximum(x, 0), x[-1] + 1), np.append(y, y[-1])  # the last value's own step
+        ax.plot(x / scale, y, color="#2ca02c", lw=2, drawstyle="steps-post", label="learning rate")
         if np.all(y > 0):
             ax.set_yscale("log")
         for i, d in enumerate(drops):
