@@ -273,6 +273,12 @@ def test_other_model_and_many_classes(tmp_path):
         assert summary[key]["n"] == oracle["n"] == 31
         for metric in ("top1_error", "top5_error", "loss"):
             assert summary[key][metric] == pytest.approx(oracle[metric], rel=1e-4, abs=1e-6), (key, metric)
+    # a checkpoint without class names whose outputs do not match the data's classes
+    other = _hand_run(tmp_path / "run5", env={"device": "cpu", "data": ps.root})
+    save_checkpoint(other / "checkpoints" / "last.pt", {"model": build_model("resnet18", num_classes=5).state_dict(),
+                                                        "model_name": "resnet18", "model_kwargs": {"num_classes": 5}})
+    with pytest.raises(UserError, match="5 outputs but"):
+        write_report(other, device="cpu")
 
 
 # ---------------------------------------------------------------- headless Chromium

@@ -237,6 +237,10 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     device = torch.device(device) if device is not None else default_device()
     net = Net(state, prepared, device)
     del state["model"]
+    linears = [m for m in net.model.modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1].out_features != prepared.num_classes:
+        raise UserError(f"{ckpt}: the net has {linears[-1].out_features} outputs but {prepared.root} has "
+                        f"{prepared.num_classes} classes; give the prepared directory it was trained on (--data)")
     workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     notes: list[str] = []
     out = {"checkpoint": str(ckpt), "state": state, "data": prepared.root, "classes": prepared.class_names,
