@@ -22,11 +22,11 @@ def register(sub) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run directory written by `alexnet train`")
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="prepared directory (default: the one the run recorded in env.json)")
-    p.add_argument("--out", default=None, metavar="DIR", help="report directory (default: RUN/report)")
+                   help="prepared directory; unset: the one the run recorded in env.json")
+    p.add_argument("--out", default=None, metavar="DIR", help="report directory; unset: RUN/report")
     p.add_argument("--checkpoint", default=None, metavar="CKPT",
-                   help="checkpoint file to show (default: RUN/checkpoints/best.pt, else last.pt)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+                   help="checkpoint file to show; unset: RUN/checkpoints/last.pt, else best.pt")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu; unset: the best available")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help='print {"report": path of index.html} as JSON')
     p.set_defaults(func=run)
