@@ -41,7 +41,7 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
         data: prepared directory; default the one the run recorded (env.json "data").
         out: report directory, default RUN/report; replaced as a whole (built beside, then renamed).
         progress: None, or a callable(str) told each stage in a few words.
-        checkpoint: checkpoint file to show; default RUN/checkpoints/best.pt, else last.pt.
+        checkpoint: checkpoint file to show; default RUN/checkpoints/last.pt (the end of the run), else best.pt.
         device: torch device for the passes over the data; default cuda -> mps -> cpu.
     A run without a checkpoint gets the curves only; what is skipped is said on the page.
     """
