@@ -96,8 +96,8 @@ def data_path(records: RunRecords, data=None) -> str | None:
 def checkpoint_path(records: RunRecords, checkpoint=None) -> Path | None:
     """`checkpoint` (a file), else the run's last.pt, else best.pt, else None.
 
-    last.pt by default: the weights the curves end with, and an unbiased validation number (best.pt
-    was chosen for its error on the very split the report evaluates).
+    last.pt by default: the weights the curves end with, not picked for their error on the very split
+    the report evaluates (best.pt was, so its number there is optimistic).
     """
     from alexnet.checkpoint import resolve_checkpoint_path
 
