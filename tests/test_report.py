@@ -38,7 +38,7 @@ def tiny(tmp_path_factory):
     train(root / "prep", root / "run", config, progress="off")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(analysis, "MAX_TEN_CROP", 2)  # exercises the cap (and keeps the test fast)
-        index = write_report(root / "run")  # the prepared directory comes from the run's env.json
+        index = write_report(root / "run", device="cpu")  # the prepared directory: from the run's env.json
     return {"root": root, "run": root / "run", "data": root / "prep", "index": index}
 
 
