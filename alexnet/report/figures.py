@@ -200,7 +200,7 @@ def top5_panel(images: list[np.ndarray], probs: np.ndarray, labels: list[int], n
     rows = math.ceil(n / cols)
     k = min(5, probs.shape[1])
     fig = plt.figure(figsize=(3.2 * cols, 4.9 * rows + 0.5))
-    grid = fig.add_gridspec(rows, cols, hspace=0.12, wspace=0.22, top=1 - 0.45 / (4.9 * rows + 0.5))
+    grid = fig.add_gridspec(rows, cols, hspace=0.12, wspace=0.32, top=1 - 0.45 / (4.9 * rows + 0.5))
     for i, (image, p, label) in enumerate(zip(images, probs, labels)):
         r, c = divmod(i, cols)
         cell = grid[r, c].subgridspec(2, 1, height_ratios=[3, 1.75], hspace=0.22)
@@ -223,7 +223,8 @@ def top5_panel(images: list[np.ndarray], probs: np.ndarray, labels: list[int], n
         for yy, j in zip(y, top):
             bars.text(0.02, yy, _short(names[j]), va="center", ha="left", fontsize=8,
                       color="black", fontweight="bold" if j == label else "normal")
-            bars.text(1.0, yy, f"{100 * p[j]:.0f}%", va="center", ha="right", fontsize=8, color="#333333")
+            bars.text(1.03, yy, f"{100 * p[j]:.0f}%", va="center", ha="left", fontsize=8, color="#333333",
+                      clip_on=False)  # beside the axis: never over a full bar
         bars.set_xlim(0, 1)
         bars.set_ylim(-0.6, k - 0.4)
         bars.set_yticks([])
