@@ -41,6 +41,7 @@ def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique
     from alexnet.data.synthetic import make_shapes
 
     src = os.path.join(out, "src")
+    classes = max(1, min(classes, n))
     per_class = max(1, -(-min(n, unique) // classes))
     names = make_shapes(src, classes=classes, per_class=per_class, size=size, seed=0)
     files = [os.path.join(src, c, f) for c in names for f in sorted(os.listdir(os.path.join(src, c)))]
@@ -119,7 +120,8 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
             n = n or max(512, 16 * batch)
             say(f"no --data: generating {n} images ({min(n, 256)} distinct drawn shapes) at {size} px in {tmp}")
             data = generate_set(tmp, n=n, size=size)
-            source = f"generated: {n} drawn-shape JPEGs at {size} px (alexnet.data.synthetic.make_shapes + prepare)"
+            source = (f"generated: {PreparedSet(data).split_size('train')} drawn-shape JPEGs at {size} px "
+                      "(alexnet.data.synthetic.make_shapes + prepare)")
         else:
             source = os.path.abspath(data)
         if crop < MIN_CROP:
