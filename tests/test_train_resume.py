@@ -88,3 +88,25 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     epochs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"kind": "epoch"' in x]
     full_epochs = [json.loads(x) for x in (full / "log.jsonl").read_text().splitlines() if '"kind": "epoch"' in x]
     assert [e["val_top1_error"] for e in epochs] == [e["val_top1_error"] for e in full_epochs]
+
+
+def test_ctrl_c_saves_and_exits_130(tiny, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_command(tiny, run), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    try:
+        while 2 not in _steps_logged(run):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] >= 2
+    # and the run continues from there
+    subprocess.run(_command(tiny, run, "--resume"), check=True, timeout=300)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
