@@ -41,7 +41,7 @@ def test_mean_std_matches_numpy():
     m, s = mean_std(xs + [None])
     assert m == pytest.approx(np.mean(xs))
     assert s == pytest.approx(np.std(xs, ddof=1))
-    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([0.5]) == (0.5, None)
     assert mean_std([None]) == (None, None)
 
 
@@ -233,7 +233,6 @@ def test_ablations_end_to_end(shapes, tmp_path, capsys):
     for name in result["variants"]:
         e = result["results"][name]
         (row,) = e["per_seed"]
-        assert 0.0 <= row["top1_error"] <= row["top5_error"] or row["top5_error"] <= row["top1_error"]
         assert 0.0 <= e["top1_error"] <= 1.0 and 0.0 <= e["top5_error"] <= e["top1_error"]
         assert row["steps"] == 3 and row["epochs"] == 1  # 30 images / batch 10
         assert not (Path(row["run"]) / "checkpoints").exists()  # removed after evaluating

@@ -286,7 +286,7 @@ def plot_ablations(result: dict, path: Path) -> str:
         means = [100 * res[n][key] for n in names]
         stds = [100 * (res[n][key + "_std"] or 0) for n in names]
         ax1.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, color=colour, label=key.split("_")[0])
-    ax1.set_xticks(x, names, rotation=20)
+    ax1.set_xticks(x, names, rotation=20, ha="right")
     ax1.set_ylabel("val error (%)")
     ax1.legend()
     ax1.set_title("error of each net (mean ± std over seeds)", fontsize=10)
@@ -300,7 +300,7 @@ def plot_ablations(result: dict, path: Path) -> str:
         ax2.bar(xa + (2 * k - 0.5) * 0.2, claim, 0.2, color="white", edgecolor=colour, hatch="//",
                 label=f"{key} paper")
     ax2.axhline(0, color="k", lw=0.8)
-    ax2.set_xticks(xa, abl, rotation=20)
+    ax2.set_xticks(xa, abl, rotation=20, ha="right")
     ax2.set_ylabel("variant − paper net (percentage points)")
     ax2.set_title("positive = the feature helps", fontsize=10)
     ax2.legend(fontsize=8)

@@ -14,15 +14,15 @@ from alexnet.errors import UserError
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1; 0.0 for one value) of the non-None values.
+    """Mean and sample standard deviation (n - 1) of the non-None values.
 
-    Returns (None, None) when there are none.
+    The std is None for a single value (undefined, not zero); (None, None) when there are none.
     """
     xs = [float(v) for v in values if v is not None]
     if not xs:
         return None, None
     mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return mean, std
 
 
