@@ -144,7 +144,7 @@ def run_ablations(args) -> int:
                             overrides=list(args.overrides), keep_checkpoints=args.keep_checkpoints)
     demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v}
     result = run(args.data, args.out, config, cache=args.cache, demo=demo or None,
-                 progress="off" if (args.quiet or args.json) else "lines")
+                 progress="off" if (args.quiet or args.json) else "auto")
     if args.json:
         print_json(result)
         return 0

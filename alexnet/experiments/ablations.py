@@ -198,12 +198,12 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
 
 
 def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike = "experiments/ablations",
-                  config: AblationConfig | None = None, *, cache=None, progress: str = "lines",
+                  config: AblationConfig | None = None, *, cache=None, progress: str = "auto",
                   demo: dict | None = None) -> dict:
     """Train the paper net and its ablations, evaluate, write OUT/result.json and OUT/ablations.png.
 
     data: a prepared directory; None or "demo" makes the generated set (DEMO, overridden by `demo`).
-    progress: "lines" (our lines and train's on stderr) or "off".
+    progress: train's progress on stderr: "auto" (a bar on a terminal, else lines), "bar", "lines" or "off".
     Returns {"experiment", "data", "settings", "variants", "results": {variant: {...}}, "plot", ...}.
     """
     from alexnet.data import PreparedSet
