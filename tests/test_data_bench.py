@@ -28,3 +28,25 @@ def test_bench_data_cli_on_given_images(tmp_path, capsys):
     assert out["images"] == 16 and out["workers"] == 0 and out["ratio"] > 0
     rc = cli_main(["bench", "data", "--images", str(tmp_path / "missing"), "--json"])
     assert rc == 2
+
+
+def test_bench_data_option_errors_are_one_line(tmp_path, capsys):
+    for argv, word in ((["--n", "4", "--batch-size", "8"], "--n 4"), (["--crop", "300"], "--crop 300"),
+                       (["--work-dir", str(tmp_path / "missing")], "--work-dir")):  # fmt: skip
+        assert cli_main(["bench", "data", "--json", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and word in err
+
+
+def test_bench_data_baseline_skips_files_prepare_skipped(tmp_path, capsys):
+    """A folder with a truncated and a non-image .jpg: prepare skips them, and so must the baseline
+    (ImageFolder's PIL loader would raise in a worker)."""
+    imgs = tmp_path / "imgs"
+    generate_images(str(imgs), 8, classes=2, workers=1)
+    (imgs / "class_00" / "bad.jpg").write_text("not an image")
+    good = (imgs / "class_01" / "img_00001.jpg").read_bytes()
+    (imgs / "class_01" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    rc = cli_main(["bench", "data", "--images", str(imgs), "--workers", "0", "--batch-size", "4",
+                   "--repeats", "1", "--warmup", "0", "--json"])  # fmt: skip
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8

@@ -186,6 +186,11 @@ def test_existing_out_needs_force_and_errors(tmp_path):
     (not_prepared / "file.txt").write_text("keep me")
     with pytest.raises(UserError, match="not a prepared directory"):
         prepare(src, str(not_prepared), workers=1, force=True)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me too")
+    with pytest.raises(UserError, match="not a prepared directory"):
+        prepare(src, str(a_file), workers=1, force=True)
+    assert a_file.read_text() == "keep me too"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="empty"):
@@ -336,3 +341,63 @@ def test_cli_json_summary(tmp_path, capsys):
     assert all(set(s) == {"path", "reason"} for s in out["skipped"])
     rc = cli_main(["prepare", src, str(tmp_path / "out")])
     assert rc == 2 and "--force" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- damaged metadata and bad options
+
+
+def test_damaged_cifar_batches_are_skipped_and_damaged_meta_is_one_line(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    make_cifar10(str(d), per_class=2, test_per_class=1, seed=0)
+    import pickle
+
+    def count(name):
+        with open(d / name, "rb") as f:
+            return len(pickle.load(f, encoding="bytes")[b"labels"])
+
+    good, n_val = count("data_batch_1") + count("data_batch_2"), count("test_batch")
+    data = (d / "data_batch_3").read_bytes()
+    (d / "data_batch_3").write_bytes(data[: len(data) // 3])  # truncated pickle
+    (d / "data_batch_4").write_bytes(b"")  # zero bytes
+    os.remove(d / "data_batch_5")
+    m = prepare(str(tmp_path), str(tmp_path / "out"), workers=1, fmt="raw")
+    assert good > 0 and m["splits"]["train"]["count"] == good and m["splits"]["val"]["count"] == n_val == 10
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"data_batch_3", "data_batch_4"}
+    assert all("unreadable CIFAR-10 batch" in r for r in reasons.values())
+    assert "data_batch_5 missing" in m["notes"]
+    (d / "batches.meta").write_bytes(b"junk")
+    with pytest.raises(UserError, match="batches.meta: unreadable CIFAR-10 metadata"):
+        prepare(str(tmp_path), str(tmp_path / "out2"), workers=1)
+
+
+def test_damaged_ground_truth_files_are_one_line_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imagenet"
+    _save(_photo(rng, 40, 30), str(root / "train" / "n01440764" / "a.JPEG"), "JPEG")
+    _save(_photo(rng, 40, 30), str(root / "val" / "ILSVRC2012_val_00000001.JPEG"), "JPEG")
+    (root / "LOC_val_solution.csv").write_text("ImageId,Label\nILSVRC2012_val_00000001,n01440764\n")
+    with pytest.raises(UserError, match="LOC_val_solution.csv: not a valid"):
+        prepare(str(root), str(tmp_path / "o1"), workers=1, size=16)
+    os.remove(root / "LOC_val_solution.csv")
+    (root / "ILSVRC2012_validation_ground_truth.txt").write_text("7\n")
+    (root / "map_clsloc.txt").write_text("n01440764 1 tench\n")
+    with pytest.raises(UserError, match="ground_truth.txt: not a valid ground-truth file"):
+        prepare(str(root), str(tmp_path / "o2"), workers=1, size=16)
+    flowers = tmp_path / "flowers"
+    _save(_photo(rng, 40, 30), str(flowers / "jpg" / "image_0001.jpg"), "JPEG")
+    (flowers / "datasplits.mat").write_bytes(b"not a mat file")
+    with pytest.raises(UserError, match="datasplits.mat: not Flowers-17's"):
+        prepare(str(flowers), str(tmp_path / "o3"), workers=1, size=16)
+
+
+def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys):
+    src = make_tree(str(tmp_path / "src"), per_class=2)
+    with pytest.raises(UserError, match="--size 0"):  # not silently the default
+        prepare(src, str(tmp_path / "o"), workers=1, size=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = cli_main(["prepare", src, str(blocker / "sub" / "out"), "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "cannot create the output directory" in err
+    assert not any(".partial-" in n for n in os.listdir(tmp_path))

@@ -80,3 +80,13 @@ def test_cli_error_is_one_line(capsys):
     assert main(["summary", "--input", "64"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "67" in err
+
+
+def test_vgg16_table_explains_the_seeds_96_mb():
+    from alexnet.summary import format_table
+
+    s = summarize("vgg16")
+    assert s.activation_bytes == 4 * 15_237_608
+    text = format_table(s)
+    assert "15,237,608" in text and "60.95 MB" in text and "96 MB" in text
+    assert "96 MB" not in format_table(summarize("alexnet"))

@@ -64,6 +64,7 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
     import torchvision
     from torchvision import transforms as T
 
+    from alexnet.data.images import is_image_name
     from alexnet.data.packed import decoder_name, make_loader
     from alexnet.data.prepare import default_workers, prepare
 
@@ -81,13 +82,19 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
         manifest = prepare(images, os.path.join(tmp, "prepared"), val_fraction=0, workers=max(1, workers))
         count = manifest["splits"]["train"]["count"]
         if count < batch_size:
-            raise UserError(f"{images}: {count} usable images, fewer than one batch of {batch_size}")
+            raise UserError(f"{images}: {count} usable images, fewer than one batch (--batch-size {batch_size}); "
+                            "add images or lower --batch-size")  # fmt: skip
         ours = make_loader(os.path.join(tmp, "prepared"), "train", train=True, batch_size=batch_size,
                            workers=workers, crop=crop, drop_last=False)  # fmt: skip
         mean = [0.485, 0.456, 0.406]
         std = [0.229, 0.224, 0.225]
         tf = T.Compose([T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-        base_ds = torchvision.datasets.ImageFolder(images, transform=tf)
+        # The baseline reads the same files: those prepare skipped (truncated, not images) would crash it.
+        bad = {os.path.abspath(item["path"]) for item in manifest["skipped"]}
+        base_ds = torchvision.datasets.ImageFolder(
+            images, transform=tf, allow_empty=True,
+            is_valid_file=lambda p: is_image_name(p) and os.path.abspath(p) not in bad,
+        )  # fmt: skip
         base = torch.utils.data.DataLoader(base_ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                            persistent_workers=workers > 0)  # fmt: skip
         epochs = {"ours": 0}

@@ -164,15 +164,23 @@ def _imagenet_val_flat(root: str, val_dir: str, class_ids: list[str], skipped: l
     csv_paths = _find_files(root, ("LOC_val_solution.csv",))
     gt_paths = _find_files(root, ("ILSVRC2012_validation_ground_truth.txt",), depth=3)
     if csv_paths:
-        with open(csv_paths[0], newline="") as f:
-            for row in csv.DictReader(f):
-                labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        try:
+            with open(csv_paths[0], newline="") as f:
+                for row in csv.DictReader(f):
+                    labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        except (OSError, KeyError, IndexError, AttributeError, csv.Error, UnicodeDecodeError) as exc:
+            raise UserError(f"{csv_paths[0]}: not a valid LOC_val_solution.csv ({_why(exc)}); expected the "
+                            "columns ImageId,PredictionString with a wnid first") from None  # fmt: skip
     elif gt_paths:
         id_to_wnid = _devkit_ids(root)
-        with open(gt_paths[0]) as f:
-            ids = [int(line) for line in f if line.strip()]
-        for n, ilsvrc_id in enumerate(ids, start=1):
-            labels[f"ILSVRC2012_val_{n:08d}"] = id_to_wnid[ilsvrc_id]
+        try:
+            with open(gt_paths[0]) as f:
+                ids = [int(line) for line in f if line.strip()]
+            for n, ilsvrc_id in enumerate(ids, start=1):
+                labels[f"ILSVRC2012_val_{n:08d}"] = id_to_wnid[ilsvrc_id]
+        except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise UserError(f"{gt_paths[0]}: not a valid ground-truth file ({_why(exc)}); expected one class "
+                            "id a line, each in the devkit's synset mapping") from None  # fmt: skip
     else:
         raise UserError(
             f"{val_dir}: flat validation folder but no LOC_val_solution.csv or "
@@ -191,13 +199,23 @@ def _imagenet_val_flat(root: str, val_dir: str, class_ids: list[str], skipped: l
 def _devkit_ids(root: str) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid from the devkit's data/meta.mat or a map_clsloc.txt ('wnid id name')."""
     for path in _find_files(root, ("map_clsloc.txt",), depth=3):
-        with open(path) as f:
-            return {int(p[1]): p[0] for p in (line.split() for line in f) if len(p) >= 2}
+        try:
+            with open(path) as f:
+                return {int(p[1]): p[0] for p in (line.split() for line in f) if len(p) >= 2}
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not a valid map_clsloc.txt ({_why(exc)}); expected 'wnid id name' "
+                            "lines") from None  # fmt: skip
     for path in _find_files(root, ("meta.mat",), depth=3):
-        from scipy.io import loadmat  # only the devkit route needs scipy
-
-        synsets = loadmat(path, squeeze_me=True)["synsets"]
-        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+        try:
+            from scipy.io import loadmat  # only the devkit route needs scipy
+        except ImportError:
+            raise UserError(f"{path}: reading the devkit's meta.mat needs scipy; pip install scipy") from None
+        try:
+            synsets = loadmat(path, squeeze_me=True)["synsets"]
+            return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+        except Exception as exc:  # noqa: BLE001 - scipy raises many kinds for a damaged file
+            raise UserError(f"{path}: not the devkit's meta.mat ({_why(exc)}); re-extract the "
+                            "ILSVRC2012 devkit") from None  # fmt: skip
     raise UserError(
         f"{root}: ILSVRC2012_validation_ground_truth.txt needs the devkit's data/meta.mat "
         "(or map_clsloc.txt) beside it to map its class ids to wnids"
@@ -244,14 +262,20 @@ def read_flowers17(root: str) -> Source:
     split_files = _find_files(root, ("datasplits.mat",))
     notes = []
     if split_files:
-        from scipy.io import loadmat
-
-        mat = loadmat(split_files[0], squeeze_me=True)
+        try:
+            from scipy.io import loadmat
+        except ImportError:
+            raise UserError(f"{split_files[0]}: reading datasplits.mat needs scipy; pip install scipy") from None
         by_num = dict(numbered)
         splits = {}
-        for name, key in (("train", "trn1"), ("val", "val1"), ("test", "tst1")):
-            nums = sorted(int(v) for v in np.atleast_1d(mat[key]))
-            splits[name] = [(by_num[n], label[n]) for n in nums if n in by_num]
+        try:
+            mat = loadmat(split_files[0], squeeze_me=True)
+            for name, key in (("train", "trn1"), ("val", "val1"), ("test", "tst1")):
+                nums = sorted(int(v) for v in np.atleast_1d(mat[key]))
+                splits[name] = [(by_num[n], label[n]) for n in nums if n in by_num]
+        except Exception as exc:  # noqa: BLE001 - scipy raises many kinds for a damaged file
+            raise UserError(f"{split_files[0]}: not Flowers-17's datasplits.mat ({_why(exc)}); re-download "
+                            "it or remove it to split by --val-fraction") from None  # fmt: skip
         notes.append("splits from datasplits.mat (trn1/val1/tst1)")
     else:
         splits = {"train": [(p, label[n]) for n, p in numbered]}
@@ -280,25 +304,46 @@ def read_cifar10(root: str) -> Source:
     d = _cifar_dir(root)
     if d is None:
         raise UserError(f"{root}: no data_batch_1 + batches.meta; not the CIFAR-10 python layout")
-    meta = _unpickle(os.path.join(d, "batches.meta"))
-    names = [n.decode() if isinstance(n, bytes) else n for n in meta["label_names"]]
+    meta_path = os.path.join(d, "batches.meta")
+    try:
+        meta = _unpickle(meta_path)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    except Exception as exc:  # noqa: BLE001 - any damage: say which file and how to fix it
+        raise UserError(f"{meta_path}: unreadable CIFAR-10 metadata ({_why(exc)}); "
+                        "re-extract cifar-10-python.tar.gz") from None  # fmt: skip
+    skipped: list[dict] = []
+    notes: list[str] = []
 
     def load(files):
         samples = []
         for name in files:
             path = os.path.join(d, name)
             if not os.path.isfile(path):
+                notes.append(f"{name} missing")
                 continue
-            batch = _unpickle(path)
-            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            samples += [(np.ascontiguousarray(x), int(y)) for x, y in zip(data, batch["labels"])]
+            try:
+                batch = _unpickle(path)
+                data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                labels = [int(y) for y in batch["labels"]]
+                if len(labels) != len(data) or not all(0 <= y < len(names) for y in labels):
+                    raise ValueError("labels do not match the images or the classes")
+            except Exception as exc:  # noqa: BLE001 - a damaged batch must not stop the run
+                skipped.append({"path": path, "reason": f"unreadable CIFAR-10 batch ({_why(exc)})"})
+                continue
+            samples += [(np.ascontiguousarray(x), y) for x, y in zip(data, labels)]
         return samples
 
     splits = {"train": load([f"data_batch_{i}" for i in range(1, 6)]), "val": load(["test_batch"])}
     if not splits["val"]:
         del splits["val"]
-    notes = ["val is CIFAR-10's test_batch"] if "val" in splits else []
-    return Source("cifar10", names, names, splits, [], notes)
+    if "val" in splits:
+        notes.append("val is CIFAR-10's test_batch")
+    return Source("cifar10", names, names, splits, skipped, notes)
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc)[:80]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- detection

@@ -125,10 +125,17 @@ def _check_out(out: str, force: bool) -> None:
     if os.path.lexists(out):
         if not force:
             raise UserError(f"{out}: already exists; pass --force to replace it or choose another OUT")
-        if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json")):
+        if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json"))):
             raise UserError(f"{out}: exists and is not a prepared directory; refusing to replace it even with --force")
     parent = os.path.dirname(out) or "."
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = os.path.join(parent, f".{os.path.basename(out)}{PARTIAL}probe-{os.getpid()}")
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the output directory in {parent} "
+                        f"({exc.strerror or exc}); choose a writable OUT") from None  # fmt: skip
     # Remove partial directories left by killed runs (their process is gone).
     prefix = f".{os.path.basename(out)}{PARTIAL}"
     for name in os.listdir(parent):
@@ -212,11 +219,11 @@ def prepare(
     if not 1 <= quality <= 100:
         raise UserError(f"--quality {quality}: must be in 1..100")
     out = os.path.abspath(out)
-    source = read_source(src, layout)
-    size = size or (32 if source.layout == "cifar10" else 256)
-    if size < 8:
+    if size is not None and size < 8:
         raise UserError(f"--size {size}: too small; use at least 8 (256 is the paper's)")
-    _check_out(out, force)
+    _check_out(out, force)  # before reading the source: listing ImageNet takes minutes
+    source = read_source(src, layout)
+    size = size if size is not None else (32 if source.layout == "cifar10" else 256)
     splits = dict(source.splits)
     val_note = "from the source"
     if "val" not in splits and val_fraction > 0:
