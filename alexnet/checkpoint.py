@@ -69,6 +69,11 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code in it, not a checkpoint at all
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in reason:  # torch's text goes on to suggest weights_only=False: never
+            reason = "it holds pickled Python objects other than tensors and plain values (possibly code), refused"
+        reason = reason.split(". ")[0]  # the cause, without torch's advice that follows
+        if not isinstance(exc, (RuntimeError, OSError)) and len(reason) < 12:  # e.g. KeyError(101) on random bytes
+            reason = "not a file written by torch.save"
         raise UserError(f"{path}: not a readable alexnet checkpoint (truncated, tampered or another "
                         f"format): {reason[:200]}") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
@@ -98,8 +103,17 @@ def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> nn
         model.load_state_dict(clean_state_dict(state["model"]))
     except RuntimeError as exc:
         raise UserError(f"{state.get('path', 'checkpoint')}: weights do not fit model "
-                        f"{state['model_name']}: {str(exc).splitlines()[0]}") from None
+                        f"{state['model_name']}: {state_dict_error(exc)}") from None
     return model.to(device).eval()
+
+
+def state_dict_error(exc: Exception) -> str:
+    """The telling part of load_state_dict's error on one line (its first line is only a header)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def unwrap(model: nn.Module) -> nn.Module:

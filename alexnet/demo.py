@@ -85,6 +85,7 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data import make_loader
     from alexnet.evaluate import evaluate
+    from alexnet.runstate import write_json
     from alexnet.train import TrainConfig, train
 
     start = time.perf_counter()
@@ -113,7 +114,7 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
         r = evaluate(model, loader, num_classes=len(state["classes"]["names"]))
         results[f"{crops}crop"] = {k: r[k] for k in ("n", "loss", "top1_error", "top5_error")}
     evaluation = {"checkpoint": str(run / "checkpoints" / "last.pt"), "split": "val", **results}
-    (run / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    write_json(run / "eval.json", evaluation)  # atomically
     report = _report(run, data, quiet)
     return {
         "run": str(run), "data": str(data), "report": report,

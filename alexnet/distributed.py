@@ -33,8 +33,10 @@ class Dist:
         return self.world > 1
 
 
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda (this process's GPU) -> mps -> cpu; or an explicit "cpu", "cuda", "cuda:1", "mps"."""
+def pick_device(name: str = "auto", local_rank: int = 0, option: str = "train.device") -> torch.device:
+    """"auto" -> cuda (this process's GPU) -> mps -> cpu; or an explicit "cpu", "cuda", "cuda:1", "mps".
+
+    A bad or unavailable device is a UserError naming `option` (the setting it came from)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -44,14 +46,14 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"train.device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"{option} {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"train.device {name!r}: CUDA is not available here; use auto or cpu")
+            raise UserError(f"{option} {name!r}: CUDA is not available here; use auto or cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"train.device {name!r}: MPS is not available here; use auto or cpu")
+        raise UserError(f"{option} {name!r}: MPS is not available here; use auto or cpu")
     return device
 
 

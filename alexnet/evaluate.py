@@ -205,6 +205,19 @@ def check_classes(state: dict, class_ids: Sequence[str], data_root: str) -> None
                         "evaluate it on the prepared set it was trained on")
 
 
+def check_image_size(state: dict, pre: dict, prepared) -> None:
+    """UserError when a checkpoint's crop or mean image does not fit the data's prepared image size."""
+    where = state.get("path", "checkpoint")
+    mean = pre["stats"].get("mean_image")
+    if pre["normalize"] == "mean_image" and mean is not None and mean.ndim == 3 and mean.shape[0] != prepared.size:
+        raise UserError(f"{where} subtracts a {mean.shape[0]}-px mean image but {prepared.root} holds "
+                        f"{prepared.size}-px images; use data prepared with "
+                        f"`alexnet prepare --size {mean.shape[0]}`")
+    if pre["crop"] > prepared.size:
+        raise UserError(f"{where} takes {pre['crop']}-px crops but {prepared.root} holds {prepared.size}-px "
+                        f"images; prepare the data with `alexnet prepare --size {pre['crop']}` or larger")
+
+
 def _same_preprocess(a: dict, b: dict) -> bool:
     import numpy as np
 
@@ -283,6 +296,7 @@ def evaluate_checkpoints(
     for state in states:
         check_classes(state, prepared.class_ids, prepared.root)
         this = checkpoint_preprocess(state, prepared.stats)
+        check_image_size(state, this, prepared)
         if pre is not None and not _same_preprocess(pre, this):
             raise UserError(f"{state['path']}: preprocessing (crop {this['crop']}, {this['normalize']} "
                             f"normalisation, statistics) differs from {states[0]['path']}'s; an ensemble "

@@ -134,9 +134,31 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     if isinstance(pool, nn.AdaptiveAvgPool2d) and hasattr(model, "features"):
         with torch.inference_mode():
             maps = model.features(torch.zeros(1, 3, input_size, input_size))
-        if tuple(maps.shape[-2:]) == tuple(nn.modules.utils._pair(pool.output_size)):
-            model.avgpool = nn.Identity()
+        size_in, size_out = tuple(maps.shape[-2:]), tuple(nn.modules.utils._pair(pool.output_size))
+        # Identity at the net's own input size; otherwise (a small crop, e.g. 67 -> 1 x 1 maps) the same
+        # average as fixed matrices, which export as MatMul
+        model.avgpool = nn.Identity() if size_in == size_out else _FixedAdaptivePool(size_in, size_out)
     return model
+
+
+class _FixedAdaptivePool(nn.Module):
+    """nn.AdaptiveAvgPool2d for one known input size, as out = P_h @ x @ P_w^T (exportable)."""
+
+    def __init__(self, size_in: tuple[int, int], size_out: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("ph", self._matrix(size_in[0], size_out[0]))
+        self.register_buffer("pwt", self._matrix(size_in[1], size_out[1]).t().contiguous())
+
+    @staticmethod
+    def _matrix(n_in: int, n_out: int) -> torch.Tensor:
+        p = torch.zeros(n_out, n_in)
+        for i in range(n_out):  # PyTorch's adaptive windows: [floor(i n / m), ceil((i + 1) n / m))
+            start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            p[i, start:end] = 1.0 / (end - start)
+        return p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ph @ x @ self.pwt
 
 
 def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed: int = 0) -> dict:
@@ -208,7 +230,7 @@ def import_torchvision(path: str, out: str) -> dict:
     torchvision's preprocessing (crop 224, per-channel mean/std on [0, 1]). Nothing is downloaded.
     Returns {"out", "num_classes", "params"}.
     """
-    from alexnet.checkpoint import clean_state_dict, save_checkpoint
+    from alexnet.checkpoint import clean_state_dict, save_checkpoint, state_dict_error
     from alexnet.model import build_model
     from alexnet.predict import imagenet_classes
 
@@ -228,7 +250,8 @@ def import_torchvision(path: str, out: str) -> dict:
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit torchvision's AlexNet: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{path}: weights do not fit torchvision's AlexNet ({state_dict_error(exc)}); give "
+                        "the state dict of torchvision.models.alexnet") from None
     if num_classes == len(imagenet_classes()):
         ids, names = [w for w, _ in imagenet_classes()], [n for _, n in imagenet_classes()]
     else:

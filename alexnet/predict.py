@@ -57,13 +57,14 @@ def class_names(state: dict) -> tuple[list[str], list[str]]:
     return ids, names
 
 
-def load_image(path: str) -> torch.Tensor:
-    """Any image file -> uint8 (3, 256, 256): RGB, EXIF-rotated, shorter side 256, centre crop.
+def load_image(path: str, size: int = 256) -> torch.Tensor:
+    """Any image file -> uint8 (3, size, size): RGB, EXIF-rotated, shorter side `size` (256, the
+    paper's), centre crop.
 
     Raises alexnet.data.images.BadImageError (with `.reason`) for unusable files."""
     from alexnet.data.images import load_rgb, resize_center_crop
 
-    img = resize_center_crop(load_rgb(path, draft_size=256), 256)
+    img = resize_center_crop(load_rgb(path, draft_size=size), size)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -111,6 +112,13 @@ class Predictor:
             raise UserError(f"{state.get('path', 'checkpoint')}: lacks the statistics {', '.join(missing)} "
                             f"its {pre['normalize']} normalisation needs; re-save it with `alexnet train`")
         self.preprocess = pre
+        # the side of the prepared images the net was trained on (`alexnet prepare --size`), which its
+        # mean image has; 256 (the paper's) when the checkpoint has no mean image (e.g. torchvision's)
+        mean_image = pre["stats"].get("mean_image")
+        self.size = int(mean_image.shape[0]) if mean_image is not None and mean_image.ndim == 3 else 256
+        if not 1 <= pre["crop"] <= self.size:
+            raise UserError(f"{state.get('path', 'checkpoint')}: its crop {pre['crop']} does not fit its "
+                            f"{self.size}-px images; re-save it with `alexnet train`")
         self.transform = EvalTransform(stats=pre["stats"], crop=pre["crop"], crops=crops, normalize=pre["normalize"])
         self.model = model_from_checkpoint(state, self.device)
         self.ids, self.names = class_names(state)
@@ -118,7 +126,7 @@ class Predictor:
 
     def prepare(self, path: str) -> torch.Tensor:
         """File -> model input (3, H, W) or (10, 3, H, W)."""
-        return self.transform(load_image(path))
+        return self.transform(load_image(path, self.size))
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -256,12 +264,13 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     """
     from alexnet.checkpoint import model_from_checkpoint
     from alexnet.data import PreparedSet, make_loader
-    from alexnet.evaluate import _with_stats
+    from alexnet.evaluate import _with_stats, check_image_size
 
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     device = torch.device(device) if device is not None else default_device()
     state = load_model_state(checkpoint)
     pre = checkpoint_preprocess(state, prepared.stats)
+    check_image_size(state, pre, prepared)
     model = model_from_checkpoint(state, device)
     loader = make_loader(_with_stats(prepared, pre["stats"]), split, train=False, batch_size=batch_size,
                          workers=workers, crop=pre["crop"], crops=1, normalize=pre["normalize"])

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import config as cfg
-from alexnet.checkpoint import load_checkpoint, unwrap
+from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate, topk_correct
@@ -247,6 +247,9 @@ def train(data, out, config: TrainConfig | None = None, *, resume: bool = False,
     info = setup(tc.device)
     try:
         ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
+        if config.data.crop > ps.size:
+            raise UserError(f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
+                            f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more")
         run = runstate.RunDir(out, info, resume=resume)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -277,11 +280,22 @@ def train(data, out, config: TrainConfig | None = None, *, resume: bool = False,
         pending_rng = None
         if resume:
             ckpt = load_checkpoint(run.last)
-            raw.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            schedule.load_state_dict(ckpt["scheduler"])
-            state.load(ckpt)
-            pending_rng = runstate.rng_for_rank(ckpt["rng"], info.rank)
+            try:
+                raw.load_state_dict(clean_state_dict(ckpt["model"]))
+                saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
+                if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
+                    raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
+                optimizer.load_state_dict(ckpt["optimizer"])
+                schedule.load_state_dict(ckpt["scheduler"])
+                state.load(ckpt)
+                pending_rng = runstate.rng_for_rank(ckpt["rng"], info.rank)
+            except KeyError as exc:
+                raise UserError(f"{run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
+                                "the last.pt that `alexnet train` wrote; start a new run instead") from None
+            except (RuntimeError, ValueError) as exc:
+                raise UserError(f"{run.last}: does not fit this run's model or optimizer "
+                                f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
+                                "optim.name; start a new run for those") from None
             run.trim_log(state.step)
             if info.main:
                 run.write_config(config)  # --set overrides given with --resume

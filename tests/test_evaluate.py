@@ -185,6 +185,20 @@ def test_ensemble_with_different_preprocessing_is_refused(setup):
         evaluate_checkpoints([setup["a"], c], prepared, "val", workers=0, device="cpu")
 
 
+def test_checkpoint_of_other_sized_images_is_a_one_line_error(setup, capsys):
+    """A net whose mean image is 72 px (`prepare --size 72`) on 256-px data: refused, not a traceback."""
+    prepared = setup["prepared"]
+    stats = {k: np.asarray(v) for k, v in prepared.stats.items()}
+    stats["mean_image"] = stats["mean_image"][:72, :72]
+    small = make_checkpoint(setup["root"] / "small.pt", prepared, seed=5, stats={k: v.tolist() for k, v in stats.items()},
+                            preprocess={"crop": 67, "normalize": "mean_image"})  # fmt: skip
+    for args in (["evaluate", small, "--data", prepared.root],
+                 ["features", small, "--data", prepared.root, "--out", str(setup["root"] / "f.npz")]):
+        assert main(args + ["--workers", "0", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "72-px mean image" in err and "--size 72" in err and "\n" not in err
+
+
 def test_cli_evaluate_table_and_bad_split(setup, capsys):
     prepared = setup["prepared"]
     assert main(["evaluate", setup["b"], "--data", prepared.root, "--workers", "0", "--device", "cpu"]) == 0
@@ -193,6 +207,17 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
     assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet evaluate: error:") and "nope" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "features"])
+def test_bad_device_is_a_one_line_error(setup, command, capsys, tmp_path):
+    prepared = setup["prepared"]
+    args = {"evaluate": ["evaluate", setup["a"], "--data", prepared.root],
+            "predict": ["predict", setup["a"], str(tmp_path)],
+            "features": ["features", setup["a"], "--data", prepared.root, "--out", str(tmp_path / "f.npz")]}[command]
+    assert main(args + ["--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"alexnet {command}: error: --device 'tpu'") and "cpu" in err and "\n" not in err
 
 
 def test_paper_rows_only_for_imagenet():

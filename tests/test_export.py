@@ -113,6 +113,28 @@ def test_onnx_matches_pytorch(ckpt, tmp_path, capsys):
     assert json.loads(props["class_names"]) == NAMES and props["input_size"] == "227"
 
 
+def test_onnx_of_a_small_crop_net_matches_pytorch(tmp_path):
+    """A net trained at crop 67 (1 x 1 maps before the 6 x 6 adaptive pool) exports too."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(3)
+    model = AlexNet("paper", num_classes=3, init="kaiming", input_size=67)
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, {
+        "model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3, "input_size": 67},
+        "classes": {"ids": IDS, "names": NAMES}, "stats": {"channel_mean": [0.5] * 3, "channel_std": [0.25] * 3},
+        "preprocess": {"crop": 67, "normalize": "channel"}, "config": {},
+    })  # fmt: skip
+    result = export_onnx(load_checkpoint(path), str(tmp_path / "small.onnx"))
+    assert result["max_abs_diff"] < 1e-4
+    x = torch.randn(3, 3, 67, 67, generator=torch.Generator().manual_seed(6))
+    got = ort.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=1e-4)
+
+
 def test_onnx_missing_gives_the_install_hint(ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with pytest.raises(UserError, match=r"pip install 'alexnet\[onnx\]'"):
@@ -202,3 +224,22 @@ def test_import_torchvision_bad_inputs(tmp_path):
         import_torchvision(str(tmp_path / "other.pth"), str(tmp_path / "o.pt"))
     assert main(["import-torchvision", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.pt")]) == 2
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_unwritable_out_is_a_one_line_error(ckpt, tmp_path, capsys):
+    """--out inside a file (or any unwritable place): one line naming the folder, exit 2, no traceback."""
+    (tmp_path / "afile").write_text("a file where a folder is expected")
+    for out in (tmp_path / "afile" / "net.safetensors", tmp_path / "afile" / "sub" / "net.safetensors"):
+        assert main(["export", ckpt, "--format", "safetensors", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("alexnet export: error:") and "\n" not in err
+        assert str(tmp_path) in err
+
+
+def test_import_torchvision_of_another_net_names_the_mismatch(tmp_path, capsys):
+    """A state dict with classifier.6 but not torchvision's layout: the missing keys, not just a header."""
+    sd = AlexNet("paper", num_classes=3).state_dict()
+    torch.save(sd, tmp_path / "ours.pth")
+    assert main(["import-torchvision", str(tmp_path / "ours.pth"), "--out", str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "ours.pth" in err and "Missing key(s)" in err

@@ -106,6 +106,31 @@ def test_prediction_equals_the_model_on_the_hand_made_crop(predictor, ckpt, tmp_
     assert {p["name"] for p in entry["predictions"]} == set(NAMES)
 
 
+def test_a_net_trained_on_smaller_prepared_images_predicts_at_that_size(tmp_path):
+    """`alexnet prepare --size 72` then training at crop 67: predict scales images to 72 (the mean
+    image's side), not 256, so the mean patch fits (this used to crash with a size mismatch)."""
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=3, init="kaiming", input_size=67)
+    mean = np.stack([np.linspace(60, 180, 72, dtype=np.float32)[:, None].repeat(72, 1),
+                     np.linspace(60, 180, 72, dtype=np.float32)[None, :].repeat(72, 0),
+                     np.full((72, 72), 120, np.float32)], axis=-1)  # fmt: skip
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, {
+        "model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3, "input_size": 67},
+        "classes": {"ids": IDS, "names": NAMES}, "stats": {"mean_image": torch.from_numpy(mean)},
+        "preprocess": {"crop": 67, "normalize": "mean_image"}, "config": {},
+    })  # fmt: skip
+    pixels = np.asarray(_photo(72, 72, seed=4))
+    Image.fromarray(pixels).save(tmp_path / "square.png")
+    x = torch.from_numpy(pixels.astype(np.float32) - mean).permute(2, 0, 1)[:, 2:69, 2:69]
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(x[None]), 1)[0]
+    (entry,) = list(Predictor(load_checkpoint(path), device="cpu").predict([str(tmp_path / "square.png")], topk=3))
+    got = {p["index"]: p["prob"] for p in entry["predictions"]}
+    for i in range(3):
+        assert got[i] == pytest.approx(want[i].item(), rel=1e-4, abs=1e-6)
+
+
 def test_exif_rotation_is_applied(images):
     _, good, _ = images
     loaded = load_image(str(good["rotated"]))

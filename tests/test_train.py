@@ -171,6 +171,12 @@ def test_bad_config_is_a_one_line_error(override, message, tiny, tmp_path, capsy
     assert err.startswith("alexnet train: error:") and len(err.splitlines()) == 1
 
 
+def test_crop_larger_than_the_prepared_images_names_the_option(tiny, tmp_path, capsys):
+    assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--set", "data.crop=300"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.crop 300" in err and "256-px" in err and "\n" not in err
+
+
 def test_bad_toml_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[optim]\nlearning_rate = 0.1\n")
@@ -186,6 +192,36 @@ def test_tampered_checkpoint_is_refused(tiny, tmp_path, capsys):
     assert main(["train", str(tiny), "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert "last.pt" in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_with_code_is_refused_without_advising_weights_only_false(tmp_path, capsys):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil(), "model_name": "alexnet", "model_kwargs": {}}, tmp_path / "evil.pt")
+    with pytest.raises(UserError) as info:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(info.value)
+    assert "evil.pt" in message and "possibly code" in message and "weights_only" not in message
+    (tmp_path / "junk.pt").write_bytes(b"hello world")
+    with pytest.raises(UserError, match="junk.pt: .*not a file written by torch.save"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=alexnet_ungrouped", "size mismatch"),
+    ("optim.name=sgd", "optim.name was 'paper', now 'sgd'"),
+])
+def test_resume_with_another_model_or_optimizer_is_a_one_line_error(override, message, tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny, run, _config("train.max_steps=1"), progress="off")
+    assert main(["train", str(tiny), "--out", str(run), "--resume", "--set", override, "--progress", "off"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alexnet train: error:") and "last.pt" in err and message in err and "\n" not in err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1  # untouched
 
 
 def _step_inputs(name):

@@ -81,6 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout piped into e.g. `head`, which has exited: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except OSError as exc:  # an unwritable --out, a full disk, a path that is a file: one line, no traceback
+        print(f"alexnet {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(exc: OSError) -> str:
+    """'PATH: reason; the fix' for a file-system error (the folder for a temporary file of an atomic write)."""
+    import os
+
+    reason = exc.strerror or str(exc)
+    name = os.fsdecode(exc.filename) if exc.filename is not None else None
+    if name is None:
+        return f"{reason}; check free disk space and the output paths"
+    base = os.path.basename(name)
+    if base.startswith(".") and base.endswith(".tmp"):  # atomic writes go through a hidden temporary file
+        return f"cannot write into {os.path.dirname(name) or '.'}: {reason}; choose a writable output path"
+    return f"{name}: {reason}; check the path and its permissions"
 
 
 if __name__ == "__main__":  # python -m alexnet.cli

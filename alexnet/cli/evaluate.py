@@ -102,6 +102,18 @@ def register(sub) -> None:
     p.set_defaults(func=run_import)
 
 
+def _device(name: str | None):
+    """--device as a torch.device (None: the best available); a bad or missing one is a one-line error."""
+    import os
+
+    from alexnet.distributed import pick_device
+    from alexnet.evaluate import default_device
+
+    if name is None:
+        return default_device()
+    return pick_device(name, int(os.environ.get("LOCAL_RANK", "0")), option="--device")
+
+
 def _dump(obj: dict, path: str) -> None:
     from alexnet.checkpoint import atomic_write_bytes
 
@@ -109,13 +121,11 @@ def _dump(obj: dict, path: str) -> None:
 
 
 def run_evaluate(args) -> int:
-    import torch
-
     from alexnet.data import PreparedSet
-    from alexnet.evaluate import default_device, distributed_from_env, evaluate_checkpoints, format_table
+    from alexnet.evaluate import distributed_from_env, evaluate_checkpoints, format_table
     from alexnet.predict import stderr_progress
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args.device)
     with distributed_from_env(device) as (rank, world):
         data = PreparedSet(args.data)
         total = data.split_size(args.split) if args.split in data.splits else 0
@@ -140,7 +150,7 @@ def run_predict(args) -> int:
     from alexnet.evaluate import load_model_state
     from alexnet.predict import Predictor, format_prediction
 
-    predictor = Predictor(load_model_state(args.checkpoint), crops=args.crops, device=args.device)
+    predictor = Predictor(load_model_state(args.checkpoint), crops=args.crops, device=_device(args.device))
     entries, failed = [], 0
     for entry in predictor.predict(args.inputs, topk=args.topk, batch_size=args.batch_size, recursive=args.recursive):
         failed += "error" in entry
@@ -163,7 +173,7 @@ def run_features(args) -> int:
     update, close = stderr_progress(data.split_size(args.split) if args.split in data.splits else 0, "features")
     try:
         result = features_of_split(args.checkpoint, data, args.split, args.out, batch_size=args.batch_size,
-                                   workers=args.workers, device=args.device, progress=update)
+                                   workers=args.workers, device=_device(args.device), progress=update)
     finally:
         close()
     if args.json:
