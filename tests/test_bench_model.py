@@ -16,6 +16,26 @@ def test_bench_model_cpu_json(capsys):
     assert out["ours_img_s"] == pytest.approx(2 / out["ours_step_s"])
     assert len(out["step_times_s"]["ours"]) == 2
     assert out["env"]["torch"]
+    # issue 8: the paper's recipe at the measured rate (1,281,167 ImageNet images, 90 epochs)
+    assert out["imagenet_epoch_s"] == pytest.approx(1_281_167 / out["ours_img_s"])
+    assert out["paper_recipe_hours"] == pytest.approx(90 * out["imagenet_epoch_s"] / 3600)
+
+
+def test_bench_model_cuda_config_on_cpu(capsys):
+    """The fast path's pieces that run on a CPU (bf16 autocast, channels_last, PaperSGD foreach)."""
+    assert main(["bench", "model", "--batch", "2", "--warmup", "1", "--repeats", "1", "--amp", "bf16",
+                 "--channels-last", "--optimizer", "paper", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"] == {"amp": "bf16", "channels_last": True, "compile": False, "compile_mode": None,
+                             "optimizer": "paper"}
+    assert out["ours_img_s"] > 0 and "speedup_vs_torchvision_bf16" not in out  # a CUDA-only baseline
+
+
+@pytest.mark.parametrize("args", [["--repeats", "0"], ["--warmup", "-1"], ["--batch", "0"]])
+def test_bench_model_bad_counts_are_one_line(capsys, args):
+    assert main(["bench", "model", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet bench: error: --") and "Traceback" not in err
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -121,6 +121,24 @@ def test_bench_infer_cpu_json(capsys):
     assert out["batch"] == 2 and out["device"] == "cpu" and out["env"]["torchvision"]
 
 
+@pytest.mark.parametrize("args", [
+    ["infer", "--batch", "0"], ["pipeline", "--batch", "0"], ["pipeline", "--steps", "0"], ["pipeline", "--n", "0"],
+    ["pipeline", "--crop", "60"], ["pipeline", "--size", "64", "--crop", "72"]])
+def test_bench_zero_or_unfit_sizes_are_one_line_errors(capsys, args, tmp_path):
+    """0 is not "unset": it is refused at once (it used to run the default size), before any set is generated."""
+    tempfile_dir = tmp_path / "tmp"
+    tempfile_dir.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(tempfile_dir))
+        import tempfile
+
+        mp.setattr(tempfile, "tempdir", None)
+        assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet bench: error: --"), err
+    assert list(tempfile_dir.iterdir()) == []  # nothing generated
+
+
 def test_bench_infer_errors(capsys):
     assert main(["bench", "infer", "--graphs"]) == 2
     assert "CUDA graphs" in capsys.readouterr().err

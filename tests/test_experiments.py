@@ -255,6 +255,27 @@ def test_ablations_bad_data_is_one_line(shapes, tmp_path, capsys, case):
     assert rc == 2 and len(err) == 1 and err[0].startswith("alexnet experiment: error:"), err
 
 
+@pytest.mark.parametrize("args", [["--demo-size", "40"], ["--demo-per-class", "0"]])
+def test_ablations_unusable_demo_set_is_refused_before_drawing(tmp_path, capsys, args):
+    rc = main(["experiment", "ablations", *args, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("alexnet experiment: error: --demo-"), err
+    assert not (tmp_path / "cache").exists()  # nothing drawn
+
+
+def test_relu_vs_tanh_text_output_without_a_crossing(cifar, tmp_path, monkeypatch, capsys):
+    from alexnet.experiments import relu_tanh
+
+    def fake_curve(activation, x, y, config, seed, device, **kw):
+        return {"train_error": [0.9, 0.8], "seconds": [0.0, 1.0], "loss": [1.0], "test_error": 0.5, "lr": 0.01}
+
+    monkeypatch.setattr(relu_tanh, "train_curve", fake_curve)
+    assert main(["experiment", "relu-vs-tanh", "--data", str(cifar), "--epochs", "1", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up (epochs): n/a " in out and "n/a×" not in out
+
+
 def test_ablations_unknown_variant(tmp_path, capsys):
     assert main(["experiment", "ablations", "--variants", "no-lrn,no-relu", "--out", str(tmp_path)]) == 2
     assert "no-relu" in capsys.readouterr().err

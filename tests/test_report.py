@@ -206,6 +206,17 @@ def test_report_is_replaced_atomically_and_guards_other_directories(tmp_path):
     assert (precious / "data.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("device", ["bogus", "cuda", "mps"])
+def test_bad_device_is_one_line(tmp_path, capsys, device):
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"{device} is available here")
+    run = _hand_run(tmp_path / "run")
+    assert main(["report", str(run), "--device", device, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet report: error: --device"), err
+    assert not (run / "report").exists()
+
+
 def test_user_errors(tmp_path, tiny):
     with pytest.raises(UserError, match="no such run directory"):
         write_report(tmp_path / "missing")

@@ -94,7 +94,7 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
     """
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    batch = batch or (1024 if cuda else 64)
+    batch = batch if batch is not None else (1024 if cuda else 64)
     if batch < 1 or repeats < 1 or latency_repeats < 1 or warmup < 0:
         raise UserError("--batch, --repeats and --latency-repeats must be at least 1, --warmup at least 0")
     if amp not in DTYPES:

@@ -108,6 +108,8 @@ def bench_model(
     dev = resolve_device(device)
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if amp not in (None, "bf16", "fp16"):
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     torch.manual_seed(0)

@@ -106,10 +106,14 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    batch = batch or (256 if cuda else 16)
-    steps = steps or (50 if cuda else 4)
-    if batch < 1 or steps < 1 or repeats < 1 or warmup < 0:
-        raise UserError("--batch, --steps and --repeats must be at least 1, --warmup at least 0")
+    batch = batch if batch is not None else (256 if cuda else 16)
+    steps = steps if steps is not None else (50 if cuda else 4)
+    if batch < 1 or steps < 1 or repeats < 1 or warmup < 0 or (n is not None and n < 1):
+        raise UserError("--batch, --steps, --repeats and --n must be at least 1, --warmup at least 0")
+    if crop < MIN_CROP:
+        raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
+    if data is None and crop > size:  # before generating a set the crop cannot fit
+        raise UserError(f"--crop {crop}: larger than the generated images' --size {size}; raise --size or lower --crop")
     if amp not in (None, "bf16", "fp16"):
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     say = progress or (lambda m: None)
@@ -124,8 +128,6 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
                       "(alexnet.data.synthetic.make_shapes + prepare)")
         else:
             source = os.path.abspath(data)
-        if crop < MIN_CROP:
-            raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
         ps = PreparedSet(data)
         if crop > ps.size:
             raise UserError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")

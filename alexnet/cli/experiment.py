@@ -126,8 +126,8 @@ def _print_relu(r: dict) -> None:
               f"{'—' if test is None else format(test, '.3f'):>9s}")
     s = r["speedup"]
     bound = "≥ " if r["speedup_is_lower_bound"] else ""
-    print(f"speed-up (epochs): {'n/a' if s is None else bound + fmt_pm(s, r['speedup_std'], digits=2)}×"
-          f"   (wall time: {'n/a' if r['speedup_seconds'] is None else format(r['speedup_seconds'], '.2f')}×; "
+    print(f"speed-up (epochs): {'n/a' if s is None else bound + fmt_pm(s, r['speedup_std'], digits=2) + '×'}"
+          f"   (wall time: {'n/a' if r['speedup_seconds'] is None else format(r['speedup_seconds'], '.2f') + '×'}; "
           f"paper: ~{r['paper_speedup']:.0f}×)")
     if r["note"]:
         print(f"note: {r['note']}")
@@ -142,7 +142,7 @@ def run_ablations(args) -> int:
     config = AblationConfig(epochs=args.epochs, seeds=args.seeds, variants=variants, recipe=args.recipe,
                             crop=args.crop, max_steps=args.max_steps, workers=args.workers, device=args.device,
                             overrides=list(args.overrides), keep_checkpoints=args.keep_checkpoints)
-    demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v}
+    demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v is not None}
     result = run(args.data, args.out, config, cache=args.cache, demo=demo or None,
                  progress="off" if (args.quiet or args.json) else "auto")
     if args.json:

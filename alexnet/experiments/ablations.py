@@ -214,6 +214,13 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
     out = out_dir(out)
     generated = data is None or str(data) == "demo"
     if generated:
+        spec = {**DEMO, **(demo or {})}
+        if spec["per_class"] < 1 or spec["val_per_class"] < 1:
+            raise UserError("--demo-per-class must be at least 1")
+        crop = config.crop or default_crop(spec["size"])
+        if crop > spec["size"] or crop < MIN_CROP:  # checked before drawing a set that cannot be used
+            raise UserError(f"--demo-size {spec['size']} (crop {crop}): AlexNet needs a crop of at least {MIN_CROP} "
+                            f"and at most the image size; use --demo-size 76 or more (and --crop at most --demo-size)")
         data = demo_data(cache, say, **(demo or {}))
     elif not os.path.isdir(data):
         raise UserError(f"--data {data}: no such directory; give a prepared directory (alexnet prepare SRC DIR) "

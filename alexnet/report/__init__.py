@@ -46,6 +46,10 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
     A run without a checkpoint gets the curves only; what is skipped is said on the page.
     """
     say = progress or (lambda text: None)
+    if device is not None:  # a mistyped or missing device: a one-line error before any work
+        from alexnet.bench.model import resolve_device
+
+        device = resolve_device(str(device))
     records = read_run(run)
     out = Path(out).resolve() if out is not None else records.root / "report"
     _check_out(out)
