@@ -29,11 +29,27 @@ COMMAND_MODULES = [
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and keep the hand-wrapped descriptions."""
+    """Show defaults in --help and keep the hand-wrapped descriptions.
+
+    An option whose default is None ("unset": chosen at run time) or whose help already says its
+    default gets no "(default: ...)" suffix, which would only repeat or contradict the help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a user mistake reported as one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="alexnet",
         description="The 2012 AlexNet paper, reproduced: model, data, training, evaluation, report.",
         formatter_class=_Formatter,

@@ -209,7 +209,8 @@ def _devkit_ids(root: str) -> dict[int, str]:
         try:
             from scipy.io import loadmat  # only the devkit route needs scipy
         except ImportError:
-            raise UserError(f"{path}: reading the devkit's meta.mat needs scipy; pip install scipy") from None
+            raise UserError(f"{path}: reading the devkit's meta.mat needs scipy; "
+                            "pip install scipy (or the alexnet[datasets] extra)") from None
         try:
             synsets = loadmat(path, squeeze_me=True)["synsets"]
             return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
@@ -265,7 +266,8 @@ def read_flowers17(root: str) -> Source:
         try:
             from scipy.io import loadmat
         except ImportError:
-            raise UserError(f"{split_files[0]}: reading datasplits.mat needs scipy; pip install scipy") from None
+            raise UserError(f"{split_files[0]}: reading datasplits.mat needs scipy; "
+                            "pip install scipy (or the alexnet[datasets] extra)") from None
         by_num = dict(numbered)
         splits = {}
         try:

@@ -3,7 +3,7 @@
 Everything is drawn with numpy + PIL from per-image seeds, so a set is identical for the same
 arguments whatever the order of generation. The shapes' classes differ in shape AND hue: from
 scratch, shape-only classes keep plain SGD on the ln(C) plateau for more than ~100 steps on CPU,
-while classes that also differ in colour are learnt within minutes (docs: MEASURED.md).
+while classes that also differ in colour are learnt within minutes (measured: docs/training.md, "The stall").
 """
 
 from __future__ import annotations

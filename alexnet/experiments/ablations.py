@@ -9,7 +9,7 @@ Two recipes: "paper" is `alexnet train`'s defaults (the paper's init on 0-255 in
 image, batch 128, lr 0.01 divided on plateaus) for full-scale runs; "robust" (the default, as the
 demo) is Kaiming init on per-channel standardised inputs, batch 32, a one-epoch warm-up and a
 constant lr, because the paper's init sits on the ln(C) plateau for hundreds of steps and a CPU
-budget has no steps to spare (docs/training.md, MEASURED.md).
+budget has no steps to spare (measured: docs/training.md, "The stall").
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
     """
     say = progress or (lambda text: None)
     if device is not None:  # a mistyped or missing device: a one-line error before any work
-        from alexnet.bench.model import resolve_device
+        from alexnet.distributed import pick_device
 
-        device = resolve_device(str(device))
+        device = pick_device(str(device), option="--device")
     records = read_run(run)
     out = Path(out).resolve() if out is not None else records.root / "report"
     _check_out(out)
