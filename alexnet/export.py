@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.checkpoint import default_file_mode
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-safetensors/1"
@@ -108,6 +109,7 @@ def _atomic(out: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp's file is private (0600); exports are for sharing
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

@@ -40,9 +40,8 @@ def write_json(path, obj) -> None:
 
 
 def write_text(path, text: str) -> None:
-    """Atomically, readable by all (the temporary file is created private)."""
+    """Atomically (a crash leaves the old file or the new one)."""
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
-    os.chmod(path, 0o644)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -277,3 +277,24 @@ def test_compile_really_runs_on_cpu(tiny, tmp_path, capsys):
     summary = train(tiny, tmp_path / "run", _config("train.compile=true", "train.epochs=1"), progress="off")
     assert summary["step"] == 3
     assert "torch.compile failed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask):
+    """Checkpoints and JSON go through a private (0600) temporary file; the result must not stay private."""
+    import os
+
+    from alexnet.checkpoint import atomic_write_bytes, save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"model": {}, "model_name": "alexnet", "model_kwargs": {}})
+        atomic_write_bytes(tmp_path / "x.json", lambda f: f.write(b"{}"))
+        (tmp_path / "plain").write_text("")  # what open() gives a new file under this umask
+    finally:
+        os.umask(old)
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == expected
+    assert load_checkpoint(tmp_path / "c.pt")["model_name"] == "alexnet"

@@ -25,21 +25,10 @@ PAPER_EPOCHS = 90  # paper §5: "roughly 90 cycles through the training set"
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda, mps or cpu; an unavailable device is a one-line error."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available on this machine; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps, auto)") from None
+    """'auto' -> cuda, mps or cpu; an unavailable or mistyped device is a one-line error naming --device."""
+    from alexnet.distributed import pick_device
+
+    return pick_device(device, option="--device")
 
 
 def train_step_fn(model: nn.Module, *, batch: int, input_size: int, num_classes: int, device: torch.device,

@@ -30,14 +30,6 @@ def write_json(path: str | Path, obj) -> None:
     """Write obj as indented JSON, atomically (a crash leaves the old file or the new one)."""
     text = json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
-    _readable(path)
-
-
-def _readable(path) -> None:
-    """Temporary files are created 0600; results are meant to be shared like any other file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def out_dir(path: str | os.PathLike) -> Path:
@@ -82,7 +74,6 @@ def pyplot():
 def save_figure(fig, path: Path) -> str:
     """Save a figure as PNG atomically and close it; returns the path."""
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    _readable(path)
     pyplot().close(fig)
     return str(path)
 
