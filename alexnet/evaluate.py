@@ -235,13 +235,12 @@ def _with_stats(prepared, stats: dict):
     return view
 
 
-def default_device() -> torch.device:
-    """cuda (this rank's GPU under torchrun) -> mps -> cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def default_device(name: str = "auto", option: str = "--device") -> torch.device:
+    """`name` as a device; "auto": cuda (this rank's GPU under torchrun) -> mps -> cpu. A bad or
+    unavailable one is a one-line UserError naming `option`."""
+    from alexnet.distributed import pick_device
+
+    return pick_device(name, int(os.environ.get("LOCAL_RANK", "0")), option=option)
 
 
 @contextlib.contextmanager

@@ -104,14 +104,9 @@ def register(sub) -> None:
 
 def _device(name: str | None):
     """--device as a torch.device (None: the best available); a bad or missing one is a one-line error."""
-    import os
-
-    from alexnet.distributed import pick_device
     from alexnet.evaluate import default_device
 
-    if name is None:
-        return default_device()
-    return pick_device(name, int(os.environ.get("LOCAL_RANK", "0")), option="--device")
+    return default_device(name or "auto")
 
 
 def _dump(obj: dict, path: str) -> None:
