@@ -7,48 +7,16 @@ but never code. Values must therefore be tensors, numbers, strings, lists, tuple
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from alexnet.errors import UserError
+from alexnet.io import atomic_write_bytes
 from alexnet.model import build_model
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs")
-
-
-def default_file_mode() -> int:
-    """The mode open() would give a new file (0o666 less the umask); mkstemp's files are 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never half of one. The file gets
-    the mode of any other new file (not the temporary file's private 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.checkpoint import default_file_mode
+from alexnet.io import default_file_mode
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-safetensors/1"

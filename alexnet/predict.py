@@ -226,7 +226,7 @@ def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.
 def save_features(path: str, features: dict, *, class_ids: Sequence[str], class_names: Sequence[str],
                   meta: dict | None = None) -> None:  # fmt: skip
     """Atomically write a features file (.npz; keys in the module docstring)."""
-    from alexnet.checkpoint import atomic_write_bytes
+    from alexnet.io import atomic_write_bytes
 
     arrays = {
         "features": np.asarray(features["features"], np.float32),

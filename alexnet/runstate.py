@@ -21,7 +21,8 @@ import torch
 
 from alexnet import __version__
 from alexnet import config as cfg
-from alexnet.checkpoint import atomic_write_bytes, save_checkpoint
+from alexnet.checkpoint import save_checkpoint
+from alexnet.io import atomic_write_bytes
 from alexnet.distributed import Dist, all_reduce_sum, gather_objects
 from alexnet.errors import UserError
 from alexnet.evaluate import topk_correct

@@ -284,7 +284,8 @@ def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask):
     """Checkpoints and JSON go through a private (0600) temporary file; the result must not stay private."""
     import os
 
-    from alexnet.checkpoint import atomic_write_bytes, save_checkpoint
+    from alexnet.checkpoint import save_checkpoint
+from alexnet.io import atomic_write_bytes
 
     old = os.umask(umask)
     try:

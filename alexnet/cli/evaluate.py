@@ -110,7 +110,7 @@ def _device(name: str | None):
 
 
 def _dump(obj: dict, path: str) -> None:
-    from alexnet.checkpoint import atomic_write_bytes
+    from alexnet.io import atomic_write_bytes
 
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 

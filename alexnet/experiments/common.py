@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from alexnet.checkpoint import atomic_write_bytes
+from alexnet.io import atomic_write_bytes
 from alexnet.errors import UserError
 
 

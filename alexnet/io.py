@@ -1,0 +1,108 @@
+"""Files written so that a crash never leaves half of one, and JSON read with one-line errors.
+
+Every writer in the package goes through here: checkpoints, exports, eval.json, prepared sets'
+metadata, experiment results. A disk that is full or read-only stops the job with one line naming
+the path (`UserError`), and the previous file stays intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from alexnet.errors import UserError
+
+# Errors that no retry fixes: say which path and what to do instead of a traceback.
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device: free some space, or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EDQUOT: "disk quota exceeded: free some space, or write elsewhere",
+    errno.EACCES: "permission denied: write elsewhere, or fix the folder's permissions",
+}
+
+
+def default_file_mode() -> int:
+    """The mode open() would give a new file (0o666 less the umask); mkstemp's files are 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def disk_error(path: str | Path, exc: OSError) -> UserError | None:
+    """A one-line UserError for an unfixable write error (disk full, read-only), else None."""
+    reason = _DISK_ERRORS.get(exc.errno)
+    return UserError(f"{path}: cannot write ({reason})") if reason else None
+
+
+def atomic_write_path(path: str | Path, write) -> None:
+    """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`.
+
+    For writers that want a file name (safetensors, ONNX, numpy). A crash at any point leaves the
+    old file or the new one, never half of one; the new file gets an ordinary file's mode.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise (disk_error(path, exc) or exc) from None
+    try:
+        write(tmp)
+        os.chmod(tmp, default_file_mode())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and disk_error(path, exc):
+            raise disk_error(path, exc) from None
+        raise
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call write(file) on a temporary binary file beside `path`, fsync, then rename over `path`."""
+
+    def to_path(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+
+    atomic_write_path(path, to_path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) atomically."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _plain(obj):
+    """JSON fallback for numpy/torch scalars and arrays, paths and anything else printable."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def write_json(path: str | Path, obj, *, indent: int = 1) -> None:
+    """Write `obj` as JSON (numpy and torch values as lists), atomically, with a final newline."""
+    write_text(path, json.dumps(obj, indent=indent, default=_plain) + "\n")
+
+
+def dumps(obj, *, indent: int | None = 2) -> str:
+    """`obj` as JSON text, numpy and torch values as lists (what `--json` prints)."""
+    return json.dumps(obj, indent=indent, default=_plain)
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file's content; a missing or damaged file is one UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
