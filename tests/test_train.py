@@ -285,7 +285,7 @@ def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask):
     import os
 
     from alexnet.checkpoint import save_checkpoint
-from alexnet.io import atomic_write_bytes
+    from alexnet.io import atomic_write_bytes
 
     old = os.umask(umask)
     try:
