@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
 
 from alexnet import __version__
 from alexnet.errors import UserError
+from alexnet.io import dumps
 
 # Order = order in `alexnet --help`. Each entry is a module of this package with register().
 COMMAND_MODULES = [
@@ -57,13 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"alexnet.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"alexnet.cli.{name}":
-                continue  # a stage not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"alexnet.cli.{name}").register(sub)
     return parser
 
 
@@ -74,13 +69,7 @@ def add_parser(sub, name: str, help: str, description: str | None = None) -> arg
 
 def print_json(obj) -> None:
     """Machine-readable output: one JSON document on stdout."""
-    print(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
+    print(dumps(obj))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout piped into e.g. `head`, which has exited: stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
     except OSError as exc:  # an unwritable --out, a full disk, a path that is a file: one line, no traceback
@@ -109,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _os_error(exc: OSError) -> str:
     """'PATH: reason; the fix' for a file-system error (the folder for a temporary file of an atomic write)."""
-    import os
-
     reason = exc.strerror or str(exc)
     name = os.fsdecode(exc.filename) if exc.filename is not None else None
     if name is None:
