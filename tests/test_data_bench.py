@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from alexnet.bench.data import generate_images, run_data_bench
+from alexnet.bench.data import run_data_bench
 from alexnet.cli import main as cli_main
 
 
@@ -19,9 +20,8 @@ def test_bench_data_tiny(tmp_path):
     assert list(tmp_path.iterdir()) == []  # temporary files removed
 
 
-def test_bench_data_cli_on_given_images(tmp_path, capsys):
-    generate_images(str(tmp_path / "imgs"), 16, classes=2, workers=1)
-    rc = cli_main(["bench", "data", "--images", str(tmp_path / "imgs"), "--workers", "0", "--batch-size", "8",
+def test_bench_data_cli_on_given_images(tmp_path, capsys, bench_photos):
+    rc = cli_main(["bench", "data", "--images", str(bench_photos(n=16, classes=2)), "--workers", "0", "--batch-size", "8",
                    "--repeats", "1", "--warmup", "0", "--json"])  # fmt: skip
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -38,11 +38,10 @@ def test_bench_data_option_errors_are_one_line(tmp_path, capsys):
         assert err.count("\n") == 0 and word in err
 
 
-def test_bench_data_baseline_skips_files_prepare_skipped(tmp_path, capsys):
+def test_bench_data_baseline_skips_files_prepare_skipped(tmp_path, capsys, bench_photos):
     """A folder with a truncated and a non-image .jpg: prepare skips them, and so must the baseline
     (ImageFolder's PIL loader would raise in a worker)."""
-    imgs = tmp_path / "imgs"
-    generate_images(str(imgs), 8, classes=2, workers=1)
+    imgs = shutil.copytree(bench_photos(n=8, classes=2), tmp_path / "imgs")
     (imgs / "class_00" / "bad.jpg").write_text("not an image")
     good = (imgs / "class_01" / "img_00001.jpg").read_bytes()
     (imgs / "class_01" / "truncated.jpg").write_bytes(good[: len(good) // 2])

@@ -15,19 +15,15 @@ from torch.utils.data import DistributedSampler
 from alexnet.data import EvalTransform, PackedDataset, PreparedSet, TrainTransform, make_loader
 from alexnet.data.augment import eval_batch, pca_shift, sample_draws, train_batch, train_one, Stats
 from alexnet.data.packed import _Sampler
-from alexnet.data.prepare import prepare
-from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UserError
 
 S = 256
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_shapes(str(root / "src"), classes=3, per_class=8, size=96, seed=0)
-    prepare(str(root / "src"), str(root / "set"), workers=2, val_fraction=0.25, size=S)
-    return PreparedSet(str(root / "set"))
+def prepared(prepared_shapes):
+    shapes = dict(classes=3, per_class=8, size=96, seed=0)
+    return PreparedSet(prepared_shapes(shapes, workers=2, val_fraction=0.25, size=S))
 
 
 def _zero_stats(size=S):

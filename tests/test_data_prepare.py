@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,16 +35,6 @@ def _photo(rng, w, h):
 def _save(img, path, fmt=None, **kw):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img.save(path, fmt, **kw)
-
-
-def make_tree(root, classes=3, per_class=6, seed=0):
-    """A folder-per-class JPEG tree of various sizes (64-300 px)."""
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        for k in range(per_class):
-            w, h = (int(v) for v in rng.integers(64, 300, 2))
-            _save(_photo(rng, w, h), os.path.join(root, f"class{c}", f"img{k}.jpg"), quality=92)
-    return root
 
 
 def add_bad_files(root):
@@ -129,8 +120,8 @@ def test_resize_center_crop_geometry():
 # ---------------------------------------------------------------- prepare on folders
 
 
-def test_prepare_folder_with_bad_files_and_stats(tmp_path):
-    src = make_tree(str(tmp_path / "src"))
+def test_prepare_folder_with_bad_files_and_stats(tmp_path, photo_tree):
+    src = str(shutil.copytree(photo_tree(), tmp_path / "src"))
     expected_bad = add_bad_files(src)
     out = str(tmp_path / "out")
     manifest = prepare(src, out, workers=2, val_fraction=0.25, size=64)
@@ -161,8 +152,8 @@ def test_prepare_folder_with_bad_files_and_stats(tmp_path):
     assert st["mean_image"].shape == (64, 64, 3) and st["mean_image"].dtype == np.float32
 
 
-def test_prepare_raw_equals_jpeg_geometry(tmp_path):
-    src = make_tree(str(tmp_path / "src"), per_class=3)
+def test_prepare_raw_equals_jpeg_geometry(tmp_path, photo_tree):
+    src = str(photo_tree(per_class=3))
     prepare(src, str(tmp_path / "raw"), fmt="raw", workers=1, size=48, val_fraction=0)
     prepare(src, str(tmp_path / "jpg"), fmt="jpeg", workers=1, size=48, val_fraction=0, quality=100)
     a, b = PackedDataset(str(tmp_path / "raw"), "train"), PackedDataset(str(tmp_path / "jpg"), "train")
@@ -173,8 +164,8 @@ def test_prepare_raw_equals_jpeg_geometry(tmp_path):
         assert (xa.float() - xb.float()).abs().mean() < 3  # same pixels up to JPEG error
 
 
-def test_existing_out_needs_force_and_errors(tmp_path):
-    src = make_tree(str(tmp_path / "src"), per_class=2)
+def test_existing_out_needs_force_and_errors(tmp_path, photo_tree):
+    src = str(photo_tree(per_class=2))
     out = str(tmp_path / "out")
     prepare(src, out, workers=1, size=32)
     with pytest.raises(UserError, match="--force"):
@@ -204,13 +195,13 @@ def test_existing_out_needs_force_and_errors(tmp_path):
     with pytest.raises(UserError, match="unrecognised layout"):
         prepare(str(flat), str(tmp_path / "o4"))
     with pytest.raises(UserError, match="not a prepared directory"):
-        PreparedSet(str(tmp_path / "src"))
+        PreparedSet(src)
 
 
-def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch):
+def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch, photo_tree):
     import alexnet.data.prepare as prep
 
-    src = make_tree(str(tmp_path / "src"), per_class=2)
+    src = str(photo_tree(per_class=2))
 
     def boom(*a, **k):
         raise RuntimeError("injected")
@@ -218,11 +209,11 @@ def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "_write_json", boom)
     with pytest.raises(RuntimeError):
         prep.prepare(src, str(tmp_path / "out"), workers=1, size=32)
-    assert sorted(os.listdir(tmp_path)) == ["src"]  # no OUT, no partial directory
+    assert os.listdir(tmp_path) == []  # no OUT, no partial directory
 
 
-def test_killed_prepare_leaves_no_complete_looking_output(tmp_path):
-    src = make_tree(str(tmp_path / "src"), classes=2, per_class=150)
+def test_killed_prepare_leaves_no_complete_looking_output(tmp_path, photo_tree):
+    src = str(photo_tree(classes=2, per_class=150))
     out = str(tmp_path / "out")
     code = f"from alexnet.data.prepare import prepare; prepare({src!r}, {out!r}, workers=1, size=256)"
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -330,8 +321,8 @@ def test_cifar10_layout_kept_at_32_or_upscaled(tmp_path):
     assert PreparedSet(str(tmp_path / "o256")).stats["mean_image"].shape == (256, 256, 3)
 
 
-def test_cli_json_summary(tmp_path, capsys):
-    src = make_tree(str(tmp_path / "src"), per_class=3)
+def test_cli_json_summary(tmp_path, capsys, photo_tree):
+    src = str(shutil.copytree(photo_tree(per_class=3), tmp_path / "src"))
     add_bad_files(src)
     rc = cli_main(["prepare", src, str(tmp_path / "out"), "--size", "32", "--workers", "1", "--json"])
     assert rc == 0
@@ -391,8 +382,8 @@ def test_damaged_ground_truth_files_are_one_line_errors(tmp_path):
         prepare(str(flowers), str(tmp_path / "o3"), workers=1, size=16)
 
 
-def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys):
-    src = make_tree(str(tmp_path / "src"), per_class=2)
+def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys, photo_tree):
+    src = str(photo_tree(per_class=2))
     with pytest.raises(UserError, match="--size 0"):  # not silently the default
         prepare(src, str(tmp_path / "o"), workers=1, size=0)
     blocker = tmp_path / "file"

@@ -10,7 +10,7 @@ import torchvision
 from PIL import Image
 
 from alexnet.data.layouts import read_cifar10
-from alexnet.data.synthetic import CIFAR10_NAMES, make_cifar10, make_photo_like, make_shapes
+from alexnet.data.synthetic import CIFAR10_NAMES, make_cifar10, make_photo_like, make_shapes, shape_classes
 
 
 def _files(root):
@@ -42,9 +42,10 @@ def _hue_histogram(path):
     return hist / max(hist.sum(), 1)
 
 
-def test_shapes_classes_are_separable_by_colour(tmp_path):
-    names = make_shapes(str(tmp_path), classes=10, per_class=8, size=96, seed=0)
-    feats = {n: np.stack([_hue_histogram(f) for f in _files(tmp_path / n)]) for n in names}
+def test_shapes_classes_are_separable_by_colour(shapes_source):
+    root = shapes_source(classes=10, per_class=8, size=96, seed=0)
+    names = [name for name, _, _ in shape_classes(10)]  # what make_shapes returned
+    feats = {n: np.stack([_hue_histogram(f) for f in _files(root / n)]) for n in names}
     centroids = np.stack([feats[n][:4].mean(0) for n in names])  # 4 per class to fit, 4 to test
     correct = sum(int(np.argmin(((centroids - x) ** 2).sum(1)) == c) for c, n in enumerate(names) for x in feats[n][4:])
     assert correct / 40 >= 0.7  # chance is 0.1; the net also has the shapes
