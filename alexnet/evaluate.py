@@ -146,7 +146,7 @@ def evaluate(
 # Checkpoints against a prepared split: the `alexnet evaluate` command's library side
 # ----------------------------------------------------------------------------------------------
 
-# Paper §6 / Table 2 and the public AlexNet weights (PAPER.md §3), error rates in %, ILSVRC-2012 val.
+# Paper §6 / Table 2 and the public AlexNet weights (docs/paper.md), error rates in %, ILSVRC-2012 val.
 PAPER_RESULTS = (
     ("paper: 1 CNN (10 crops)", 40.7, 18.2),
     ("paper: 5 CNNs (10 crops)", 38.1, 16.4),
@@ -357,7 +357,7 @@ def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
         lines.append(f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
                      f"{r['loss']:7.4f}")
     if class_ids is not None and is_imagenet(class_ids):
-        lines += ["", "for comparison (ILSVRC-2012 val, PAPER.md §3):"]
+        lines += ["", "for comparison (ILSVRC-2012 val; the paper's Table 2, Caffe, torchvision):"]
         lines += [f"{name:<{width}}  {t1:8.2f}%  {t5:8.2f}%" for name, t1, t5 in PAPER_RESULTS]
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ The net is declared the torchvision way (`features`, `avgpool`, `classifier`, a 
 weights unchanged. Layer indices stay the same when an ablation switch is off (the switched-off layer
 becomes `nn.Identity`), so checkpoints of ablations line up with the paper net's.
 
-Variants (paper §3 / PAPER.md §1):
+Variants (paper §3; docs/paper.md):
     paper       two towers: groups=2 on conv2/4/5, LRN after ReLU 1 and 2, 3/2 pooling,
                 dropout on the outputs of fc6 and fc7, the paper's init. 60,965,224 params.
     ungrouped   the same widths on one GPU (groups=1): 62,378,344 params.

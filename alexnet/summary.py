@@ -8,8 +8,8 @@ Counting conventions (stated so every figure can be checked by hand):
   * kh * kw; a fully-connected layer in * out. Biases, activations, pooling and LRN are not counted.
 - activation memory: fp32 bytes of one image's input plus the output of every layer that makes a
   new tensor (conv, linear, pooling, LRN); in-place ReLU and dropout share their input's memory.
-  These are exactly the seed's line items for VGG-16 (input, every CONV, POOL and FC output), which
-  sum to 15,237,608 values = 60.95 MB per image, forward. The seed's quoted total, "about 24 M
+  These are exactly the line items that course notes list for VGG-16 (input, every CONV, POOL and FC
+  output), which sum to 15,237,608 values = 60.95 MB per image, forward. The notes' quoted total, "about 24 M
   activations, ~96 MB", does not follow from its own lines (they add up to 15.2 M, whatever the
   slip was); `alexnet summary --model vgg16` says so under its table.
 """
@@ -262,9 +262,9 @@ def format_table(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-# Where a seed quotes a figure this count does not reproduce, the table says why.
+# Where course notes quote a figure this count does not reproduce, the table says why.
 SEED_NOTES = {
-    "vgg16": "note: the lecture seed's VGG-16 total, 'about 24 M activations = ~96 MB per image', does "
+    "vgg16": "note: the course notes' VGG-16 total, 'about 24 M activations = ~96 MB per image', does "
              "not follow from its own per-layer lines (input, every conv, pool and fc output, counted as "
              "here), which sum to 15,237,608 values = 60.95 MB",
 }

@@ -23,7 +23,7 @@ def register(sub) -> None:
     parser.add_argument("--model", default="alexnet", choices=MODEL_NAMES, metavar="NAME",
                         help="registered model to time against torchvision's AlexNet")
     parser.add_argument("--batch", type=int, default=None,
-                        help="images per training step (default: 256 on CUDA, as the issue's goals; 32 elsewhere)")
+                        help="images per training step (default: 256 on CUDA, as docs/speed.md; 32 elsewhere)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None,
                         help="autocast dtype for our model (default: fp32)")
