@@ -27,19 +27,23 @@ import torch.nn.functional as F
 
 from alexnet.bench.common import environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
+from alexnet.data.device import make_device_loader
+from alexnet.data.packed import PreparedSet, decoder_name, make_loader
+from alexnet.data.prepare import default_workers, prepare
+from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UserError
+from alexnet.model import build_model
+from alexnet.optim import PaperSGD
 
 PATHS = ("host", "device", "nvjpeg")
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches buffered per worker
 MIN_CROP = 67  # smallest input the paper net's three 3/2 poolings leave 1 pixel of
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 
 
 def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256, workers: int | None = None) -> str:
     """A prepared set of n drawn-shape images at `size` px in `out`/set: `unique` distinct images
     (make_shapes), repeated as hard links up to n (decoding cost is what matters, not variety)."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import make_shapes
-
     src = os.path.join(out, "src")
     classes = max(1, min(classes, n))
     per_class = max(1, -(-min(n, unique) // classes))
@@ -83,6 +87,83 @@ def _endless(loader, device: torch.device):
         epoch += 1
 
 
+def _check_args(*, batch: int, steps: int, repeats: int, warmup: int, n: int | None, crop: int, size: int,
+                data: str | None, amp: str | None) -> None:  # fmt: skip
+    if batch < 1 or steps < 1 or repeats < 1 or warmup < 0 or (n is not None and n < 1):
+        raise UserError("--batch, --steps, --repeats and --n must be at least 1, --warmup at least 0")
+    if crop < MIN_CROP:
+        raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
+    if data is None and crop > size:  # before generating a set the crop cannot fit
+        raise UserError(f"--crop {crop}: larger than the generated images' --size {size}; raise --size or lower --crop")
+    if amp not in AMP_DTYPES:
+        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+
+
+def _check_set(ps: PreparedSet, *, crop: int, batch: int, paths: list[str] | None, cuda: bool) -> list[str]:
+    """The prepared set fits the run; returns the data paths to time (defaults filled in)."""
+    if crop > ps.size:
+        raise UserError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")
+    if ps.split_size("train") < batch:
+        raise UserError(f"{ps.root}: the training split has {ps.split_size('train')} images, fewer than "
+                        f"--batch {batch}")  # fmt: skip
+    if not paths:
+        paths = ["device", "host"] + (["nvjpeg"] if ps.format == "jpeg" else []) if cuda else ["host", "device"]
+    for p in paths:
+        if p not in PATHS:
+            raise UserError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
+        if p == "nvjpeg" and ps.format != "jpeg":
+            raise UserError(f"--paths nvjpeg: {ps.root} stores raw pixels, not JPEGs")
+    return list(paths)
+
+
+def _contenders(ps: PreparedSet, dev: torch.device, step: Callable, *, paths: list[str], batch: int, steps: int,
+                crop: int, workers: int, channels_last: bool) -> tuple[dict, int]:  # fmt: skip
+    """{name: callable} for time_alternately: "synthetic" (a fixed batch on the device) and, per
+    data path, its timed steps and its untimed drain steps; returns (contenders, drain)."""
+    cuda = dev.type == "cuda"
+    common = dict(train=True, batch_size=batch, workers=workers, crop=crop, seed=0, drop_last=True)
+    loaders = {}
+    for p in paths:
+        if p == "host":
+            loaders[p] = make_loader(ps, "train", pin_memory=cuda, **common)
+        else:
+            loaders[p] = make_device_loader(ps, "train", device=dev, channels_last=channels_last,
+                                            decode="device" if p == "nvjpeg" else "host", **common)  # fmt: skip
+    drain = workers * PREFETCH_FACTOR + (1 if cuda else 0)  # batches a loader may hold ready
+    x_syn = torch.randn(batch, 3, crop, crop, device=dev)
+    if channels_last:  # as the device path delivers it: the ceiling pays no layout copy
+        x_syn = x_syn.contiguous(memory_format=torch.channels_last)
+    y_syn = torch.randint(0, ps.num_classes, (batch,), device=dev)
+
+    def synthetic() -> None:
+        for _ in range(steps):
+            step(x_syn, y_syn)
+
+    contenders = {"synthetic": synthetic}
+    for p, loader in loaders.items():
+        stream = _endless(loader, dev)
+
+        def run(count: int, stream=stream) -> None:
+            for _ in range(count):
+                step(*next(stream))
+
+        if drain:
+            contenders[f"{p}_drain"] = lambda run=run: run(drain)
+        contenders[p] = lambda run=run: run(steps)
+    return contenders, drain
+
+
+def _training_step(ps: PreparedSet, dev: torch.device, *, crop: int, amp: str | None, channels_last: bool,
+                   compile: bool) -> Callable:  # fmt: skip
+    """The paper net (seeded) with PaperSGD, as one step function on batches already on `dev`."""
+    torch.manual_seed(0)
+    model = build_model("alexnet", num_classes=max(1000, ps.num_classes), input_size=crop).to(dev).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return _step_fn(torch.compile(model) if compile else model, optimizer, AMP_DTYPES[amp], channels_last)
+
+
 def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: int | None = None, crop: int = 227,
                        workers: int | None = None, steps: int | None = None, warmup: int = 1, repeats: int = 3,
                        amp: str | None = None, channels_last: bool = False, compile: bool = False,
@@ -98,24 +179,11 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
     Returns a JSON-ready dict: img_s per contender, ratio per path ("ratios"), "ratio" of the
     default path (device on CUDA; on CPU the faster of host and device), config and environment.
     """
-    from alexnet.data import PreparedSet, make_loader
-    from alexnet.data.device import make_device_loader
-    from alexnet.data.prepare import default_workers
-    from alexnet.model import build_model
-    from alexnet.optim import PaperSGD
-
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     batch = batch if batch is not None else (256 if cuda else 16)
     steps = steps if steps is not None else (50 if cuda else 4)
-    if batch < 1 or steps < 1 or repeats < 1 or warmup < 0 or (n is not None and n < 1):
-        raise UserError("--batch, --steps, --repeats and --n must be at least 1, --warmup at least 0")
-    if crop < MIN_CROP:
-        raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
-    if data is None and crop > size:  # before generating a set the crop cannot fit
-        raise UserError(f"--crop {crop}: larger than the generated images' --size {size}; raise --size or lower --crop")
-    if amp not in (None, "bf16", "fp16"):
-        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+    _check_args(batch=batch, steps=steps, repeats=repeats, warmup=warmup, n=n, crop=crop, size=size, data=data, amp=amp)
     say = progress or (lambda m: None)
     tmp = None
     try:
@@ -129,57 +197,11 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
         else:
             source = os.path.abspath(data)
         ps = PreparedSet(data)
-        if crop > ps.size:
-            raise UserError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")
-        if ps.split_size("train") < batch:
-            raise UserError(f"{ps.root}: the training split has {ps.split_size('train')} images, fewer than "
-                            f"--batch {batch}")  # fmt: skip
-        paths = list(paths) if paths else (["device", "host"] + (["nvjpeg"] if ps.format == "jpeg" else [])
-                                           if cuda else ["host", "device"])  # fmt: skip
-        for p in paths:
-            if p not in PATHS:
-                raise UserError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
-            if p == "nvjpeg" and ps.format != "jpeg":
-                raise UserError(f"--paths nvjpeg: {ps.root} stores raw pixels, not JPEGs")
+        paths = _check_set(ps, crop=crop, batch=batch, paths=paths, cuda=cuda)
         workers = default_workers() if workers is None else max(0, workers)
-
-        torch.manual_seed(0)
-        model = build_model("alexnet", num_classes=max(1000, ps.num_classes), input_size=crop).to(dev).train()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        step = _step_fn(torch.compile(model) if compile else model, optimizer,
-                        {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp], channels_last)
-
-        common = dict(train=True, batch_size=batch, workers=workers, crop=crop, seed=0, drop_last=True)
-        loaders = {}
-        for p in paths:
-            if p == "host":
-                loaders[p] = make_loader(ps, "train", pin_memory=cuda, **common)
-            else:
-                loaders[p] = make_device_loader(ps, "train", device=dev, channels_last=channels_last,
-                                                decode="device" if p == "nvjpeg" else "host", **common)  # fmt: skip
-        drain = workers * PREFETCH_FACTOR + (1 if cuda else 0)  # batches a loader may hold ready
-        x_syn = torch.randn(batch, 3, crop, crop, device=dev)
-        if channels_last:  # as the device path delivers it: the ceiling pays no layout copy
-            x_syn = x_syn.contiguous(memory_format=torch.channels_last)
-        y_syn = torch.randint(0, ps.num_classes, (batch,), device=dev)
-
-        def synthetic() -> None:
-            for _ in range(steps):
-                step(x_syn, y_syn)
-
-        contenders = {"synthetic": synthetic}
-        for p, loader in loaders.items():
-            stream = _endless(loader, dev)
-
-            def run(count: int, stream=stream) -> None:
-                for _ in range(count):
-                    step(*next(stream))
-
-            if drain:
-                contenders[f"{p}_drain"] = lambda run=run: run(drain)
-            contenders[p] = lambda run=run: run(steps)
+        step = _training_step(ps, dev, crop=crop, amp=amp, channels_last=channels_last, compile=compile)
+        contenders, drain = _contenders(ps, dev, step, paths=paths, batch=batch, steps=steps, crop=crop,
+                                        workers=workers, channels_last=channels_last)  # fmt: skip
         say(f"timing {', '.join(['synthetic', *paths])} on {dev}: batch {batch}, {warmup} warm-up + {repeats} rounds "
             f"of {steps} steps (+{drain} untimed drain steps per real path), {workers} workers")
         times = time_alternately(contenders, device=dev, warmup=warmup, repeats=repeats)
@@ -190,8 +212,6 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
     img_s = {name: batch * steps / median(t) for name, t in times.items() if not name.endswith("_drain")}
     ratios = {p: img_s[p] / img_s["synthetic"] for p in paths}
     default = "device" if cuda and "device" in ratios else max(ratios, key=ratios.get)
-    from alexnet.data.packed import decoder_name
-
     return {
         "device": str(dev),
         "data": source,

@@ -54,7 +54,8 @@ def _stats(stats) -> Stats:
     return stats if isinstance(stats, Stats) else Stats(stats)
 
 
-def _check(crop: int, size: int, pca: str = "off", normalize: str = "mean_image") -> None:
+def check_options(crop: int, size: int, pca: str = "off", normalize: str = "mean_image") -> None:
+    """One-line UserError for a crop outside [1, size] or an unknown pca / normalize mode."""
     if not 1 <= crop <= size:
         raise UserError(f"crop {crop}: must be between 1 and the prepared image size {size}")
     if pca not in PCA_MODES:
@@ -134,12 +135,12 @@ class TrainTransform:
 
     def __init__(self, *, stats, crop: int = 227, flip: bool = True, pca: str = "paper",
                  normalize: str = "mean_image"):  # fmt: skip
-        _check(crop, 10**9, pca, normalize)
+        check_options(crop, 10**9, pca, normalize)
         self.stats, self.crop, self.flip, self.pca, self.normalize = _stats(stats), crop, flip, pca, normalize
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, out=None) -> torch.Tensor:
         size = x.shape[-1]
-        _check(self.crop, size)
+        check_options(self.crop, size)
         draws = sample_draws(1, generator, crop=self.crop, size=size)
         row = {k: v[0] for k, v in draws.items()}
         return train_one(x, row, stats=self.stats, crop=self.crop, pca=self.pca, normalize=self.normalize,
@@ -161,7 +162,7 @@ class EvalTransform:
     and the centre, then their mirrors in the same order."""
 
     def __init__(self, *, stats, crop: int = 227, crops: int = 1, normalize: str = "mean_image"):
-        _check(crop, 10**9, "off", normalize)
+        check_options(crop, 10**9, "off", normalize)
         crop_offsets(256, 1, crops)  # validates `crops`
         self.stats, self.crop, self.crops, self.normalize = _stats(stats), crop, crops, normalize
 
@@ -192,7 +193,7 @@ def train_batch(x: torch.Tensor, *, stats, crop: int, draws: dict, pca: str = "p
                 normalize: str = "mean_image", flip: bool = True) -> torch.Tensor:  # fmt: skip
     """Batched train_one: uint8 (B, 3, S, S) on any device + draws for B -> float32 (B, 3, crop, crop)."""
     stats = _stats(stats)
-    _check(crop, x.shape[-1], pca, normalize)
+    check_options(crop, x.shape[-1], pca, normalize)
     fl = draws["flip"] if flip else None
     patch = _gather(x, draws["y0"], draws["x0"], crop, fl)
     mean_patch = None
@@ -207,7 +208,7 @@ def eval_batch(x: torch.Tensor, *, stats, crop: int = 227, crops: int = 1, norma
     """uint8 (B, 3, S, S) -> float32 (B, 3, crop, crop), or (B, 10, 3, crop, crop) for 10 crops
     (TL, TR, BL, BR, centre, then the same five mirrored)."""
     stats = _stats(stats)
-    _check(crop, x.shape[-1], "off", normalize)
+    check_options(crop, x.shape[-1], "off", normalize)
     mean = stats.need("mean_image", "mean-image subtraction").to(x.device) if normalize == "mean_image" else None
     zero = torch.zeros(3, device=x.device)
     views = []

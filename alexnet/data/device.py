@@ -22,8 +22,22 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from alexnet.data.augment import Stats, _check, eval_batch, sample_draws, train_batch
-from alexnet.data.packed import Loader, PackedDataset, PreparedSet, _Collated, _empty, _single_thread, make_loader
+from alexnet.data.augment import (
+    Stats,
+    check_options,
+    eval_batch,
+    sample_draws,
+    train_batch,
+)
+from alexnet.data.packed import (
+    Collated,
+    Loader,
+    PackedDataset,
+    PreparedSet,
+    empty_batch,
+    make_loader,
+    single_thread,
+)
 from alexnet.errors import UserError
 
 DECODE_MODES = ("host", "device")
@@ -50,19 +64,19 @@ class UInt8Dataset(PackedDataset):
         shared = get_worker_info() is not None  # in a worker: allocate in shared memory, saving a copy
         n, s = len(keys), self.size
         labels = torch.tensor([int(self.labels[int(k[0])]) for k in keys], dtype=torch.int64)
-        with _single_thread():
+        with single_thread():
             if self.decode == "device":
                 spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i, _ in keys]
                 offsets = torch.zeros(n + 1, dtype=torch.int64)
                 offsets[1:] = torch.tensor([b - a for a, b in spans], dtype=torch.int64).cumsum(0)
-                data = _empty((int(offsets[-1]),), torch.uint8, shared)
+                data = empty_batch((int(offsets[-1]),), torch.uint8, shared)
                 handle = self._open()
                 for j, (a, b) in enumerate(spans):
                     data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(bytearray(os.pread(handle, b - a, a)),
                                                                                  dtype=torch.uint8)  # fmt: skip
                 images = (data, offsets)
             else:
-                images = _empty((n, 3, s, s), torch.uint8, shared)
+                images = empty_batch((n, 3, s, s), torch.uint8, shared)
                 handle = self._open()
                 for j, (index, _) in enumerate(keys):
                     if self.format == "raw":  # one strided copy from the page cache, HWC -> CHW
@@ -74,7 +88,7 @@ class UInt8Dataset(PackedDataset):
                 rows = [sample_draws(1, torch.Generator().manual_seed(int(seed)), crop=self.crop, size=s)
                         for _, seed in keys]  # fmt: skip
                 draws = {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if rows else {}
-        return _Collated((images, labels, draws))
+        return Collated((images, labels, draws))
 
 
 class DeviceAugment:
@@ -87,7 +101,7 @@ class DeviceAugment:
 
     def __init__(self, stats, *, device, crop: int = 227, pca: str = "paper", normalize: str = "mean_image",
                  flip: bool = True, crops: int = 1, channels_last: bool = False):  # fmt: skip
-        _check(crop, 10**9, pca, normalize)
+        check_options(crop, 10**9, pca, normalize)
         self.device = torch.device(device)
         self.stats = (stats if isinstance(stats, Stats) else Stats(stats)).to(self.device)  # once, not per batch
         self.crop, self.pca, self.normalize, self.flip, self.crops = crop, pca, normalize, flip, crops

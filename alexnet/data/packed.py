@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from alexnet.data.augment import EvalTransform, TrainTransform, _check
+from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.prepare import default_workers
 from alexnet.errors import UserError
 
@@ -186,7 +186,7 @@ class PackedDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = index % len(self)
-        with _single_thread():
+        with single_thread():
             x = self.image(index)
             if self.transform is not None:
                 x = self.transform(x, generator=generator)
@@ -200,27 +200,27 @@ class PackedDataset(Dataset):
         if not isinstance(t, TrainTransform) or not all(isinstance(k, tuple) for k in keys):
             return [self[k] for k in keys]
         shared = get_worker_info() is not None
-        out = _empty((len(keys), 3, t.crop, t.crop), torch.float32, shared)
+        out = empty_batch((len(keys), 3, t.crop, t.crop), torch.float32, shared)
         labels = torch.empty(len(keys), dtype=torch.int64)
-        with _single_thread():
+        with single_thread():
             for j, (index, seed) in enumerate(keys):
                 t(self.image(index), generator=torch.Generator().manual_seed(int(seed)), out=out[j])
                 labels[j] = int(self.labels[index])
-        return _Collated((out, labels))
+        return Collated((out, labels))
 
 
-class _Collated(tuple):
+class Collated(tuple):
     """A batch already collated by PackedDataset.__getitems__."""
 
 
 def collate(batch):
     """DataLoader collate_fn: passes batches collated by __getitems__ through."""
-    if isinstance(batch, _Collated):
+    if isinstance(batch, Collated):
         return tuple(batch)
     return default_collate(batch)
 
 
-def _empty(shape, dtype, shared: bool) -> torch.Tensor:
+def empty_batch(shape, dtype, shared: bool) -> torch.Tensor:
     """An uninitialised tensor, allocated in shared memory when `shared` (as default_collate does
     in workers, so that sending the batch to the main process copies nothing)."""
     if not shared:
@@ -231,7 +231,7 @@ def _empty(shape, dtype, shared: bool) -> torch.Tensor:
     return proto.new(storage).view(shape)
 
 
-class _single_thread:
+class single_thread:
     """Per-image ops are tiny: intra-op threads only add overhead (measured 100x slower with 2
     threads on a 2-core machine), so run them single-threaded, also in the main process."""
 
@@ -349,7 +349,7 @@ def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int 
     ps._need(split)
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be at least 1")
-    _check(crop, ps.size, pca, normalize)
+    check_options(crop, ps.size, pca, normalize)
     if train:
         transform = TrainTransform(stats=ps.stats, crop=crop, flip=flip, pca=pca, normalize=normalize)
     else:
