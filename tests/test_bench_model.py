@@ -1,6 +1,7 @@
 """`alexnet bench model` runs at a tiny size and reports consistent JSON."""
 
 import json
+import os
 
 import pytest
 
@@ -43,3 +44,25 @@ def test_bench_model_without_cuda_is_a_one_line_error(capsys):
     assert main(["bench", "model", "--device", "cuda", "--batch", "1"]) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available" in err and err.count("\n") == 1
+
+
+def test_competing_load_runs_during_the_body_and_is_gone_after():
+    from alexnet.bench.common import competing_load
+
+    with competing_load(1) as pid:
+        assert pid is not None and os.path.exists(f"/proc/{pid}")
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().split()[2] in "RSD"  # alive (running or between slices), not a zombie
+    assert not os.path.exists(f"/proc/{pid}")  # killed and reaped
+    with competing_load(0) as none:
+        assert none is None
+
+
+def test_bench_model_load_is_recorded(capsys):
+    assert main(["bench", "model", "--batch", "1", "--warmup", "0", "--repeats", "1", "--load", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["load_threads"] == 1
+    assert out["ratio"] == pytest.approx(out["ours_step_s"] / out["torchvision_step_s"])
+    assert main(["bench", "model", "--load", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--load -1" in err

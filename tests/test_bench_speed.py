@@ -119,6 +119,7 @@ def test_bench_infer_cpu_json(capsys):
     assert out["latency_ratio"] == pytest.approx(out["ours_latency_ms"] / out["torchvision_latency_ms"])
     assert out["ours_img_s"] == pytest.approx(2 / (sum(t["throughput"]["ours"]) / 2))
     assert out["batch"] == 2 and out["device"] == "cpu" and out["env"]["torchvision"]
+    assert out["load_threads"] == 0
 
 
 @pytest.mark.parametrize("args", [
@@ -142,6 +143,9 @@ def test_bench_zero_or_unfit_sizes_are_one_line_errors(capsys, args, tmp_path):
 def test_bench_infer_errors(capsys):
     assert main(["bench", "infer", "--graphs"]) == 2
     assert "CUDA graphs" in capsys.readouterr().err
+    assert main(["bench", "infer", "--load", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--load -2" in err and err.count("\n") == 1
     if not torch.cuda.is_available():
         assert main(["bench", "infer", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+
+from alexnet.errors import UserError
 
 
 def sync(device: str | torch.device) -> None:
@@ -43,6 +49,46 @@ def time_alternately(
             sync(device)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+# The competing process: N intra-op threads multiplying 1024x1024 matrices until stdin closes or
+# it is killed. It prints one line once its first product is done, so timing starts under load.
+_LOAD_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+a = torch.randn(1024, 1024)
+b = torch.randn(1024, 1024)
+a @ b
+print("ready", flush=True)
+while True:
+    a @ b
+"""
+
+
+@contextlib.contextmanager
+def competing_load(threads: int) -> Iterator[int | None]:
+    """Run a process doing `threads`-thread matrix products beside the body (0: none).
+
+    The other-tenant case on a shared machine: benches are meant to hold their ratios when
+    another PyTorch process keeps cores busy. Yields the load process's pid (None without load);
+    the process is killed when the body ends, even on an error or Ctrl-C.
+    """
+    if threads < 0:
+        raise UserError(f"--load {threads}: must be 0 (no competing process) or a number of threads")
+    if threads == 0:
+        yield None
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.Popen([sys.executable, "-c", _LOAD_SCRIPT, str(threads)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        if proc.stdout.readline().strip() != b"ready":
+            raise UserError(f"--load {threads}: the competing process failed to start (exit {proc.wait()})")
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def median(values: list[float]) -> float:

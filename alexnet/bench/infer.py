@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench.common import environment, median, sync, time_alternately
+from alexnet.bench.common import competing_load, environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
 from alexnet.errors import UserError
 from alexnet.model import build_model, model_input_size
@@ -84,19 +84,22 @@ def make_forward(model: nn.Module, example: torch.Tensor, *, amp: str | None = N
 
 def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int | None = None, amp: str | None = None,
                     channels_last: bool = False, graphs: bool = False, compile: bool = False, warmup: int = 2,
-                    repeats: int = 5, latency_repeats: int = 20,
+                    repeats: int = 5, latency_repeats: int = 20, load: int = 0,
                     progress: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Throughput at `batch` (default 1024 on CUDA, 64 on CPU) and batch-1 latency of `model`
     vs torchvision.models.alexnet eager fp32 (and on CUDA eager bf16 + channels_last).
 
     Returns a JSON-ready dict: ours_img_s, torchvision_img_s, throughput_ratio (ours / theirs),
     ours_latency_ms, torchvision_latency_ms, latency_ratio (ours / theirs: < 1 is faster).
+    load: threads of a competing matrix-product process run while timing (0: none).
     """
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     batch = batch if batch is not None else (1024 if cuda else 64)
     if batch < 1 or repeats < 1 or latency_repeats < 1 or warmup < 0:
         raise UserError("--batch, --repeats and --latency-repeats must be at least 1, --warmup at least 0")
+    if load < 0:
+        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
     if amp not in DTYPES:
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     if graphs and not cuda:
@@ -124,8 +127,10 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
             x = inputs(b, 224, mf)
             f = eager_forward(net, device=dev, amp=dtype)
             contenders[name] = lambda f=f, x=x: f(x)
-        say(f"{label}: batch {b}, {warmup} warm-up + {reps} timed rounds of {', '.join(contenders)}")
-        results[label] = time_alternately(contenders, device=dev, warmup=warmup, repeats=reps)
+        beside = f", beside a {load}-thread matmul process" if load else ""
+        say(f"{label}: batch {b}, {warmup} warm-up + {reps} timed rounds of {', '.join(contenders)}{beside}")
+        with competing_load(load):
+            results[label] = time_alternately(contenders, device=dev, warmup=warmup, repeats=reps)
         del f_ours  # a captured graph's memory pool goes with it
     sync(dev)
     per = {name: median(t) for name, t in results["throughput"].items()}
@@ -141,6 +146,7 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
         "ours_latency_ms": lat["ours"],
         "torchvision_latency_ms": lat["torchvision"],
         "latency_ratio": lat["ours"] / lat["torchvision"],
+        "load_threads": load,
         "times_s": results,
         "env": environment(dev),
     }

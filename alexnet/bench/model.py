@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench.common import environment, median, sync, time_alternately
+from alexnet.bench.common import competing_load, environment, median, sync, time_alternately
 from alexnet.errors import UserError
 from alexnet.model import build_model, model_input_size
 from alexnet.summary import summarize
@@ -86,9 +86,12 @@ def bench_model(
     compile_mode: str | None = None,
     warmup: int = 2,
     repeats: int = 5,
+    load: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Median training-step time and img/s of `model` vs torchvision's AlexNet (eager fp32).
+
+    load: threads of a competing matrix-product process run during warm-up and timing (0: none).
 
     On CUDA the baselines also include torchvision eager bf16 + channels_last, and the model's
     achieved FLOP/s is compared with a bf16 matrix-product rate measured in the same run.
@@ -101,6 +104,8 @@ def bench_model(
         raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if amp not in (None, "bf16", "fp16"):
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+    if load < 0:
+        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
     torch.manual_seed(0)
     ours = build_model(model)
     size = model_input_size(ours)
@@ -116,8 +121,10 @@ def bench_model(
             torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev,
             amp="bf16", channels_last=True)
     if progress:
-        progress(f"timing {', '.join(contenders)}: {warmup} warm-up + {repeats} timed rounds, batch {batch}")
-    times = time_alternately(contenders, device=dev, warmup=warmup, repeats=repeats)
+        beside = f", beside a {load}-thread matmul process" if load else ""
+        progress(f"timing {', '.join(contenders)}: {warmup} warm-up + {repeats} timed rounds, batch {batch}{beside}")
+    with competing_load(load):
+        times = time_alternately(contenders, device=dev, warmup=warmup, repeats=repeats)
     step_s = {name: median(t) for name, t in times.items()}
     img_s = {name: batch / s for name, s in step_s.items()}
     macs = summarize(model).macs
@@ -133,6 +140,7 @@ def bench_model(
         "ours_img_s": img_s["ours"],
         "torchvision_img_s": img_s["torchvision"],
         "ratio": step_s["ours"] / step_s["torchvision"],
+        "load_threads": load,
         "step_times_s": times,
         "model_tflops": train_flops / step_s["ours"] / 1e12,
         "imagenet_epoch_s": IMAGENET_TRAIN_IMAGES / img_s["ours"],

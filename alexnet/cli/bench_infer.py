@@ -34,6 +34,9 @@ def register(sub) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds at --batch (the median is reported)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed rounds at batch 1")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run a competing process doing N-thread matrix products while timing "
+                             "(a shared machine's other tenant; 0 = none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -47,7 +50,7 @@ def run(args) -> int:
         amp, channels_last, graphs = amp or "bf16", True, True
     r = run_infer_bench(model=args.model, device=args.device, batch=args.batch, amp=amp, channels_last=channels_last,
                         graphs=graphs, compile=args.compile, warmup=args.warmup, repeats=args.repeats,
-                        latency_repeats=args.latency_repeats, progress=lambda m: print(m, file=sys.stderr))
+                        latency_repeats=args.latency_repeats, load=args.load, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print_json(r)
         return 0
@@ -57,6 +60,8 @@ def run(args) -> int:
           f"ratio {r['throughput_ratio']:.2f}")
     print(f"  batch 1:  ours {r['ours_latency_ms']:8.2f} ms,    torchvision {r['torchvision_latency_ms']:8.2f} ms, "
           f"ratio {r['latency_ratio']:.2f}")
+    if args.load:
+        print(f"  (timed beside a competing process running {args.load}-thread matrix products)")
     if "torchvision_bf16_cl_img_s" in r:
         print(f"  torchvision eager bf16 + channels_last: {r['torchvision_bf16_cl_img_s']:9.1f} img/s, "
               f"{r['torchvision_bf16_cl_latency_ms']:.2f} ms; ours / that = {r['throughput_ratio_vs_bf16_cl']:.2f}x")

@@ -38,6 +38,9 @@ def register(sub) -> None:
                         help="our fastest configuration for the device: on CUDA bf16 + channels_last + compile")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run a competing process doing N-thread matrix products while timing "
+                             "(a shared machine's other tenant; 0 = none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -53,7 +56,7 @@ def run(args) -> int:
     result = bench_model(args.model, batch=batch, device=args.device, amp=amp,
                          channels_last=channels_last, compile=compile, optimizer=args.optimizer,
                          compile_mode=args.compile_mode, warmup=args.warmup,
-                         repeats=args.repeats, progress=lambda m: print(m, file=sys.stderr))
+                         repeats=args.repeats, load=args.load, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print_json(result)
         return 0
@@ -66,7 +69,8 @@ def run(args) -> int:
               f"ours / that = {result['speedup_vs_torchvision_bf16']:.2f}x")
         print(f"  model {result['model_tflops']:.1f} TFLOP/s = {result['fraction_of_matmul']:.0%} of a "
               f"bf16 matmul's {result['matmul_tflops_bf16']:.0f} TFLOP/s")
-    print(f"  ratio (our step time / torchvision's) = {result['ratio']:.2f}")
+    beside = f" (beside a {args.load}-thread matmul process)" if args.load else ""
+    print(f"  ratio (our step time / torchvision's) = {result['ratio']:.2f}{beside}")
     print(f"  at this rate: an ImageNet epoch {result['imagenet_epoch_s'] / 3600:.1f} h, the paper's 90 epochs "
           f"{result['paper_recipe_hours']:.0f} h (paper: 5-6 days on two GTX 580)")
     return 0
