@@ -197,8 +197,10 @@ class DeviceLoader:
     """make_loader's counterpart yielding (images float32, labels int64) already on the device.
 
     Same sampler, epochs, sharding and length as the host loader it wraps (`host`, a packed.Loader
-    over a UInt8Dataset). It deliberately has no `sampler` / `dataset` attributes: code that rebuilds
-    a DataLoader from those would bypass the device augmentation; use `iter_from` to resume."""
+    over a UInt8Dataset): under DDP each rank gets make_loader's shard, and for one (seed, epoch)
+    the batches equal make_loader's (bit-exact on the CPU; float rounding on CUDA). It deliberately
+    has no `sampler` / `dataset` attributes: code that rebuilds a DataLoader from those would bypass
+    the device augmentation; use `iter_from` to resume mid-epoch."""
 
     def __init__(self, host: Loader, augment: DeviceAugment):
         self.host, self.augment = host, augment
