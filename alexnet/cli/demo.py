@@ -13,7 +13,7 @@ The whole pipeline in about 10 minutes on a 2-core CPU, with nothing downloaded:
      augmentation (random 227 crops, mirrors, PCA colour noise) and update rule: OUT/run
      (replaced on every demo run),
   4. evaluates the last checkpoint with the centre crop and the paper's 10 crops: OUT/run/eval.json,
-  5. writes the run's report when the report module is installed: OUT/run/report/index.html.
+  5. writes the run's report (curves, the paper's Figures 3 and 4, tables): OUT/run/report/index.html.
 Departures from the paper's recipe, so that it learns within minutes: Kaiming init on per-channel
 normalised inputs, batch 32, one epoch of warm-up, cosine decay over 6 epochs (docs/training.md)."""
 
@@ -41,7 +41,7 @@ def run(args) -> int:
     print(f"demo finished in {result['seconds'] / 60:.1f} min")
     print(f"  data:    {result['data']}")
     print(f"  run:     {result['run']}  (log.jsonl, checkpoints/, eval.json)")
-    print(f"  report:  {result['report'] or '(the report module is not available)'}")
+    print(f"  report:  {result['report'] or '(not written: see the message above)'}")
     print(f"  validation error, centre crop: top-1 {result['top1_error']:.3f}, top-5 {result['top5_error']:.3f}")
     print(f"  validation error, 10 crops:    top-1 {result['top1_error_10crop']:.3f}, "
           f"top-5 {result['top5_error_10crop']:.3f}   (chance: top-1 {1 - 1 / classes:.1f}, top-5 {1 - 5 / classes:.1f})")

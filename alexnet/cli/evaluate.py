@@ -49,7 +49,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--json", action="store_true",
-                   help='print a JSON list of {"path", "predictions": [{"class", "name", "prob"}]} or {"path", "error"}')
+                   help='print a JSON list of {"path", "predictions": [{"class", "name", "index", "prob"}]} or '
+                        '{"path", "error"}; index: the class\'s output unit (0-based)')
     p.set_defaults(func=run_predict)
 
     p = add_parser(
