@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "prepare",
     "train",
     "evaluate",
+    "import_caffe",
     "report",
     "experiment",
     "bench",
