@@ -199,6 +199,7 @@ def test_existing_out_needs_force_and_errors(tmp_path, photo_tree):
 
 
 def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch, photo_tree):
+    import alexnet.data.chunks as chunks
     import alexnet.data.prepare as prep
 
     src = str(photo_tree(per_class=2))
@@ -206,10 +207,19 @@ def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch, photo_tree):
     def boom(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(prep, "_write_json", boom)
+    monkeypatch.setattr(chunks, "_process_task", boom)  # fails before any chunk is committed
     with pytest.raises(RuntimeError):
         prep.prepare(src, str(tmp_path / "out"), workers=1, size=32)
     assert os.listdir(tmp_path) == []  # no OUT, no partial directory
+    monkeypatch.undo()
+    monkeypatch.setattr(prep, "write_json", boom)  # fails at the end, every chunk committed
+    with pytest.raises(RuntimeError):
+        prep.prepare(src, str(tmp_path / "out"), workers=1, size=32)
+    assert os.listdir(tmp_path) == [".out.partial"]  # no OUT: only the hidden work, to resume
+    assert not os.path.exists(tmp_path / ".out.partial" / "manifest.json")
+    monkeypatch.undo()
+    assert prep.prepare(src, str(tmp_path / "out"), workers=1, size=32, resume=True)["resumed_images"] == 6
+    assert os.listdir(tmp_path) == ["out"] and PreparedSet(str(tmp_path / "out")).split_size("train") > 0
 
 
 def test_killed_prepare_leaves_no_complete_looking_output(tmp_path, photo_tree):
@@ -217,19 +227,22 @@ def test_killed_prepare_leaves_no_complete_looking_output(tmp_path, photo_tree):
     out = str(tmp_path / "out")
     code = f"from alexnet.data.prepare import prepare; prepare({src!r}, {out!r}, workers=1, size=256)"
     proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 30
-    while time.time() < deadline and not any(".partial-" in n for n in os.listdir(tmp_path)):
+    state = os.path.join(tmp_path, ".out.partial", "_resume", "state.json")
+    deadline = time.time() + 60
+    while time.time() < deadline and not os.path.exists(state):
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(out)
-    partial = [n for n in os.listdir(tmp_path) if ".partial-" in n]
+    partial = [n for n in os.listdir(tmp_path) if ".partial" in n]
     assert partial and all(n.startswith(".") for n in partial)  # hidden, and never named OUT
     assert not os.path.exists(os.path.join(tmp_path, partial[0], "manifest.json"))
-    prepare(src, out, workers=2, size=32)  # a new run cleans the dead run's partial directory
+    with pytest.raises(UserError, match="interrupted.*--resume.*--force"):  # a new run says how to go on
+        prepare(src, out, workers=2, size=32)
+    prepare(src, out, workers=2, size=32, force=True)  # --force cleans the dead run's partial directory
     assert PreparedSet(out).split_size("train") > 0
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
+    assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
 
 
 def test_stratified_split_reproducible():
@@ -391,4 +404,4 @@ def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys, photo_tree):
     rc = cli_main(["prepare", src, str(blocker / "sub" / "out"), "--workers", "1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "cannot create the output directory" in err
-    assert not any(".partial-" in n for n in os.listdir(tmp_path))
+    assert not any(".partial" in n for n in os.listdir(tmp_path))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from alexnet.cli import add_parser, print_json
+from alexnet.data.prepare import CHUNK_SIZE
+from alexnet.progress import MODES
 
 DESCRIPTION = """\
 Prepare an image set the paper's way (§2): every image's shorter side is rescaled to --size
@@ -22,6 +24,11 @@ Layouts (auto-detected):
              --size 256 upscales them to the paper's input size.
 A source without a validation split gets one from --val-fraction (stratified, seeded).
 Unreadable, truncated or non-image files are skipped and listed in the manifest.
+
+OUT appears only when complete; the work is committed every --chunk-size images in a hidden
+.OUT.partial beside it. An interrupted prepare (killed, Ctrl-C, disk full) continues where it
+stopped with the same command plus --resume, and OUT is then byte for byte what an
+uninterrupted run writes; --force starts over instead.
 """
 
 
@@ -41,7 +48,14 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
     p.add_argument("--workers", type=int, default=None, help="worker processes; unset: min(cores, 8)")
-    p.add_argument("--force", action="store_true", help="replace an existing prepared OUT")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing prepared OUT, or start an interrupted prepare over")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted prepare into OUT (same SRC and options)")  # fmt: skip
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                   help="images per committed chunk: the most work an interruption loses")  # fmt: skip
+    p.add_argument("--progress", default="auto", choices=MODES,
+                   help="auto: a bar on a terminal, otherwise a line every 30 s on stderr")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -54,14 +68,16 @@ def run(args) -> int:
         raise UserError(f"--workers {args.workers}: must be at least 1")
     manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
                        val_fraction=args.val_fraction, workers=args.workers, force=args.force,
-                       seed=args.seed, quality=args.quality)  # fmt: skip
+                       seed=args.seed, quality=args.quality, resume=args.resume, chunk_size=args.chunk_size,
+                       progress=args.progress)  # fmt: skip
     short = summary(manifest)
     if args.json:
         print_json(short)
         return 0
     splits = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
     print(f"prepared {args.out}: {manifest['layout']} layout, {short['classes']} classes, {splits}; "
-          f"{manifest['format']} {manifest['size']}x{manifest['size']}; {short['images_per_s']:.0f} images/s")  # fmt: skip
+          f"{manifest['format']} {manifest['size']}x{manifest['size']}; {short['images_per_s']:.0f} images/s"
+          + (f" ({manifest['resumed_images']} images from the interrupted run)" if manifest["resumed_images"] else ""))  # fmt: skip
     if short["skipped"]:
         print(f"skipped {len(short['skipped'])} file(s) (listed in manifest.json):", file=sys.stderr)
         for item in short["skipped"][:10]:

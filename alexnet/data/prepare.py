@@ -3,122 +3,41 @@
 Every image is rescaled so its shorter side is `size` (antialiased) and centrally cropped to
 size x size (paper §2), then stored as a JPEG (concatenated + offsets) or raw uint8 pixels. The
 training split's statistics (mean image, channel mean/std, RGB covariance eigenpairs) are
-accumulated in the same pass, from exactly the pixels the loader will decode. The directory is
-built under a hidden temporary name and renamed into place only when complete.
+accumulated in the same pass, from exactly the pixels the loader will decode.
+
+The work is committed in chunks of `chunk_size` images under a hidden `.OUT.partial` beside OUT,
+renamed into place only when complete (alexnet/data/resume.py): an interrupted prepare continues
+with `resume=True`, and OUT is then byte-identical to an uninterrupted run's. OUT depends only on
+the arguments and the source; timings are returned (and printed), not stored.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import os
 import platform
 import shutil
-import sys
+import signal
 import time
 from multiprocessing import get_context
 
 import numpy as np
-from PIL import Image
 
-from alexnet.data.images import BadImageError, load_rgb, resize_center_crop
+from alexnet.data.chunks import StatsAccumulator, assemble_split, run_split
 from alexnet.data.layouts import read_source, stratified_split
+from alexnet.data.resume import PARTIAL, Partial
 from alexnet.errors import UserError
+from alexnet.io import atomic_write_path, disk_error, read_json, write_json
+from alexnet.progress import LINE_EVERY, Progress, resolve_mode
 
 FORMATS = ("jpeg", "raw")
-CHUNK = 32  # images per task sent to a worker process
-PARTIAL = ".partial-"  # marker in the temporary directory's name
+CHUNK_SIZE = 1000  # images per committed chunk: the most work an interruption loses
+PROGRESS_EVERY = LINE_EVERY  # seconds between progress lines off a terminal (tests lower it)
+KILL_AFTER_ENV = "ALEXNET_TEST_KILL_AFTER_CHUNKS"  # tests: SIGKILL this process after N committed chunks
 
 
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
-
-
-# ---------------------------------------------------------------- worker side
-
-
-def _prepare_one(item, size: int, fmt: str, quality: int) -> tuple[bytes, np.ndarray]:
-    """One sample -> (stored bytes, the (size, size, 3) uint8 pixels the loader will see)."""
-    if isinstance(item, np.ndarray):  # CIFAR: already pixels
-        img = Image.fromarray(item)
-        if img.size != (size, size):
-            img = resize_center_crop(img, size)
-    else:
-        img = resize_center_crop(load_rgb(item, draft_size=size), size)
-    if fmt == "raw":
-        pixels = np.asarray(img, dtype=np.uint8)
-        return pixels.tobytes(), pixels
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    data = buf.getvalue()
-    # Stats from the decoded JPEG, i.e. what training sees (PIL and torchvision decode identically).
-    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
-    return data, pixels
-
-
-def _process_chunk(task):
-    """Worker: a chunk of (item, label) -> ([(bytes|None, label, reason)], partial stats or None)."""
-    samples, size, fmt, quality, with_stats = task
-    out = []
-    acc = _StatsAccumulator(size) if with_stats else None
-    for item, label in samples:
-        try:
-            data, pixels = _prepare_one(item, size, fmt, quality)
-        except BadImageError as exc:
-            out.append((None, label, exc.reason))
-            continue
-        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-            out.append((None, label, f"failed to process ({type(exc).__name__}: {str(exc)[:80]})"))
-            continue
-        if acc is not None:
-            acc.add(pixels)
-        out.append((data, label, None))
-    return out, acc
-
-
-class _StatsAccumulator:
-    """Streaming sums in float64: the mean image and the RGB second moments over all pixels."""
-
-    def __init__(self, size: int):
-        self.n = 0
-        self.image_sum = np.zeros((size, size, 3), np.float64)
-        self.pixel_sum = np.zeros(3, np.float64)
-        self.outer_sum = np.zeros((3, 3), np.float64)
-
-    def add(self, pixels: np.ndarray) -> None:
-        self.n += 1
-        self.image_sum += pixels
-        flat = pixels.reshape(-1, 3).astype(np.float64)
-        self.pixel_sum += flat.sum(0)
-        self.outer_sum += flat.T @ flat
-
-    def merge(self, other: "_StatsAccumulator") -> None:
-        self.n += other.n
-        self.image_sum += other.image_sum
-        self.pixel_sum += other.pixel_sum
-        self.outer_sum += other.outer_sum
-
-    def finish(self) -> dict[str, np.ndarray]:
-        """The stats.npz arrays (docs/architecture.md): mean image on 0-255, the rest on [0, 1]."""
-        if self.n == 0:
-            raise UserError("no training image could be read; nothing to compute statistics from")
-        count = self.n * self.image_sum.shape[0] * self.image_sum.shape[1]
-        mean = self.pixel_sum / count / 255.0
-        cov = self.outer_sum / count / 255.0**2 - np.outer(mean, mean)
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1]
-        eigval, eigvec = eigval[order], eigvec[:, order]
-        eigvec *= np.where(eigvec.sum(0) < 0, -1.0, 1.0)  # a fixed sign per column
-        return {
-            "mean_image": (self.image_sum / self.n).astype(np.float32),
-            "channel_mean": mean.astype(np.float32),
-            "channel_std": np.sqrt(np.clip(np.diag(cov), 0, None)).astype(np.float32),
-            "eigval": np.clip(eigval, 0, None).astype(np.float32),
-            "eigvec": eigvec.astype(np.float32),
-        }
-
-
-# ---------------------------------------------------------------- parent side
 
 
 def _check_out(out: str, force: bool) -> None:
@@ -130,14 +49,14 @@ def _check_out(out: str, force: bool) -> None:
     parent = os.path.dirname(out) or "."
     try:
         os.makedirs(parent, exist_ok=True)
-        probe = os.path.join(parent, f".{os.path.basename(out)}{PARTIAL}probe-{os.getpid()}")
+        probe = os.path.join(parent, f".{os.path.basename(out)}{PARTIAL}-{os.getpid()}-probe")
         os.mkdir(probe)
         os.rmdir(probe)
     except OSError as exc:
         raise UserError(f"{out}: cannot create the output directory in {parent} "
                         f"({exc.strerror or exc}); choose a writable OUT") from None  # fmt: skip
-    # Remove partial directories left by killed runs (their process is gone).
-    prefix = f".{os.path.basename(out)}{PARTIAL}"
+    # Remove what killed runs left while finishing (.OUT.partial-PID-...; their process is gone).
+    prefix = f".{os.path.basename(out)}{PARTIAL}-"
     for name in os.listdir(parent):
         if name.startswith(prefix):
             pid = name[len(prefix):].split("-")[0]
@@ -155,43 +74,88 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
+def _claim(partial: Partial, *, resume: bool, force: bool, early: dict) -> bool:
+    """Take the work directory of an interrupted prepare: True when it is continued (resume), after
+    removing it when --force starts over; without either, a one-line error."""
+    if not partial.exists():
+        return False
+    partial.lock()
+    if partial.state() is None and not partial.complete():
+        partial.remove()  # killed before it recorded anything: nothing to resume
+        return False
+    if resume:
+        try:
+            if partial.state() is not None:
+                partial.check(early, partial_args=True)
+        except BaseException:
+            partial.unlock()
+            raise
+        return True
+    if force:
+        partial.remove()
+        return False
+    partial.unlock()
+    raise UserError(f"{partial.out}: an earlier prepare into it was interrupted (its work is in {partial.path}); "
+                    "pass --resume to continue it, or --force to start over")  # fmt: skip
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+def _digest(splits: dict) -> str:
+    """A fingerprint of the listed samples (paths or CIFAR pixels, and labels): a resume must see
+    the same source."""
+    h = hashlib.sha256()
+    for name, samples in splits.items():
+        h.update(f"\0split {name}\0".encode())
+        for item, label in samples:
+            h.update(item.encode() if isinstance(item, str) else np.ascontiguousarray(item).tobytes())
+            h.update(f"\0{label}\0".encode())
+    return h.hexdigest()
 
 
-def _write_split(tmp, name, samples, *, pool, size, fmt, quality, stats, skipped, num_classes):
-    """Process one split's samples in order, append them to the split's files; returns the count."""
-    os.makedirs(os.path.join(tmp, name))
-    image_path = os.path.join(tmp, name, "images.bin" if fmt == "jpeg" else "images.u8")
-    tasks = [
-        ([(it, lb) for it, lb in samples[i : i + CHUNK]], size, fmt, quality, stats is not None)
-        for i in range(0, len(samples), CHUNK)
-    ]
-    names = [it if isinstance(it, str) else f"{name}[{i}]" for i, (it, _) in enumerate(samples)]
-    offsets, labels, pos = [0], [], 0
-    results = pool.imap(_process_chunk, tasks) if pool is not None else map(_process_chunk, tasks)
-    with open(image_path, "wb") as f, _progress(len(samples), name) as bar:
-        k = 0
-        for chunk, acc in results:
-            for data, label, reason in chunk:
-                if data is None:
-                    skipped.append({"path": names[k], "reason": reason})
-                else:
-                    f.write(data)
-                    pos += len(data)
-                    offsets.append(pos)
-                    labels.append(label)
-                k += 1
-            if acc is not None:
-                stats.merge(acc)
-            bar.update(len(chunk))
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    np.save(os.path.join(tmp, name, "labels.npy"), labels_arr)
-    if fmt == "jpeg":
-        np.save(os.path.join(tmp, name, "offsets.npy"), np.asarray(offsets, dtype=np.int64))
-    return {"count": int(len(labels_arr)), "per_class": np.bincount(labels_arr, minlength=num_classes).tolist()}
+def _kill_hook():
+    """Tests of resuming: SIGKILL this process once $ALEXNET_TEST_KILL_AFTER_CHUNKS chunks are committed."""
+    limit = int(os.environ.get(KILL_AFTER_ENV) or 0)
+    count = 0
+
+    def committed() -> None:
+        nonlocal count
+        count += 1
+        if limit and count >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return committed
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)  # deterministic bytes: numpy stamps no time into the zip
+
+
+def _check_options(fmt: str, val_fraction: float, quality: int, size: int | None, chunk_size: int, progress: str):
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: unknown; choose jpeg or raw")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality {quality}: must be in 1..100")
+    if size is not None and size < 8:
+        raise UserError(f"--size {size}: too small; use at least 8 (256 is the paper's)")
+    if chunk_size < 1:
+        raise UserError(f"--chunk-size {chunk_size}: must be at least 1")
+    resolve_mode(progress)
+
+
+def _splits(source, val_fraction: float, seed: int) -> tuple[dict, str]:
+    """The source's splits in the stored order (train, val, test, others), with a stratified val
+    split drawn from train when the source has none; and the manifest's note on val."""
+    splits = dict(source.splits)
+    val_note = "from the source"
+    if "val" not in splits and val_fraction > 0:
+        train = splits["train"]
+        tr, va = stratified_split([lb for _, lb in train], val_fraction, seed)
+        splits["train"], splits["val"] = [train[i] for i in tr], [train[i] for i in va]
+        val_note = f"stratified {val_fraction:g} of the source's training images, seed {seed}"
+    order = [s for s in ("train", "val", "test") if s in splits] + [s for s in splits if s not in ("train", "val", "test")]
+    return {s: splits[s] for s in order}, val_note
 
 
 def prepare(
@@ -206,80 +170,107 @@ def prepare(
     force: bool = False,
     seed: int = 0,
     quality: int = 90,
+    resume: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+    progress: str = "auto",
 ) -> dict:
-    """Prepare `src` into `out` (see the module docstring); returns the manifest.
+    """Prepare `src` into `out` (see the module docstring); returns the manifest plus this run's
+    `workers`, `seconds`, `images_per_s` (over the images it processed) and `resumed_images`.
 
     size None -> 256 (the paper), except 32 for CIFAR-10 (kept as is; pass 256 to upscale).
+    resume: continue an interrupted prepare into `out` (same arguments); force: replace an existing
+    `out`, or start an interrupted one over. progress: auto, bar, lines or off (alexnet.progress).
     """
     start = time.perf_counter()
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown; choose jpeg or raw")
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
-    if not 1 <= quality <= 100:
-        raise UserError(f"--quality {quality}: must be in 1..100")
+    _check_options(fmt, val_fraction, quality, size, chunk_size, progress)
     out = os.path.abspath(out)
-    if size is not None and size < 8:
-        raise UserError(f"--size {size}: too small; use at least 8 (256 is the paper's)")
     _check_out(out, force)  # before reading the source: listing ImageNet takes minutes
-    source = read_source(src, layout)
-    size = size if size is not None else (32 if source.layout == "cifar10" else 256)
-    splits = dict(source.splits)
-    val_note = "from the source"
-    if "val" not in splits and val_fraction > 0:
-        train = splits["train"]
-        tr, va = stratified_split([lb for _, lb in train], val_fraction, seed)
-        splits["train"], splits["val"] = [train[i] for i in tr], [train[i] for i in va]
-        val_note = f"stratified {val_fraction:g} of the source's training images, seed {seed}"
+    partial = Partial(out)
+    early = {"source": os.path.abspath(src), "format": fmt, "val_fraction": val_fraction, "seed": seed,
+             "quality": quality, "chunk_size": chunk_size}  # fmt: skip
+    resuming = _claim(partial, resume=resume, force=force, early=early)
     workers = workers or default_workers()
-    tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{PARTIAL}{os.getpid()}-{int(time.time())}")
-    skipped = list(source.skipped)
-    stats = _StatsAccumulator(size)
-    pool = get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        os.makedirs(tmp)
-        counts = {}
-        for name in [s for s in ("train", "val", "test") if s in splits] + [s for s in splits if s not in ("train", "val", "test")]:
-            counts[name] = _write_split(
-                tmp, name, splits[name], pool=pool, size=size, fmt=fmt, quality=quality,
-                stats=stats if name == "train" else None, skipped=skipped, num_classes=len(source.class_ids),
-            )  # fmt: skip
-        np.savez(os.path.join(tmp, "stats.npz"), **stats.finish())
-        _write_json(os.path.join(tmp, "classes.json"), {"ids": source.class_ids, "names": source.class_names})
-        seconds = time.perf_counter() - start
-        processed = sum(len(v) for v in splits.values())
-        manifest = {
-            "source": os.path.abspath(src),
-            "layout": source.layout,
-            "format": fmt,
-            "size": size,
-            "jpeg_quality": quality if fmt == "jpeg" else None,
-            "num_classes": len(source.class_ids),
-            "splits": counts,
-            "val_split": val_note,
-            "notes": source.notes,
-            "skipped": skipped,
-            "workers": workers,
-            "seconds": round(seconds, 3),
-            "images_per_s": round(processed / max(seconds, 1e-9), 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
-        }
-        _write_json(os.path.join(tmp, "manifest.json"), manifest)  # last: marks the set complete
-        if os.path.lexists(out):  # --force, checked above: move the old one aside, then swap
-            trash = f"{tmp}.old"
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
+        if resuming and partial.complete():  # killed while moving the finished set into place
+            partial.finish()
+            manifest = read_json(os.path.join(out, "manifest.json"))
+            return {**manifest, "workers": workers, "seconds": 0.0, "images_per_s": 0.0, "resumed_images": 0}
+        source = read_source(src, layout)
+        size = size if size is not None else (32 if source.layout == "cifar10" else 256)
+        splits, val_note = _splits(source, val_fraction, seed)
+        args = {**early, "layout": source.layout, "size": size, "listing": _digest(splits), "versions": _versions()}
+        if resuming:
+            partial.check(args)
         else:
-            os.rename(tmp, out)
-        return manifest
+            _start(partial, args)
+        opts = {"size": size, "fmt": fmt, "quality": quality, "chunk_size": chunk_size}
+        resumed = sum(min(partial.count(s) * chunk_size, len(v)) for s, v in splits.items())
+        total = sum(len(v) for v in splits.values())
+        pool = get_context("fork").Pool(workers) if workers > 1 and total > resumed else None
+        try:
+            with Progress("prepare", total, unit="img", mode=progress, every=PROGRESS_EVERY, initial=resumed) as bar:
+                on_commit = _kill_hook()
+                for name, samples in splits.items():
+                    run_split(partial, name, samples, pool=pool, opts=opts, bar=bar, on_commit=on_commit)
+        finally:
+            if pool is not None:
+                pool.terminate()
+        manifest = _write_metadata(partial, source, splits, src=early["source"], fmt=fmt, size=size, quality=quality,
+                                   val_note=val_note)  # fmt: skip
+        partial.finish()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resuming and not partial.has_records():
+            partial.remove()  # nothing worth resuming
+        else:
+            partial.unlock()
         raise
-    finally:
-        if pool is not None:
-            pool.terminate()
+    seconds = time.perf_counter() - start
+    return {**manifest, "workers": workers, "seconds": round(seconds, 3),
+            "images_per_s": round((total - resumed) / max(seconds, 1e-9), 1), "resumed_images": resumed}  # fmt: skip
+
+
+def _start(partial: Partial, args: dict) -> None:
+    try:
+        partial.start(args)
+    except FileExistsError:
+        raise UserError(f"{partial.out}: another prepare is writing it now (in {partial.path}); "
+                        "wait for it to finish or choose another OUT") from None  # fmt: skip
+    except OSError as exc:
+        raise (disk_error(partial.path, exc) or exc) from None
+
+
+def _write_metadata(partial: Partial, source, splits: dict, *, src: str, fmt: str, size: int, quality: int,
+                    val_note: str) -> dict:  # fmt: skip
+    """labels, offsets, stats.npz, classes.json and, last, manifest.json (it marks the set complete)
+    from the chunk records; returns the manifest."""
+    skipped = list(source.skipped)
+    stats = StatsAccumulator(size)
+    counts = {}
+    for name, samples in splits.items():
+        counts[name] = assemble_split(partial, name, samples, fmt=fmt, num_classes=len(source.class_ids),
+                                       skipped=skipped, stats=stats if name == "train" else None)  # fmt: skip
+    if stats.n == 0:
+        partial.remove()  # resuming would fail the same way
+        raise UserError(f"{src}: no training image could be read; nothing to compute statistics from "
+                        "(`alexnet prepare --json` lists the skipped files)")  # fmt: skip
+    arrays = stats.finish()
+    atomic_write_path(os.path.join(partial.path, "stats.npz"), lambda tmp: _save_npz(tmp, arrays))
+    write_json(os.path.join(partial.path, "classes.json"), {"ids": source.class_ids, "names": source.class_names})
+    manifest = {
+        "source": src,
+        "layout": source.layout,
+        "format": fmt,
+        "size": size,
+        "jpeg_quality": quality if fmt == "jpeg" else None,
+        "num_classes": len(source.class_ids),
+        "splits": counts,
+        "val_split": val_note,
+        "notes": source.notes,
+        "skipped": skipped,
+        "versions": _versions(),
+    }
+    write_json(os.path.join(partial.path, "manifest.json"), manifest)  # last: marks the set complete
+    return manifest
 
 
 def summary(manifest: dict) -> dict:
@@ -293,12 +284,6 @@ def summary(manifest: dict) -> dict:
         "skipped": [{"path": s["path"], "reason": s["reason"]} for s in manifest["skipped"]],
         "images_per_s": manifest["images_per_s"],
     }
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
 
 
 def _versions() -> dict:

@@ -1,0 +1,214 @@
+"""Images to chunks for `alexnet prepare`: the worker side (one source image -> the stored bytes
+and the pixels the loader will decode), the statistics' float64 sums, and the writing of a split
+chunk by chunk into the work directory (alexnet/data/resume.py), then its assembly.
+
+A chunk is cut into worker tasks of TASK images the same way in every run, and the sums of a chunk
+are merged task by task in order, so a chunk's record does not depend on the worker count or on
+whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from alexnet.data.images import BadImageError, load_rgb, resize_center_crop
+from alexnet.data.resume import Partial
+from alexnet.errors import UserError
+from alexnet.io import atomic_write_path, disk_error
+
+IMAGE_FILE = {"jpeg": "images.bin", "raw": "images.u8"}
+TASK = 32  # images per task sent to a worker process
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _prepare_one(item, size: int, fmt: str, quality: int) -> tuple[bytes, np.ndarray]:
+    """One sample -> (stored bytes, the (size, size, 3) uint8 pixels the loader will see)."""
+    if isinstance(item, np.ndarray):  # CIFAR: already pixels
+        img = Image.fromarray(item)
+        if img.size != (size, size):
+            img = resize_center_crop(img, size)
+    else:
+        img = resize_center_crop(load_rgb(item, draft_size=size), size)
+    if fmt == "raw":
+        pixels = np.asarray(img, dtype=np.uint8)
+        return pixels.tobytes(), pixels
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    data = buf.getvalue()
+    # Stats from the decoded JPEG, i.e. what training sees (PIL and torchvision decode identically).
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
+    return data, pixels
+
+
+def _process_task(task):
+    """Worker: a task of (item, label) -> ([(bytes|None, label, reason)], partial stats or None)."""
+    samples, size, fmt, quality, with_stats = task
+    out = []
+    acc = StatsAccumulator(size) if with_stats else None
+    for item, label in samples:
+        try:
+            data, pixels = _prepare_one(item, size, fmt, quality)
+        except BadImageError as exc:
+            out.append((None, label, exc.reason))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+            out.append((None, label, f"failed to process ({type(exc).__name__}: {str(exc)[:80]})"))
+            continue
+        if acc is not None:
+            acc.add(pixels)
+        out.append((data, label, None))
+    return out, acc
+
+
+class StatsAccumulator:
+    """Streaming sums in float64: the mean image and the RGB second moments over all pixels."""
+
+    def __init__(self, size: int):
+        self.n = 0
+        self.image_sum = np.zeros((size, size, 3), np.float64)
+        self.pixel_sum = np.zeros(3, np.float64)
+        self.outer_sum = np.zeros((3, 3), np.float64)
+
+    def add(self, pixels: np.ndarray) -> None:
+        self.n += 1
+        self.image_sum += pixels
+        flat = pixels.reshape(-1, 3).astype(np.float64)
+        self.pixel_sum += flat.sum(0)
+        self.outer_sum += flat.T @ flat
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        self.n += other.n
+        self.image_sum += other.image_sum
+        self.pixel_sum += other.pixel_sum
+        self.outer_sum += other.outer_sum
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The float64 sums, for a chunk record."""
+        return {"n": np.int64(self.n), "image_sum": self.image_sum, "pixel_sum": self.pixel_sum,
+                "outer_sum": self.outer_sum}  # fmt: skip
+
+    def merge_arrays(self, rec: dict[str, np.ndarray]) -> None:
+        """Add the sums saved by arrays() (exact: float64 round-trips through .npy)."""
+        self.n += int(rec["n"])
+        self.image_sum += rec["image_sum"]
+        self.pixel_sum += rec["pixel_sum"]
+        self.outer_sum += rec["outer_sum"]
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """The stats.npz arrays (docs/architecture.md): mean image on 0-255, the rest on [0, 1]."""
+        if self.n == 0:
+            raise UserError("no training image could be read; nothing to compute statistics from")
+        count = self.n * self.image_sum.shape[0] * self.image_sum.shape[1]
+        mean = self.pixel_sum / count / 255.0
+        cov = self.outer_sum / count / 255.0**2 - np.outer(mean, mean)
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1]
+        eigval, eigvec = eigval[order], eigvec[:, order]
+        eigvec *= np.where(eigvec.sum(0) < 0, -1.0, 1.0)  # a fixed sign per column
+        return {
+            "mean_image": (self.image_sum / self.n).astype(np.float32),
+            "channel_mean": mean.astype(np.float32),
+            "channel_std": np.sqrt(np.clip(np.diag(cov), 0, None)).astype(np.float32),
+            "eigval": np.clip(eigval, 0, None).astype(np.float32),
+            "eigvec": eigvec.astype(np.float32),
+        }
+
+
+# ---------------------------------------------------------------- chunks of a split
+
+
+def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, bar, on_commit) -> None:
+    """Process the chunks of one split not yet committed, in order: each chunk's image bytes are
+    appended to the split's image file and synced, then its record is committed."""
+    size, fmt, quality, chunk = opts["size"], opts["fmt"], opts["quality"], opts["chunk_size"]
+    d = os.path.join(partial.path, name)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, IMAGE_FILE[fmt])
+    done = partial.count(name)
+    end = int(partial.record(name, done - 1)["end"]) if done else 0
+    n_chunks = -(-len(samples) // chunk)
+    # (chunk, first index, then the worker's task): tasks never straddle two chunks
+    tasks = [(k, i, samples[i : min(i + TASK, (k + 1) * chunk)], size, fmt, quality, name == "train")
+             for k in range(done, n_chunks) for i in range(k * chunk, min((k + 1) * chunk, len(samples)), TASK)]  # fmt: skip
+    work = [t[2:] for t in tasks]
+    results = pool.imap(_process_task, work) if pool is not None else map(_process_task, work)
+    try:
+        with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+            f.truncate(end)  # drop the bytes of a chunk that was cut off before its record
+            f.seek(end)
+            rec = _new_record()
+            for j, (out, acc) in enumerate(results):
+                k, first = tasks[j][0], tasks[j][1]
+                for m, (data, label, reason) in enumerate(out):
+                    if data is None:
+                        rec["skipped_index"].append(first + m)
+                        rec["skipped_reason"].append(reason)
+                    else:
+                        f.write(data)
+                        rec["lengths"].append(len(data))
+                        rec["labels"].append(label)
+                if acc is not None:
+                    rec["stats"] = rec["stats"] or StatsAccumulator(size)
+                    rec["stats"].merge(acc)
+                if j + 1 == len(tasks) or tasks[j + 1][0] != k:  # the chunk's last task: commit it
+                    f.flush()
+                    os.fsync(f.fileno())
+                    partial.commit(name, k, _record_arrays(rec, f.tell(), size if name == "train" else None))
+                    bar.update(min((k + 1) * chunk, len(samples)) - k * chunk)
+                    on_commit()
+                    rec = _new_record()
+    except OSError as exc:
+        raise (disk_error(path, exc) or exc) from None
+
+
+def _new_record() -> dict:
+    return {"lengths": [], "labels": [], "skipped_index": [], "skipped_reason": [], "stats": None}
+
+
+def _record_arrays(rec: dict, end: int, stats_size: int | None) -> dict[str, np.ndarray]:
+    arrays = {
+        "lengths": np.asarray(rec["lengths"], np.int64),
+        "labels": np.asarray(rec["labels"], np.int64),
+        "skipped_index": np.asarray(rec["skipped_index"], np.int64),
+        "skipped_reason": np.asarray(rec["skipped_reason"], dtype=str),
+        "end": np.int64(end),
+    }
+    if stats_size is not None:  # training chunk: its sums (zero when none of its images was readable)
+        arrays.update((rec["stats"] or StatsAccumulator(stats_size)).arrays())
+    return arrays
+
+
+def assemble_split(partial: Partial, name: str, samples: list, *, fmt: str, num_classes: int, skipped: list,
+                    stats: StatsAccumulator | None) -> dict:  # fmt: skip
+    """The split's labels.npy (+ offsets.npy) from its chunk records, in chunk order; adds the
+    split's skipped images to `skipped` and its statistic sums to `stats`; returns its counts."""
+    lengths, labels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for r in partial.records(name):
+        lengths.append(r["lengths"])
+        labels.append(r["labels"])
+        for index, reason in zip(r["skipped_index"].tolist(), r["skipped_reason"].tolist()):
+            item = samples[index][0]
+            skipped.append({"path": item if isinstance(item, str) else f"{name}[{index}]", "reason": reason})
+        if stats is not None:
+            stats.merge_arrays(r)
+    lengths, labels = np.concatenate(lengths), np.concatenate(labels)
+    d = os.path.join(partial.path, name)
+    os.makedirs(d, exist_ok=True)  # a split with no samples has no chunks
+    if not os.path.exists(os.path.join(d, IMAGE_FILE[fmt])):
+        open(os.path.join(d, IMAGE_FILE[fmt]), "wb").close()
+    atomic_write_path(os.path.join(d, "labels.npy"), lambda tmp: _save_npy(tmp, labels))
+    if fmt == "jpeg":
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        atomic_write_path(os.path.join(d, "offsets.npy"), lambda tmp: _save_npy(tmp, offsets))
+    return {"count": int(len(labels)), "per_class": np.bincount(labels, minlength=num_classes).tolist()}
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
