@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,8 @@ MIN_CROP = 67  # smallest input the paper net's three 3/2 poolings leave 1 pixel
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 
 
-def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256, workers: int | None = None) -> str:
+def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256,
+                 workers: int | None = None) -> str:
     """A prepared set of n drawn-shape images at `size` px in `out`/set: `unique` distinct images
     (make_shapes), repeated as hard links up to n (decoding cost is what matters, not variety)."""
     src = os.path.join(out, "src")

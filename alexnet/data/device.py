@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -72,8 +72,8 @@ class UInt8Dataset(PackedDataset):
                 data = empty_batch((int(offsets[-1]),), torch.uint8, shared)
                 handle = self._open()
                 for j, (a, b) in enumerate(spans):
-                    data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(bytearray(os.pread(handle, b - a, a)),
-                                                                                 dtype=torch.uint8)  # fmt: skip
+                    raw = bytearray(os.pread(handle, b - a, a))
+                    data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(raw, dtype=torch.uint8)
                 images = (data, offsets)
             else:
                 images = empty_batch((n, 3, s, s), torch.uint8, shared)

@@ -1,0 +1,384 @@
+"""`alexnet bench gpu`: every GPU figure in one command, sized to finish within 6 minutes on one H100.
+
+Stages, each merged into OUT/gpu.json and OUT/gpu.md as soon as it finishes (a run cut short keeps
+what it measured; a stage that fails records its error and the next one runs):
+
+    tests       `pytest -m gpu` in a subprocess: passed / failed / skipped counts
+    env         GPU, driver, torch / torchvision / CUDA / cuDNN versions, date
+    matmul      bf16 matrix product 8192^3: the machine's dense rate (TFLOP/s) measured now
+    train_step  one training step at batch 256: ours (bf16 autocast, channels_last, torch.compile,
+                fused SGD) vs torchvision.models.alexnet eager fp32 and eager bf16 + channels_last,
+                alternating, medians after warm-up; mfu = ours' FLOP/s / the matmul rate
+    pipeline    training img/s fed by the device data path (16 workers) from a generated set of
+                256-px JPEGs / the same step fed a fixed batch already on the device
+    infer       batch-1024 img/s and batch-1 latency: ours (bf16, channels_last, CUDA graph) vs
+                torchvision eager fp32
+    train_run   `alexnet train --fast` for 60 s on the generated set: steady-state img/s after
+                compilation, and the hours the paper's 90 epochs of ImageNet would take at that rate
+
+`quick=True` runs every stage at toy sizes (a CPU check of the code paths and the JSON; its figures
+mean nothing) and skips the tests stage, saying so in the JSON.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+from alexnet.bench.common import environment, median, sync, time_alternately
+from alexnet.bench.infer import run_infer_bench
+from alexnet.bench.model import IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS, matmul_tflops, resolve_device, train_step_fn
+from alexnet.bench.pipeline import generate_set, run_pipeline_bench
+from alexnet.errors import UserError
+from alexnet.io import read_json, write_json, write_text
+from alexnet.model import build_model
+from alexnet.summary import summarize
+
+STAGES = ("tests", "env", "matmul", "train_step", "pipeline", "infer", "train_run")
+FLOPS_PER_MAC_TRAIN = 2 * 3  # 2 FLOPs a multiply-add; backward about twice the forward
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each stage runs: the full GPU sizes, or toy sizes for a quick check."""
+
+    matmul: int = 8192  # n of the n x n x n bf16 product
+    batch: int = 256  # training step and pipeline batch
+    warmup: int = 3  # untimed rounds (torch.compile happens here)
+    repeats: int = 10  # timed rounds; medians reported
+    crop: int = 227  # the paper's input
+    tv_input: int = 224  # torchvision's AlexNet input
+    image_size: int = 256  # generated JPEGs (the paper's prepared size)
+    images: int = 16384  # generated set: 256 distinct drawn shapes, hard-linked up to this count
+    workers: int = 16  # loader processes
+    pipe_steps: int = 30  # steps per timed pipeline round
+    pipe_repeats: int = 3
+    infer_batch: int = 1024
+    latency_repeats: int = 50
+    train_seconds: float = 60.0  # wall time of the `alexnet train --fast` run
+    train_batch: int = 128  # the paper's batch
+    train_max_steps: int | None = None  # stop earlier than train_seconds (quick runs)
+    log_every: int = 20  # train's step records: the img/s samples
+    tests_timeout: float = 150.0  # seconds for pytest -m gpu
+
+
+QUICK = Sizes(matmul=256, batch=2, warmup=0, repeats=1, crop=72, tv_input=64, image_size=80, images=16, workers=0,
+              pipe_steps=1, pipe_repeats=1, infer_batch=2, latency_repeats=1, train_seconds=120.0, train_batch=2,
+              train_max_steps=3, log_every=1)  # fmt: skip
+
+
+def fast_amp(dev: torch.device) -> str | None:
+    """The fast settings' autocast: bf16 on CUDA; fp32 elsewhere (bf16 on a CPU without bf16 units is
+    several times slower than fp32, and `alexnet train --fast` ignores it there too)."""
+    return "bf16" if dev.type == "cuda" else None
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _driver() -> str | None:
+    """The NVIDIA driver version from nvidia-smi, None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+def stage_env(dev: torch.device) -> dict:
+    """Machine, versions and date; `slug` names the results folder (benchmarks/<slug>)."""
+    env = environment(dev)
+    cuda = dev.type == "cuda"
+    date = _utc_now()
+    name = torch.cuda.get_device_name(dev) if cuda else f"cpu-{env['machine']}"
+    env.update({
+        "date": date,
+        "gpu": name if cuda else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1) if cuda else None,
+        "driver": _driver() if cuda else None,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "slug": f"{date[:10]}_{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}",
+    })  # fmt: skip
+    return env
+
+
+def stage_train_step(dev: torch.device, s: Sizes, matmul: float) -> dict:
+    """Ours (fast settings; torch.compile only on CUDA) vs torchvision eager fp32 and bf16 + channels_last."""
+    cuda, amp = dev.type == "cuda", fast_amp(dev)
+    torch.manual_seed(0)
+    ours = build_model("alexnet", input_size=s.crop)
+    contenders = {
+        "ours": train_step_fn(ours, batch=s.batch, input_size=s.crop, num_classes=1000, device=dev, amp=amp,
+                              channels_last=True, compile=cuda, optimizer="sgd"),
+        "torchvision_fp32": train_step_fn(torchvision.models.alexnet(), batch=s.batch, input_size=s.tv_input,
+                                          num_classes=1000, device=dev),
+        "torchvision_bf16": train_step_fn(torchvision.models.alexnet(), batch=s.batch, input_size=s.tv_input,
+                                          num_classes=1000, device=dev, amp=amp, channels_last=True),
+    }  # fmt: skip
+    times = time_alternately(contenders, device=dev, warmup=s.warmup, repeats=s.repeats)
+    sync(dev)
+    img_s = {k: s.batch / median(v) for k, v in times.items()}
+    macs = summarize("alexnet", input_size=s.crop).macs
+    return {
+        "batch": s.batch,
+        "config": {"amp": amp, "channels_last": True, "compile": cuda, "optimizer": "torch SGD " +
+                   ("fused" if cuda else "foreach"), "input": s.crop, "torchvision_input": s.tv_input},
+        "ours_img_s": img_s["ours"],
+        "torchvision_fp32_img_s": img_s["torchvision_fp32"],
+        "torchvision_bf16_img_s": img_s["torchvision_bf16"],
+        "ratio_vs_bf16": img_s["ours"] / img_s["torchvision_bf16"],
+        "ratio_vs_fp32": img_s["ours"] / img_s["torchvision_fp32"],
+        "macs_per_image": macs,
+        "model_tflops": FLOPS_PER_MAC_TRAIN * macs * img_s["ours"] / 1e12,
+        "mfu": FLOPS_PER_MAC_TRAIN * macs * img_s["ours"] / (matmul * 1e12),
+        "step_times_s": times,
+    }  # fmt: skip
+
+
+def stage_pipeline(dev: torch.device, s: Sizes, data: str) -> dict:
+    """The device data path against a fixed batch on the device (bench pipeline's contenders)."""
+    cuda = dev.type == "cuda"
+    r = run_pipeline_bench(data=data, device=str(dev), batch=s.batch, crop=s.crop, workers=s.workers,
+                           steps=s.pipe_steps, warmup=min(1, s.warmup), repeats=s.pipe_repeats, amp=fast_amp(dev),
+                           channels_last=True, compile=cuda, paths=["device"])  # fmt: skip
+    return {"synthetic_img_s": r["synthetic_img_s"], "real_img_s": r["img_s"]["device"],
+            "ratio": r["img_s"]["device"] / r["synthetic_img_s"], "path": "device", "batch": s.batch,
+            "workers": s.workers, "steps_per_round": r["steps_per_round"], "data": r["data"], "config": r["config"],
+            "decoder": r["decoder"]}  # fmt: skip
+
+
+def stage_infer(dev: torch.device, s: Sizes) -> dict:
+    """bench infer with ours fast: bf16 + channels_last (+ a CUDA graph on CUDA)."""
+    r = run_infer_bench(device=str(dev), batch=s.infer_batch, amp=fast_amp(dev), channels_last=True,
+                        graphs=dev.type == "cuda", warmup=s.warmup, repeats=s.repeats,
+                        latency_repeats=s.latency_repeats)  # fmt: skip
+    keep = ("batch", "config", "ours_img_s", "torchvision_img_s", "throughput_ratio", "ours_latency_ms",
+            "torchvision_latency_ms", "latency_ratio", "torchvision_bf16_cl_img_s", "torchvision_bf16_cl_latency_ms")
+    return {k: r[k] for k in keep if k in r}
+
+
+def steady_img_s(records: list[dict]) -> float | None:
+    """Median img/s of train's step records after the first (which includes compilation); None
+    without at least two records."""
+    rates = [r["img_s"] for r in records if r.get("kind") == "step"][1:]
+    return median(rates) if rates else None
+
+
+def stage_train_run(dev: torch.device, s: Sizes, data: str, run_dir: Path) -> dict:
+    """`python -m alexnet train DATA --fast` for s.train_seconds (Ctrl-C then, as a user would:
+    train saves last.pt and exits 130), or until s.train_max_steps."""
+    sets = [f"data.batch_size={s.train_batch}", f"data.crop={s.crop}", f"data.workers={s.workers}",
+            "train.epochs=100000", f"train.log_every={s.log_every}", f"train.device={dev}"]  # fmt: skip
+    if s.train_max_steps is not None:
+        sets.append(f"train.max_steps={s.train_max_steps}")
+    cmd = [sys.executable, "-m", "alexnet", "train", data, "--out", str(run_dir), "--fast", "--progress", "lines"]
+    cmd += [a for kv in sets for a in ("--set", kv)]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")])))
+    log = run_dir.parent / "train_run.log"
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait(timeout=s.train_seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # train saves last.pt and exits 130
+            try:
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+    seconds = time.perf_counter() - start
+    records = _records(run_dir / "log.jsonl")
+    img_s = steady_img_s(records)
+    if img_s is None:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise UserError(f"alexnet train logged fewer than two step records in {seconds:.0f} s (exit {rc}): "
+                        + " | ".join(tail))  # fmt: skip
+    steps = [r for r in records if r.get("kind") == "step"]
+    return {"img_s": img_s, "paper_recipe_hours": PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / img_s / 3600,
+            "batch": s.train_batch, "seconds": seconds, "steps": steps[-1]["step"], "step_records": len(steps),
+            "exit_code": rc, "command": " ".join(cmd[1:]), "log": str(log),
+            "note": "the generated set has 10 classes: fc8 is 4096x10, not 4096x1000 (0.6% fewer MACs)"}  # fmt: skip
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by the interrupt
+    return out
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def stage_tests(timeout: float) -> dict:
+    """pytest -m gpu over the repository's tests/ in a subprocess; counts from its summary line."""
+    tests = Path(_repo_root()) / "tests"
+    if not tests.is_dir():
+        return {"skipped": f"no tests/ folder at {tests} (an installed package without its repository)"}
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(tests)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=_repo_root())
+        text, timed_out, rc = done.stdout + done.stderr, False, done.returncode
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        timed_out, rc = True, None
+    counts = {k: 0 for k in ("passed", "failed", "errors", "skipped")}
+    for number, word in re.findall(r"(\d+) (passed|failed|errors?|skipped)", text.splitlines()[-1] if text else ""):
+        counts["errors" if word.startswith("error") else word] += int(number)
+    failures = [line[7:] for line in text.splitlines() if line.startswith(("FAILED ", "ERROR "))][:20]
+    return {**counts, "exit_code": rc, "timed_out": timed_out, "command": " ".join(cmd[1:]), "failures": failures}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run and its report
+# ------------------------------------------------------------------------------------------------
+
+
+def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False, skip_tests: bool = False,
+                  sizes: Sizes | None = None, progress: Callable[[str], None] | None = None) -> dict:  # fmt: skip
+    """Run every stage, merging each into OUT/gpu.json and OUT/gpu.md as it finishes.
+
+    Args:
+        out: results folder (created). device: cuda (the point), or cpu for a check of the code.
+        quick: toy sizes (QUICK) and no tests stage. skip_tests: leave pytest out.
+    Returns the gpu.json dict. A stage that raises records {"error": ...} and the run goes on.
+    """
+    dev = resolve_device(device)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for gpu.json and gpu.md")
+    out.mkdir(parents=True, exist_ok=True)
+    s = sizes or (QUICK if quick else Sizes())
+    say = progress or (lambda m: None)
+    result: dict = {"quick": quick, "device": str(dev), "sizes": asdict(s), "stages_s": {}, "errors": {}}
+    work = out / "work"
+    data: str | None = None
+
+    def dataset() -> str:
+        nonlocal data
+        if data is None:
+            shutil.rmtree(work / "set", ignore_errors=True)
+            say(f"generating {s.images} JPEGs at {s.image_size} px in {work}")
+            data = generate_set(str(work), n=s.images, size=s.image_size, workers=max(1, s.workers))
+        return data
+
+    stages = {
+        "tests": lambda: ({"skipped": "quick mode: the GPU tests need CUDA and minutes; run without --quick"}
+                          if quick else {"skipped": "--skip-tests"} if skip_tests else stage_tests(s.tests_timeout)),
+        "env": lambda: stage_env(dev),
+        "matmul_tflops": lambda: matmul_tflops(dev, torch.bfloat16, size=s.matmul, repeats=s.repeats),
+        "train_step": lambda: stage_train_step(dev, s, result.get("matmul_tflops") or float("nan")),
+        "pipeline": lambda: stage_pipeline(dev, s, dataset()),
+        "infer": lambda: stage_infer(dev, s),
+        "train_run": lambda: stage_train_run(dev, s, dataset(), work / "train_run"),
+    }  # fmt: skip
+    try:
+        for name, fn in stages.items():
+            say(f"stage {name} ...")
+            t0 = time.perf_counter()
+            try:
+                result[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - one failed stage must not lose the others
+                result[name] = None
+                result["errors"][name] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+                say(f"stage {name} failed: {result['errors'][name]}")
+            result["stages_s"][name] = time.perf_counter() - t0
+            save(out, result)
+            say(f"stage {name} done in {result['stages_s'][name]:.0f} s -> {out / 'gpu.json'}")
+    finally:
+        shutil.rmtree(work / "set", ignore_errors=True)  # the generated images; the train log stays
+        shutil.rmtree(work / "train_run" / "checkpoints", ignore_errors=True)
+    return result
+
+
+def save(out: Path, result: dict) -> None:
+    write_json(out / "gpu.json", result)
+    write_text(out / "gpu.md", markdown(result))
+
+
+def load(out: str | Path) -> dict:
+    return read_json(Path(out) / "gpu.json")
+
+
+def _fmt(value, spec: str = ",.0f", unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "not measured"
+    return f"{value:{spec}}{unit}"
+
+
+def markdown(r: dict) -> str:
+    """gpu.json as a section ready for BENCHMARKS.md: one table, the command and the machine."""
+    env = r.get("env") or {}
+    ts, pipe, inf, run, tests = (r.get(k) or {} for k in ("train_step", "pipeline", "infer", "train_run", "tests"))
+    sz = r["sizes"]
+    machine = env.get("gpu") or env.get("processor") or r.get("device")
+    quick = " (quick: toy sizes, the figures mean nothing)" if r["quick"] else ""
+    command = "PYTHONPATH=. python -m alexnet bench gpu --out OUT"
+    command += f" --quick --device {r['device']}" if quick else ""
+    img = lambda v: _fmt(v, ",.0f", " img/s")  # noqa: E731
+    rows = [
+        (f"bf16 matmul {sz['matmul']}³", _fmt(r.get("matmul_tflops"), ".1f", " TFLOP/s"), f"median of {sz['repeats']}"),
+        ("training step, ours (bf16, channels_last, compile, fused SGD)", img(ts.get("ours_img_s")),
+         f"batch {ts.get('batch')}, medians of {sz['repeats']} alternating rounds after {sz['warmup']} warm-up"),
+        ("training step, torchvision eager fp32", img(ts.get("torchvision_fp32_img_s")), "same rounds"),
+        ("training step, torchvision eager bf16 + channels_last", img(ts.get("torchvision_bf16_img_s")), "same rounds"),
+        ("ours / torchvision bf16", _fmt(ts.get("ratio_vs_bf16"), ".2f", "×"), "goal ≥ 2×"),
+        ("model FLOP/s / matmul rate (mfu)", _fmt(ts.get("mfu"), ".1%"),
+         f"6 × {_fmt(ts.get('macs_per_image'), ',')} MAC per image; goal ≥ 35 %"),
+        ("pipeline: device path / fixed batch on the GPU",
+         f"{_fmt(pipe.get('ratio'), '.2f')} ({_fmt(pipe.get('real_img_s'))} / {img(pipe.get('synthetic_img_s'))})",
+         f"{pipe.get('workers')} workers, generated {sz['image_size']}-px JPEGs; goal ≥ 0.9"),
+        (f"inference batch {inf.get('batch')}: ours / torchvision fp32",
+         f"{_fmt(inf.get('ours_img_s'))} / {img(inf.get('torchvision_img_s'))}",
+         "ours bf16 + channels_last + CUDA graph"),
+        ("inference batch 1 latency: ours / torchvision fp32",
+         f"{_fmt(inf.get('ours_latency_ms'), '.2f')} / {_fmt(inf.get('torchvision_latency_ms'), '.2f', ' ms')}",
+         f"median of {sz['latency_repeats']}"),
+        ("`alexnet train --fast`, steady state", img(run.get("img_s")),
+         f"batch {run.get('batch')}, {_fmt(run.get('seconds'), '.0f', ' s')} run, median of step records after "
+         "the first"),
+        ("paper's 90 epochs × 1,281,167 images at that rate", _fmt(run.get("paper_recipe_hours"), ".1f", " h"),
+         "the paper: 5–6 days on two GTX 580"),
+        ("GPU tests (`pytest -m gpu`)", _tests_cell(tests), ""),
+    ]  # fmt: skip
+    lines = [f"### GPU: {machine}, {env.get('date', '?')[:10]}{quick}", "",
+             f"`{command}`; torch {env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}, "
+             f"CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, driver {env.get('driver')}.", "",
+             "| figure | value | how |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if r.get("errors"):
+        lines += ["", "Stages that failed: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _tests_cell(tests: dict) -> str:
+    if not tests:
+        return "not run"
+    if "skipped" in tests and isinstance(tests["skipped"], str):
+        return f"not run ({tests['skipped']})"
+    text = f"{tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"
+    return text + (" (timed out)" if tests.get("timed_out") else "")
