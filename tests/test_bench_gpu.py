@@ -41,10 +41,11 @@ def test_quick_run_on_cpu_writes_every_stage(tmp_path, capsys):
     assert ts["mfu"] == pytest.approx(2 * 3 * macs * ts["ours_img_s"] / (r["matmul_tflops"] * 1e12), rel=1e-12)
     assert pipe["ratio"] == pytest.approx(pipe["real_img_s"] / pipe["synthetic_img_s"], rel=1e-12)
     # the train run's figure, recomputed from the run's own log
-    records = [json.loads(line) for line in (out / "work" / "train_run" / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "work" / "train_run.jsonl").read_text().splitlines()]
     rates = [x["img_s"] for x in records if x["kind"] == "step"]
     assert len(rates) == gpu.QUICK.train_max_steps and run["img_s"] == pytest.approx(statistics.median(rates[1:]))
     assert run["paper_recipe_hours"] == pytest.approx(PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / run["img_s"] / 3600)
+    assert not (out / "work" / "train_run").exists() and not (out / "work" / "set").exists()  # no GBs left behind
     md = (out / "gpu.md").read_text()
     assert f"{pipe['ratio']:.2f}" in md and f"{ts['ratio_vs_bf16']:.2f}×" in md and "not measured" not in md
 
@@ -70,7 +71,8 @@ def test_stages_are_saved_one_by_one_and_a_failure_is_kept(tmp_path, monkeypatch
     monkeypatch.setattr(gpu, "matmul_tflops", fake("matmul_tflops", 500.0))
     monkeypatch.setattr(gpu, "stage_train_step", fake("train_step", RuntimeError("CUDA out of memory")))
     monkeypatch.setattr(gpu, "generate_set", lambda *a, **k: str(tmp_path / "set"))
-    monkeypatch.setattr(gpu, "stage_pipeline", fake("pipeline", {"synthetic_img_s": 2.0, "real_img_s": 1.0, "ratio": 0.5}))
+    pipeline = {"synthetic_img_s": 2.0, "real_img_s": 1.0, "ratio": 0.5}
+    monkeypatch.setattr(gpu, "stage_pipeline", fake("pipeline", pipeline))
     monkeypatch.setattr(gpu, "stage_infer", fake("infer", KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         gpu.run_gpu_bench(tmp_path, device="cpu")
