@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -99,3 +103,32 @@ def test_bench_gpu_errors_are_one_line(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     assert main(["bench", "gpu", "--device", "nonsense", "--quick", "--out", str(tmp_path / "x")]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+FAKE_TRAIN = """
+import json, sys, time
+time.sleep(float(sys.argv[2]))  # "compiling"
+try:
+    with open(sys.argv[1], "a") as f:
+        while True:
+            f.write(json.dumps({"kind": "step", "img_s": 1.0}) + "\\n")
+            f.flush()
+            time.sleep(0.05)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("compiling,grace,least,most",
+                         [(0.0, 30.0, 0.5, 10), (1.5, 30.0, 1.5, 12), (60.0, 1.0, 1.5, 12)])  # fmt: skip
+def test_train_run_is_interrupted_after_its_time(tmp_path, compiling, grace, least, most):
+    """Ctrl-C after `seconds`, later while fewer than min_records step records exist (a slow
+    compilation), but never later than seconds + grace."""
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_TRAIN, str(log), str(compiling)])
+    start = time.perf_counter()
+    rc = gpu._run_for(proc, log, 0.5, min_records=3, grace=grace)
+    took = time.perf_counter() - start
+    assert rc in (130, -signal.SIGINT) and least <= took < most
+    if compiling < grace:
+        assert len(log.read_text().splitlines()) >= 3
