@@ -15,10 +15,10 @@ Variants (paper §3; docs/paper.md):
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import UserError
@@ -31,22 +31,24 @@ INITS = ("paper", "kaiming", "caffe", "default")
 # Local response normalisation, fused
 # ----------------------------------------------------------------------------------------------
 
-def _channel_window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over `size` adjacent channels centred on each channel, clipped at the edges.
+def _channel_window_sum(x: torch.Tensor, size: int, groups: int = 1) -> torch.Tensor:
+    """Sum over `size` adjacent channels centred on each channel, clipped at the edges of each of
+    `groups` equal channel groups (groups=2: the two towers, each normalised on its own).
 
     x: (N, C, H, W) -> (N, C, H, W). Shifted in-place adds: no padding copy, one pass per offset,
     much cheaper on CPU than the avg_pool3d that `nn.LocalResponseNorm` uses.
     """
     out = x.clone()
+    xg, og = x.unflatten(1, (groups, -1)), out.unflatten(1, (groups, -1))  # views: (N, G, C/G, H, W)
     for shift in range(1, size // 2 + 1):
-        out[:, shift:] += x[:, :-shift]
-        out[:, :-shift] += x[:, shift:]
+        og[:, :, shift:] += xg[:, :, :-shift]
+        og[:, :, :-shift] += xg[:, :, shift:]
     return out
 
 
-def _lrn_scale(a: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+def _lrn_scale(a: torch.Tensor, size: int, alpha: float, k: float, groups: int = 1) -> torch.Tensor:
     """s = k + alpha * (window sum of a^2), same shape as a."""
-    return _channel_window_sum(a * a, size).mul_(alpha).add_(k)
+    return _channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
 
 
 def _inverse_power(s: torch.Tensor, beta: float) -> torch.Tensor:
@@ -80,30 +82,30 @@ class _LRNFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, size: int, alpha: float, beta: float, k: float):
+    def forward(ctx, a, size: int, alpha: float, beta: float, k: float, groups: int):
         out = torch.empty_like(a)
         for block in _blocks(a):
             ab = a[block]
-            torch.mul(ab, _inverse_power(_lrn_scale(ab, size, alpha, k), beta), out=out[block])
+            torch.mul(ab, _inverse_power(_lrn_scale(ab, size, alpha, k, groups), beta), out=out[block])
         ctx.save_for_backward(a)
-        ctx.constants = (size, alpha, beta, k)
+        ctx.constants = (size, alpha, beta, k, groups)
         return out
 
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
-        size, alpha, beta, k = ctx.constants
+        size, alpha, beta, k, groups = ctx.constants
         g = g.contiguous(memory_format=_memory_format(a))
         grad = torch.empty_like(a)
         for block in _blocks(a):
             ab, gb = a[block], g[block]
-            s = _lrn_scale(ab, size, alpha, k)
+            s = _lrn_scale(ab, size, alpha, k, groups)
             d = _inverse_power(s.clone(), beta)
             t = (gb * ab).mul_(d).div_(s)
-            t = _channel_window_sum(t, size).mul_(ab)
+            t = _channel_window_sum(t, size, groups).mul_(ab)
             torch.mul(gb, d, out=grad[block])
             grad[block].add_(t, alpha=-2.0 * alpha * beta)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -117,20 +119,25 @@ class LocalResponseNorm(nn.Module):
     b_i = a_i / (k + alpha * sum_j a_j^2) ** beta over `size` adjacent channels.
     Note the paper does NOT divide alpha by `size`; `torch.nn.LocalResponseNorm` does, so this
     equals `torch.nn.LocalResponseNorm(size, alpha * size, beta, k)`.
+    groups: the window stops at the edges of `groups` equal channel groups (2: each tower of a
+    two-GPU net normalised on its own, as the halves of the layer each GPU holds).
     Input/output: (N, C, H, W).
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1):
         super().__init__()
         if size % 2 != 1:
             raise ValueError("LRN size must be odd: the window is centred on each channel")
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
+        if x.shape[1] % self.groups:
+            raise ValueError(f"LRN over {self.groups} groups needs a channel count divisible by it, got {x.shape[1]}")
+        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{groups}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,9 +159,17 @@ class AlexNet(nn.Module):
         variant: "paper" (default), "ungrouped" or "torchvision" (see the module docstring).
         num_classes: size of the last layer (1000 for ImageNet).
         input_size: 227 (the paper's arithmetic; the default) or 224 (conv1 then pads by 2, later
-            shapes unchanged); other sizes keep the paper's padding 0. The torchvision variant always pads conv1 by 2 and defaults to 224.
+            shapes unchanged); other sizes keep the paper's padding 0 and warn once (conv5's map is
+            then resampled to 6x6). The torchvision variant always pads conv1 by 2 and defaults to 224.
         activation: "relu" (the paper) or "tanh" (the saturating baseline of §3.1).
-        lrn: local response normalisation after ReLU 1 and 2 (§3.3); default on except torchvision.
+        lrn: local response normalisation after ReLU 1 and 2 (§3.3); default on except torchvision
+            (which has none: lrn=True or other LRN options are refused there).
+        lrn_scope: "layer" (the paper's formula: the window runs over all the layer's kernels) or
+            "tower" (each tower's channels on their own, 48 of conv1's 96 and 128 of conv2's 256:
+            what a net split over two GPUs computes).
+        lrn_k: the LRN's additive constant k (paper: 2; Caffe's bvlc_alexnet: 1).
+        lrn_alpha_per_size: divide alpha = 1e-4 by the window size n = 5, as Caffe and
+            torch.nn.LocalResponseNorm do (the paper does not).
         pool: "overlapping" (3/2, §3.4) or "non-overlapping" (2/2; same output sizes).
         dropout: drop probability of the fully-connected layers (0.5, §4.2); 0 switches it off.
         dropout_placement: "paper" (on the outputs of fc6 and fc7) or "torchvision" (on their inputs).
@@ -173,6 +188,9 @@ class AlexNet(nn.Module):
         input_size: int | None = None,
         activation: str = "relu",
         lrn: bool | None = None,
+        lrn_scope: str = "layer",
+        lrn_k: float = 2.0,
+        lrn_alpha_per_size: bool = False,
         pool: str = "overlapping",
         dropout: float = 0.5,
         dropout_placement: str | None = None,
@@ -186,6 +204,7 @@ class AlexNet(nn.Module):
         if input_size < 1:
             raise UserError(f"input_size must be a positive number of pixels, got {input_size}")
         lrn = (variant != "torchvision") if lrn is None else lrn
+        lrn_options = _lrn_options(variant, lrn, lrn_scope, lrn_k, lrn_alpha_per_size)
         dropout_placement = dropout_placement or ("torchvision" if variant == "torchvision" else "paper")
         _check_choice("dropout_placement", dropout_placement, ("paper", "torchvision"))
         init = init or ("default" if variant == "torchvision" else "paper")
@@ -196,13 +215,20 @@ class AlexNet(nn.Module):
             raise UserError(f"num_classes must be at least 1, got {num_classes}")
         self.config = dict(
             variant=variant, num_classes=num_classes, input_size=input_size, activation=activation,
-            lrn=lrn, pool=pool, dropout=dropout, dropout_placement=dropout_placement, init=init,
+            lrn=lrn, **lrn_options, pool=pool, dropout=dropout, dropout_placement=dropout_placement, init=init,
         )
         self.variant, self.input_size = variant, input_size
 
         act: Callable[[], nn.Module] = (lambda: nn.ReLU(inplace=True)) if activation == "relu" else nn.Tanh
         pool_k, pool_s = (3, 2) if pool == "overlapping" else (2, 2)
-        norm = (lambda: LocalResponseNorm(5, 1e-4, 0.75, 2.0)) if lrn else nn.Identity
+        if variant != "torchvision" and input_size not in (224, 227):
+            _warn_resampled(input_size, pool_k, pool_s)
+        if lrn:
+            alpha = 1e-4 / 5 if lrn_alpha_per_size else 1e-4  # paper §3.3: n = 5, alpha = 1e-4, beta = 0.75
+            towers = 2 if lrn_scope == "tower" else 1
+            norm: Callable[[], nn.Module] = lambda: LocalResponseNorm(5, alpha, 0.75, float(lrn_k), towers)  # noqa: E731
+        else:
+            norm = nn.Identity
 
         layers: list[nn.Module] = []
         in_ch = 3
@@ -254,6 +280,35 @@ class AlexNet(nn.Module):
 
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.classifier if isinstance(m, nn.Linear)]
+
+
+def _lrn_options(variant: str, lrn: bool, scope: str, k: float, alpha_per_size: bool) -> dict:
+    """The LRN switches to record in the model's config: only those applied (none without LRN)."""
+    _check_choice("lrn_scope", scope, ("layer", "tower"))
+    if variant == "torchvision" and (lrn or scope != "layer" or k != 2.0 or alpha_per_size):
+        raise UserError("the torchvision variant has no LRN layers: drop lrn / lrn_scope / lrn_k / "
+                        "lrn_alpha_per_size, or use the paper or ungrouped variant")
+    if not lrn:
+        return {}
+    if not k > 0:
+        raise UserError(f"lrn_k must be positive (paper: 2, Caffe: 1), got {k}")
+    return {"lrn_scope": scope, "lrn_k": float(k), "lrn_alpha_per_size": bool(alpha_per_size)}
+
+
+_WARNED_SIZES: set[tuple[int, int, int]] = set()  # warn once per process and size, not per model built
+
+
+def _warn_resampled(input_size: int, pool_k: int, pool_s: int) -> None:
+    """The paper net is built for 227 (or 224) px; other sizes reach fc6 through adaptive pooling."""
+    if (input_size, pool_k, pool_s) in _WARNED_SIZES:
+        return
+    _WARNED_SIZES.add((input_size, pool_k, pool_s))
+    n = (input_size - 11) // 4 + 1  # conv1, pad 0
+    pool = (pool_k, pool_s, 0)
+    for kernel, stride, pad in (pool, (5, 1, 2), pool, (3, 1, 1), (3, 1, 1), (3, 1, 1), pool):
+        n = (n - kernel + 2 * pad) // stride + 1
+    warnings.warn(f"input size {input_size} px: conv5's pooled map is {n}x{n}, resampled to 6x6 by adaptive "
+                  "average pooling before fc6 (the paper's net has none; use 227 or 224 px)", stacklevel=3)
 
 
 def init_weights(model: AlexNet, init: str) -> None:
@@ -328,12 +383,3 @@ def model_input_size(model: nn.Module, default: int = 224) -> int:
     """The input size a model expects: AlexNet's own, torchvision's 224 otherwise."""
     return int(getattr(model, "input_size", default))
 
-
-def is_alexnet(model: nn.Module) -> bool:
-    return isinstance(model, AlexNet)
-
-
-def reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                  k: float = 2.0) -> torch.Tensor:
-    """The paper's LRN through torch's own module (alpha * size): the oracle for tests."""
-    return F.local_response_norm(x, size, alpha=alpha * size, beta=beta, k=k)

@@ -1,14 +1,22 @@
 """The paper's AlexNet, its variants and switches, checked against the paper's formulas and torchvision."""
 
 import math
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, build_model, reference_lrn
+from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, build_model
+
+
+def reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                  k: float = 2.0) -> torch.Tensor:
+    """The paper's LRN through torch's own module (which divides alpha by size): the oracle."""
+    return F.local_response_norm(x, size, alpha=alpha * size, beta=beta, k=k)
 
 
 def out_size(n, f, s, p):
@@ -120,7 +128,7 @@ def test_kaiming_init_is_fan_in():
     conv1 = model.convs()[0]
     fan_in = 3 * 11 * 11
     assert abs(conv1.weight.std().item() - math.sqrt(2 / fan_in)) < 0.01 * math.sqrt(2 / fan_in) * 10
-    assert all(torch.all(l.bias == 0) for l in model.convs() + model.linears())
+    assert all(torch.all(layer.bias == 0) for layer in model.convs() + model.linears())
 
 
 def lrn_naive(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
@@ -235,3 +243,108 @@ def test_overfit_a_tiny_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def lrn_modules(model):
+    return [m for m in model.features if isinstance(m, LocalResponseNorm)]
+
+
+def meta_net(*args, **kwargs) -> AlexNet:
+    """An AlexNet built on the meta device: its modules and config, without 60 M weights to draw."""
+    with torch.device("meta"):
+        return AlexNet(*args, **kwargs)
+
+
+@pytest.mark.parametrize("channels", [96, 256])  # conv1's and conv2's kernel counts
+def test_lrn_tower_scope_normalises_each_half_on_its_own(channels):
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(2, channels, 4, 4, dtype=torch.float64) * 60)
+    norms = lrn_modules(meta_net(lrn_scope="tower"))
+    (tower,) = {m.extra_repr() for m in norms}  # conv1's and conv2's LRN alike
+    lrn = norms[0]
+    torch_lrn = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # the paper's alpha * n
+    half = channels // 2
+    expected = torch.cat([torch_lrn(a[:, :half]), torch_lrn(a[:, half:])], dim=1)
+    assert "groups=2" in tower
+    assert torch.allclose(lrn(a), expected, rtol=1e-12, atol=1e-12)
+    layer = lrn_modules(meta_net())[0]
+    assert torch.allclose(layer(a), torch_lrn(a), rtol=1e-12, atol=1e-12)
+    # the two scopes differ only next to the tower boundary (channels half-2 .. half+1)
+    differs = (layer(a) - lrn(a)).abs().amax(dim=(0, 2, 3)) > 1e-12
+    assert differs.nonzero().flatten().tolist() == [half - 2, half - 1, half, half + 1]
+    # and the analytic backward stays exact per tower
+    x = a[:1, :, :1, :1].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lrn, (x,))
+
+
+def test_lrn_caffe_convention_against_the_formula():
+    """lrn_k=1, lrn_alpha_per_size=True is Caffe's b = a / (1 + (1e-4/5) * sum a^2)^0.75."""
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(2, 9, 3, 3, dtype=torch.float64) * 100)
+    model = meta_net(lrn_k=1.0, lrn_alpha_per_size=True)
+    assert model.config["lrn_k"] == 1.0 and model.config["lrn_alpha_per_size"] is True
+    lrn = lrn_modules(model)[0]
+    expected = torch.empty_like(a)
+    for i in range(9):
+        window = (a[:, max(0, i - 2):min(8, i + 2) + 1] ** 2).sum(dim=1)
+        expected[:, i] = a[:, i] / (1.0 + (1e-4 / 5) * window) ** 0.75
+    assert torch.allclose(lrn(a), expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(lrn(a), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(a), rtol=1e-12)
+    assert torch.allclose(lrn_modules(meta_net(lrn_k=1.0))[0](a), lrn_naive(a, k=1.0), rtol=1e-12)
+    # the paper's constants stay the default
+    paper = lrn_modules(meta_net())[0]
+    assert (paper.size, paper.alpha, paper.beta, paper.k, paper.groups) == (5, 1e-4, 0.75, 2.0, 1)
+
+
+def test_lrn_switches_recorded_only_when_applied():
+    assert {k: v for k, v in meta_net().config.items() if k.startswith("lrn")} == {
+        "lrn": True, "lrn_scope": "layer", "lrn_k": 2.0, "lrn_alpha_per_size": False}
+    off = meta_net(lrn=False, lrn_scope="tower")
+    assert not lrn_modules(off) and off.config["lrn"] is False
+    assert not any(k.startswith("lrn_") for k in off.config)  # nothing recorded that was not applied
+    tv = meta_net("torchvision")
+    assert tv.config["lrn"] is False and not any(k.startswith("lrn_") for k in tv.config)
+    rebuilt = meta_net(**{**meta_net(lrn_scope="tower", lrn_k=1.0).config})
+    assert rebuilt.config == meta_net(lrn_scope="tower", lrn_k=1.0).config
+
+
+@pytest.mark.parametrize("kwargs", [{"lrn": True}, {"lrn_scope": "tower"}, {"lrn_k": 1.0},
+                                    {"lrn_alpha_per_size": True}])
+def test_torchvision_variant_refuses_lrn_options(kwargs):
+    with pytest.raises(UserError, match="torchvision variant has no LRN") as info:
+        meta_net("torchvision", **kwargs)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="unknown lrn_scope"):
+        meta_net(lrn_scope="gpu")
+
+
+def test_unusual_input_size_warns_once_with_the_map_size():
+    from alexnet import model as model_module
+
+    model_module._WARNED_SIZES.discard((131, 3, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta_net(input_size=131, num_classes=2)
+        meta_net(input_size=131, num_classes=2)
+        meta_net(input_size=227, num_classes=2)
+        meta_net(input_size=224, num_classes=2)
+    messages = [str(w.message) for w in caught]
+    # 131 px: conv1 31, pool 15, conv2 15, pool 7, conv3-5 7, pool 3 -> 3x3
+    assert len(messages) == 1 and "conv5's pooled map is 3x3" in messages[0], messages
+    features = AlexNet(input_size=131, num_classes=2, init="default").eval().features
+    assert features(torch.zeros(1, 3, 131, 131)).shape[-2:] == (3, 3)
+
+
+def test_config_key_model_lrn_scope_reaches_the_net():
+    from alexnet.config import load_config
+    from alexnet.train import TrainConfig, model_kwargs
+
+    config = load_config(TrainConfig, None, ["model.lrn_scope=tower"])
+    kwargs = model_kwargs(config, 10)
+    assert kwargs["lrn_scope"] == "tower"
+    with torch.device("meta"):
+        net = build_model(config.model.name, **kwargs)
+    assert net.config["lrn_scope"] == "tower" and all(m.groups == 2 for m in lrn_modules(net))
+    assert "lrn_scope" not in model_kwargs(load_config(TrainConfig, None, []), 10)  # default: the paper's
+    with pytest.raises(UserError, match="torchvision variant has no LRN"):
+        build_model("alexnet_torchvision", **model_kwargs(config, 10))

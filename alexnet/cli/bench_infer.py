@@ -50,7 +50,8 @@ def run(args) -> int:
         amp, channels_last, graphs = amp or "bf16", True, True
     r = run_infer_bench(model=args.model, device=args.device, batch=args.batch, amp=amp, channels_last=channels_last,
                         graphs=graphs, compile=args.compile, warmup=args.warmup, repeats=args.repeats,
-                        latency_repeats=args.latency_repeats, load=args.load, progress=lambda m: print(m, file=sys.stderr))
+                        latency_repeats=args.latency_repeats, load=args.load,
+                        progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         print_json(r)
         return 0
