@@ -20,7 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from alexnet import config as cfg
+from alexnet.data.prepare import prepare
+from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UserError
+from alexnet.evaluate import evaluate_checkpoints
+from alexnet.io import write_json, write_text
+from alexnet.report import write_report
+from alexnet.train import TrainConfig, train
 
 # The demo's data set and recipe; changing any of them regenerates the data (see _data_marker).
 DATA = {"classes": 10, "per_class": 100, "val_per_class": 20, "size": 256, "seed": 0}
@@ -48,9 +55,6 @@ def _marker(path: Path) -> dict | None:
 
 def _prepared(out: Path, quiet: bool) -> Path:
     """Generate and prepare the image set, or reuse a complete one made with the same settings (DATA)."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import make_shapes
-
     images, data, marker = out / "images", out / "data", out / "data.json"
     if _marker(marker) == DATA and (data / "manifest.json").is_file():
         _say(f"reusing the prepared images in {data}", quiet)
@@ -64,8 +68,8 @@ def _prepared(out: Path, quiet: bool) -> Path:
     make_shapes(images, classes=DATA["classes"], per_class=DATA["per_class"], size=DATA["size"],
                 seed=DATA["seed"], val_per_class=DATA["val_per_class"])
     _say(f"preparing {data} ...", quiet)
-    prepare(str(images), str(data))
-    marker.write_text(json.dumps(DATA) + "\n")  # last: marks the set complete
+    prepare(str(images), str(data), force=True)  # force: an interrupted demo's prepare starts over
+    write_text(marker, json.dumps(DATA) + "\n")  # last: marks the set complete
     return data
 
 
@@ -81,13 +85,6 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
     Returns {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds",
     "top5_error_10crop", "settings"}.
     """
-    from alexnet import config as cfg
-    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet.data import make_loader
-    from alexnet.evaluate import evaluate
-    from alexnet.runstate import write_json
-    from alexnet.train import TrainConfig, train
-
     start = time.perf_counter()
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
@@ -104,38 +101,18 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
     _say(f"training the paper's AlexNet for {config.train.epochs} epochs into {run} ...", quiet)
     train(data, run, config, progress="off" if quiet else progress, command=["alexnet", "demo", "--out", str(out)])
 
-    # The paper's test protocol on the last weights: centre crop, then 10 crops (4 corners + centre, mirrored)
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    model = model_from_checkpoint(state)
-    results = {}
-    for crops in (1, 10):
-        loader = make_loader(data, "val", train=False, batch_size=32 if crops == 1 else 8, crops=crops,
-                             crop=config.data.crop, normalize=config.data.normalize, workers=config.data.workers)
-        r = evaluate(model, loader, num_classes=len(state["classes"]["names"]))
-        results[f"{crops}crop"] = {k: r[k] for k in ("n", "loss", "top1_error", "top5_error")}
-    evaluation = {"checkpoint": str(run / "checkpoints" / "last.pt"), "split": "val", **results}
-    write_json(run / "eval.json", evaluation)  # atomically
-    report = _report(run, data, quiet)
+    # The paper's test protocol on the last weights: centre crop, then 10 crops (4 corners + centre,
+    # mirrored), through `alexnet evaluate`'s library side: eval.json is a list of its results
+    last = str(run / "checkpoints" / "last.pt")
+    results = {crops: evaluate_checkpoints([last], data, "val", crops, batch_size=32 if crops == 1 else 8,
+                                           workers=config.data.workers, device=None)
+               for crops in (1, 10)}
+    write_json(run / "eval.json", [results[1], results[10]], indent=2)  # atomically
+    _say("writing the report ...", quiet)
+    report = write_report(run, data=data, out=run / "report")
     return {
-        "run": str(run), "data": str(data), "report": report,
-        "top1_error": results["1crop"]["top1_error"], "top5_error": results["1crop"]["top5_error"],
-        "top1_error_10crop": results["10crop"]["top1_error"], "top5_error_10crop": results["10crop"]["top5_error"],
+        "run": str(run), "data": str(data), "report": str(report),
+        "top1_error": results[1]["top1_error"], "top5_error": results[1]["top5_error"],
+        "top1_error_10crop": results[10]["top1_error"], "top5_error_10crop": results[10]["top5_error"],
         "seconds": time.perf_counter() - start, "settings": list(OVERRIDES) + list(overrides),
     }
-
-
-def _report(run: Path, data: Path, quiet: bool) -> str | None:
-    """The run's HTML report, when the report module exists."""
-    try:
-        from alexnet.report import write_report
-    except ImportError:
-        return None
-    try:
-        path = write_report(run, data=data, out=run / "report")
-    except UserError as exc:
-        _say(f"no report: {exc}", quiet)
-        return None
-    path = Path(path) if path else run / "report" / "index.html"
-    if path.is_dir():
-        path = path / "index.html"
-    return str(path) if path.exists() else None

@@ -4,8 +4,9 @@ safetensors file: the model's state dict (keys as in the checkpoint, e.g. `featu
 preprocessing statistics as extra tensors under `stats.` (`stats.mean_image` (256, 256, 3) on
 0-255, `stats.channel_mean`, `stats.channel_std` (3,) on [0, 1]) and string metadata: `format`,
 `model_name`, `model_kwargs` (JSON), `variant`, `num_classes`, `class_ids`, `class_names` (JSON
-lists), `input_size`, `normalize`. `load_safetensors` turns the file back into a checkpoint dict,
-so `evaluate` and `predict` accept it directly. A plain module loads the weights with
+lists), `input_size`, `normalize`, `preprocess` (JSON: crop, normalize, resize, size).
+`alexnet.artifact.load_safetensors` turns the file back into a checkpoint dict, so `evaluate`,
+`predict` and `open_artifact` accept it directly. A plain module loads the weights with
 `{k: v for k, v in load_file(f).items() if not k.startswith("stats.")}`.
 """
 
@@ -13,18 +14,26 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from alexnet.io import default_file_mode
+from alexnet.artifact import SAFETENSORS_FORMAT as FORMAT
+from alexnet.artifact import (
+    STATS_PREFIX,
+    checkpoint_preprocess,
+    class_names,
+    imagenet_classes,
+    load_model_state,
+    load_safetensors,  # noqa: F401 - re-exported: exports are read back through here too
+)
+from alexnet.checkpoint import clean_state_dict, model_from_checkpoint, save_checkpoint, state_dict_error
 from alexnet.errors import UserError
+from alexnet.io import atomic_write_path
+from alexnet.model import LocalResponseNorm, build_model
 
-FORMAT = "alexnet-safetensors/1"
-STATS_PREFIX = "stats."
 # torchvision's ImageNet preprocessing (its AlexNet_Weights.IMAGENET1K_V1 transforms).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -32,9 +41,6 @@ TORCHVISION_CROP = 224
 
 
 def _meta_of(state: dict) -> dict:
-    from alexnet.evaluate import checkpoint_preprocess
-    from alexnet.predict import class_names
-
     pre = checkpoint_preprocess(state)
     ids, names = class_names(state)
     kwargs = dict(state.get("model_kwargs") or {})
@@ -51,6 +57,7 @@ def _meta_of(state: dict) -> dict:
             "class_names": json.dumps(names),
             "input_size": str(pre["crop"]),
             "normalize": pre["normalize"],
+            "preprocess": json.dumps({k: pre[k] for k in ("crop", "normalize", "resize", "size")}),
             "channel_mean": json.dumps([float(v) for v in pre["stats"].get("channel_mean", [])]),
             "channel_std": json.dumps([float(v) for v in pre["stats"].get("channel_std", [])]),
         },
@@ -61,60 +68,15 @@ def export_safetensors(state: dict, out: str) -> dict:
     """Write a checkpoint's weights, statistics and metadata as safetensors (atomically).
 
     Returns {"out", "format", "tensors", "bytes"}."""
-    from safetensors.torch import save_file
-
-    from alexnet.checkpoint import clean_state_dict
+    from safetensors.torch import save_file  # lazy: start-up time of the other commands
 
     info = _meta_of(state)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(state["model"]).items()}
     for key, value in info["pre"]["stats"].items():
         tensors[STATS_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
-    _atomic(out, lambda tmp: save_file(tensors, tmp, metadata=info["meta"]))
+    atomic_write_path(out, lambda tmp: save_file(tensors, tmp, metadata=info["meta"]))
     return {"out": os.path.abspath(out), "format": "safetensors", "tensors": len(tensors),
             "bytes": os.path.getsize(out)}
-
-
-def load_safetensors(path: str) -> dict:
-    """An exported .safetensors file -> a checkpoint dict (model, model_name, model_kwargs, classes,
-    stats, preprocess, path), ready for model_from_checkpoint."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise UserError(f"{path}: not a readable safetensors file ({str(exc)[:120]})") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
-    stats = {k[len(STATS_PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
-    return {
-        "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
-        "model_name": meta["model_name"],
-        "model_kwargs": json.loads(meta["model_kwargs"]),
-        "classes": {"ids": json.loads(meta["class_ids"]), "names": json.loads(meta["class_names"])},
-        "stats": stats,
-        "preprocess": {"crop": int(meta["input_size"]), "normalize": meta["normalize"]},
-        "path": str(path),
-    }
-
-
-def _atomic(out: str, write) -> None:
-    """write(tmp_path) beside `out`, then rename over it."""
-    out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=os.path.dirname(out))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp's file is private (0600); exports are for sharing
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,8 +88,6 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     opaque to the exporter) becomes torch's LocalResponseNorm (alpha * size: torch divides alpha by
     size), and the adaptive average pool becomes the identity when it already gets 6 x 6 maps at
     this input size (the exporter cannot size an adaptive pool behind a dynamic batch)."""
-    from alexnet.model import LocalResponseNorm
-
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, LocalResponseNorm):
@@ -173,14 +133,13 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
         import onnxruntime as ort
     except ImportError:
         raise UserError("ONNX export needs onnx and onnxruntime: pip install 'alexnet[onnx]'") from None
-    from alexnet.checkpoint import model_from_checkpoint
 
     info = _meta_of(state)
     crop = info["pre"]["crop"]
     reference = model_from_checkpoint(state, "cpu")
     exportable = onnx_ready(model_from_checkpoint(state, "cpu"), crop)
     # Inputs on the scale the net sees: mean-subtracted 0-255 pixels, or unit-variance channels.
-    scale = 50.0 if info["pre"]["normalize"] == "mean_image" else 1.0
+    scale = 50.0 if info["pre"]["normalize"] in ("mean_image", "caffe") else 1.0
     x = torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(seed)) * scale
 
     def write(tmp):
@@ -197,7 +156,7 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
         onnx.save(proto, tmp)
 
     try:
-        _atomic(out, write)
+        atomic_write_path(out, write)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported, not tracebacks
@@ -212,8 +171,6 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
 
 def export(path: str, fmt: str, out: str) -> dict:
     """`alexnet export`: checkpoint (or run directory, or .safetensors) -> safetensors or ONNX."""
-    from alexnet.evaluate import load_model_state
-
     if fmt not in ("safetensors", "onnx"):
         raise UserError(f"--format {fmt}: choose safetensors or onnx")
     state = load_model_state(path)
@@ -225,17 +182,35 @@ def export(path: str, fmt: str, out: str) -> dict:
 # torchvision's AlexNet weights -> our checkpoint
 # ----------------------------------------------------------------------------------------------
 
-def import_torchvision(path: str, out: str) -> dict:
-    """A torchvision AlexNet state dict saved with torch.save -> our checkpoint (atomically).
+def torchvision_weights_file(weights: str = "IMAGENET1K_V1") -> str:
+    """Where torch keeps torchvision's published AlexNet weights once downloaded:
+    TORCH_HOME's hub/checkpoints/<file name of the weights' URL>."""
+    from torchvision.models import AlexNet_Weights  # lazy: torchvision is only needed here
 
-    The checkpoint: model `alexnet_torchvision`, the ImageNet class ids and names (for 1000 outputs),
-    torchvision's preprocessing (crop 224, per-channel mean/std on [0, 1]). Nothing is downloaded.
-    Returns {"out", "num_classes", "params"}.
-    """
-    from alexnet.checkpoint import clean_state_dict, save_checkpoint, state_dict_error
-    from alexnet.model import build_model
-    from alexnet.predict import imagenet_classes
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(AlexNet_Weights[weights].url))
 
+
+def download_torchvision(weights: str = "IMAGENET1K_V1", *, progress: bool = True) -> dict:
+    """torchvision's published AlexNet weights (`torchvision.models.AlexNet_Weights`), from torch's
+    cache or downloaded into it. Offline: a one-line UserError saying where to put the file."""
+    try:
+        from torchvision.models import AlexNet_Weights  # lazy: torchvision is only needed here
+    except ImportError:
+        raise UserError("--weights needs torchvision: pip install torchvision") from None
+    if weights not in AlexNet_Weights.__members__:
+        raise UserError(f"--weights {weights}: torchvision has {', '.join(AlexNet_Weights.__members__)}")
+    entry = AlexNet_Weights[weights]
+    try:
+        return entry.get_state_dict(progress=progress)
+    except OSError as exc:  # urllib's URLError is an OSError: no network, DNS, refused, timeout
+        reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:100]
+        raise UserError(f"could not download {entry.url} ({reason}); put that file at "
+                        f"{torchvision_weights_file(weights)}, or pass its path: "
+                        "alexnet import-torchvision FILE.pth --out CKPT") from None
+
+
+def _read_state_dict(path: str) -> dict:
+    """A state dict saved with torch.save (or wrapped under "state_dict"/"model"), loaded safely."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file; give a torchvision AlexNet state dict saved with torch.save")
     try:
@@ -245,14 +220,30 @@ def import_torchvision(path: str, out: str) -> dict:
     for key in ("state_dict", "model"):  # common wrappers around a state dict
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    return sd
+
+
+def import_torchvision(path: str | None, out: str, *, weights: str | None = None, progress: bool = True) -> dict:
+    """torchvision AlexNet weights -> our checkpoint (atomically): a state dict saved with torch.save
+    (`path`), or torchvision's published weights by name (`weights`, e.g. "IMAGENET1K_V1": read from
+    torch's cache, downloaded into it when missing and the network allows).
+
+    The checkpoint: model `alexnet_torchvision`, the ImageNet class ids and names (for 1000 outputs),
+    torchvision's preprocessing (shorter side 256, centre crop 224, per-channel mean/std on [0, 1]).
+    Returns {"out", "num_classes", "params", "source"}.
+    """
+    if (path is None) == (weights is None):
+        raise UserError("give either a state dict file or --weights IMAGENET1K_V1 (--download), not both")
+    source = path if path is not None else f"torchvision AlexNet_Weights.{weights}"
+    sd = _read_state_dict(path) if path is not None else download_torchvision(weights, progress=progress)
     if not isinstance(sd, dict) or "classifier.6.weight" not in (sd := clean_state_dict(sd)):
-        raise UserError(f"{path}: not a torchvision AlexNet state dict (no classifier.6.weight)")
+        raise UserError(f"{source}: not a torchvision AlexNet state dict (no classifier.6.weight)")
     num_classes = int(sd["classifier.6.weight"].shape[0])
     model = build_model("alexnet_torchvision", num_classes=num_classes)
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit torchvision's AlexNet ({state_dict_error(exc)}); give "
+        raise UserError(f"{source}: weights do not fit torchvision's AlexNet ({state_dict_error(exc)}); give "
                         "the state dict of torchvision.models.alexnet") from None
     if num_classes == len(imagenet_classes()):
         ids, names = [w for w, _ in imagenet_classes()], [n for _, n in imagenet_classes()]
@@ -265,8 +256,8 @@ def import_torchvision(path: str, out: str) -> dict:
         "classes": {"ids": ids, "names": names},
         "stats": {"channel_mean": list(TORCHVISION_MEAN), "channel_std": list(TORCHVISION_STD)},
         "preprocess": {"crop": TORCHVISION_CROP, "normalize": "channel"},
-        "config": {"imported_from": os.path.abspath(path), "source": "torchvision"},
+        "config": {"imported_from": os.path.abspath(path) if path is not None else source, "source": "torchvision"},
     }
     save_checkpoint(out, state)
-    return {"out": os.path.abspath(out), "num_classes": num_classes,
+    return {"out": os.path.abspath(out), "num_classes": num_classes, "source": source,
             "params": sum(p.numel() for p in model.parameters())}

@@ -1,7 +1,8 @@
 """Using a trained net: images -> the top-k classes with readable names, and fc7 features of a split.
 
-Images get the training preprocessing (paper §2): any file Pillow reads is turned into RGB with its
-EXIF orientation applied, its shorter side scaled to 256, the central 256 x 256 kept, then the
+Images get the net's own preprocessing (alexnet.artifact): any file Pillow reads is turned into RGB
+with its EXIF orientation applied, resized the net's way (shorter side to 256 and the central
+256 x 256, pixel for pixel torchvision's Resize + CenterCrop; or Caffe's warp), then the
 checkpoint's own crop (centre, or the paper's 10 crops) and normalisation. A bad file never stops
 the others: it gets an error entry naming the reason.
 
@@ -12,60 +13,42 @@ the split), `class_ids` and `class_names` (str arrays) and `meta` (a JSON string
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
-from importlib import resources
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from alexnet.artifact import (
+    check_image_size,
+    class_names,
+    imagenet_classes,
+    open_artifact,
+    prepare_image,
+    resolve_device,  # fmt: skip
+)
+from alexnet.checkpoint import unwrap
+from alexnet.data import PackedDataset, PreparedSet
+from alexnet.data.images import BadImageError, is_image_name
 from alexnet.errors import UserError
-from alexnet.evaluate import average_probabilities, checkpoint_preprocess, default_device, load_model_state
+from alexnet.evaluate import prepared_batches
+from alexnet.io import atomic_write_bytes
+from alexnet.metrics import average_probabilities
+
+__all__ = ["FEATURES_KEYS", "Predictor", "class_names", "extract_features", "features_of_split", "format_prediction",
+           "imagenet_classes", "list_inputs", "load_features", "load_image", "save_features"]
 
 FEATURES_KEYS = ("features", "labels", "indices", "class_ids", "class_names", "meta")
 
 
-@functools.lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """The 1000 ILSVRC-2012 classes (wnid, readable name) in the usual index order."""
-    text = resources.files("alexnet.data").joinpath("imagenet_classes.json").read_text()
-    return tuple((wnid, name) for wnid, name in json.loads(text))
-
-
-def class_names(state: dict) -> tuple[list[str], list[str]]:
-    """(ids, readable names) of a checkpoint's outputs.
-
-    ImageNet wnids get the shipped readable names; otherwise the names stored in the checkpoint; a
-    checkpoint without classes gets "class i" (and the 1000 ImageNet classes when it has 1000 outputs).
-    """
-    classes = state.get("classes") or {}
-    ids, names = list(classes.get("ids") or []), list(classes.get("names") or [])
-    imagenet = dict(imagenet_classes())
-    if not ids:
-        n = int((state.get("model_kwargs") or {}).get("num_classes", 0))
-        if n == len(imagenet):
-            return [w for w, _ in imagenet_classes()], [name for _, name in imagenet_classes()]
-        return [str(i) for i in range(n)], [f"class {i}" for i in range(n)]
-    if all(i in imagenet for i in ids):
-        return ids, [imagenet[i] for i in ids]
-    if len(names) != len(ids):
-        names = list(ids)
-    return ids, names
-
-
 def load_image(path: str, size: int = 256) -> torch.Tensor:
     """Any image file -> uint8 (3, size, size): RGB, EXIF-rotated, shorter side `size` (256, the
-    paper's), centre crop.
+    paper's), central crop (torchvision's Resize + CenterCrop, pixel for pixel).
 
     Raises alexnet.data.images.BadImageError (with `.reason`) for unusable files."""
-    from alexnet.data.images import load_rgb, resize_center_crop
-
-    img = resize_center_crop(load_rgb(path, draft_size=size), size)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return prepare_image(path, size, "shorter")
 
 
 def list_inputs(inputs: Sequence[str], *, recursive: bool = False) -> list[tuple[str, str | None]]:
@@ -74,8 +57,6 @@ def list_inputs(inputs: Sequence[str], *, recursive: bool = False) -> list[tuple
     A directory contributes its image files (by extension, sorted; subdirectories only when
     recursive); a file named explicitly is always tried, whatever its extension.
     """
-    from alexnet.data.images import is_image_name
-
     out: list[tuple[str, str | None]] = []
     for item in inputs:
         if os.path.isdir(item):
@@ -93,44 +74,30 @@ def list_inputs(inputs: Sequence[str], *, recursive: bool = False) -> list[tuple
 
 
 class Predictor:
-    """A checkpoint ready to classify images with its own preprocessing.
+    """A trained net ready to classify image files, batch by batch, with per-file errors.
 
     Args:
-        state: a checkpoint dict (load_checkpoint / load_model_state).
+        state: a checkpoint dict (load_model_state), path, run directory or .safetensors file.
         crops: 1 (centre crop) or 10 (the paper's corners + centre and mirrors, softmax averaged).
     """
 
-    def __init__(self, state: dict, *, crops: int = 1, device: str | torch.device | None = None):
-        from alexnet.checkpoint import model_from_checkpoint
-        from alexnet.data import EvalTransform
-
-        self.device = torch.device(device) if device is not None else default_device()
-        pre = checkpoint_preprocess(state)
-        needs = ["mean_image"] if pre["normalize"] == "mean_image" else ["channel_mean", "channel_std"]
-        missing = [k for k in needs if k not in pre["stats"]]
-        if missing:
-            raise UserError(f"{state.get('path', 'checkpoint')}: lacks the statistics {', '.join(missing)} "
-                            f"its {pre['normalize']} normalisation needs; re-save it with `alexnet train`")
-        self.preprocess = pre
-        # the side of the prepared images the net was trained on (`alexnet prepare --size`), which its
-        # mean image has; 256 (the paper's) when the checkpoint has no mean image (e.g. torchvision's)
-        mean_image = pre["stats"].get("mean_image")
-        self.size = int(mean_image.shape[0]) if mean_image is not None and mean_image.ndim == 3 else 256
-        if not 1 <= pre["crop"] <= self.size:
-            raise UserError(f"{state.get('path', 'checkpoint')}: its crop {pre['crop']} does not fit its "
-                            f"{self.size}-px images; re-save it with `alexnet train`")
-        self.transform = EvalTransform(stats=pre["stats"], crop=pre["crop"], crops=crops, normalize=pre["normalize"])
-        self.model = model_from_checkpoint(state, self.device)
-        self.ids, self.names = class_names(state)
-        self.path = state.get("path", "checkpoint")
+    def __init__(self, state, *, crops: int = 1, device: str | torch.device | None = None):
+        if crops not in (1, 10):
+            raise UserError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
+        self.net = open_artifact(state, device)
+        self.crops = crops
+        self.model, self.device, self.path = self.net.model, self.net.device, self.net.path
+        self.ids, self.names = self.net.class_ids, self.net.class_names
+        self.preprocess = self.net.preprocess
+        self.size = self.preprocess["size"]  # the prepared image side the net was trained on
 
     def prepare(self, path: str) -> torch.Tensor:
-        """File -> model input (3, H, W) or (10, 3, H, W)."""
-        return self.transform(load_image(path, self.size))
+        """File -> model input (3, H, W) or (10, 3, H, W) on the CPU."""
+        return self.net.normalize(self.net.prepare(path)[None], self.crops)[0].cpu()
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) or (N, 10, 3, H, W) -> softmax (N, C), averaged over crops."""
+        """Model inputs (N, 3, H, W) or (N, 10, 3, H, W) -> softmax (N, C), averaged over crops."""
         probs, _ = average_probabilities([self.model], images.to(self.device))
         return probs.cpu()
 
@@ -143,15 +110,13 @@ class Predictor:
     def predict(self, inputs: Sequence[str], *, topk: int = 5, batch_size: int = 16,
                 recursive: bool = False) -> Iterable[dict]:  # fmt: skip
         """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image."""
-        from alexnet.data.images import BadImageError
-
         if topk < 1:
             raise UserError(f"--topk {topk}: must be at least 1")
         pending: list[tuple[str, torch.Tensor | None, str | None]] = []
 
         def flush():
-            ready = [(p, x) for p, x, _ in pending if x is not None]
-            probs = iter(self.probabilities(torch.stack([x for _, x in ready]))) if ready else iter(())
+            ready = [x for _, x, _ in pending if x is not None]
+            probs = iter(self.probabilities(self.net.normalize(torch.stack(ready), self.crops))) if ready else iter(())
             for path, x, error in pending:
                 yield {"path": path, "error": error} if x is None else \
                     {"path": path, "predictions": self.top(next(probs), topk)}
@@ -161,7 +126,7 @@ class Predictor:
             image = None
             if error is None:
                 try:
-                    image = self.prepare(path)
+                    image = self.net.prepare(path)  # uint8 (3, S, S); normalised per batch on the device
                 except BadImageError as exc:
                     error = exc.reason
             pending.append((path, image, error))
@@ -195,8 +160,6 @@ def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.
     (M,)} as numpy arrays; indices count from 0 in the loader's order (an evaluation loader keeps the
     split's order, so they are row numbers of the split).
     """
-    from alexnet.checkpoint import unwrap
-
     net = unwrap(model)
     if not hasattr(net, "fc7_features"):
         raise UserError(f"fc7 features need an AlexNet; this net is a {type(net).__name__}")
@@ -226,8 +189,6 @@ def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.
 def save_features(path: str, features: dict, *, class_ids: Sequence[str], class_names: Sequence[str],
                   meta: dict | None = None) -> None:  # fmt: skip
     """Atomically write a features file (.npz; keys in the module docstring)."""
-    from alexnet.io import atomic_write_bytes
-
     arrays = {
         "features": np.asarray(features["features"], np.float32),
         "labels": np.asarray(features["labels"], np.int64),
@@ -262,31 +223,17 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     The split may come from another set than the checkpoint's (transfer, retrieval): labels and class
     names are the data's. Returns a summary {"out", "n", "dim", "split", "data", "checkpoint"}.
     """
-    from alexnet.checkpoint import model_from_checkpoint
-    from alexnet.data import PreparedSet, make_loader
-    from alexnet.evaluate import _with_stats, check_image_size
-
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
-    device = torch.device(device) if device is not None else default_device()
-    state = load_model_state(checkpoint)
-    pre = checkpoint_preprocess(state, prepared.stats)
-    check_image_size(state, pre, prepared)
-    model = model_from_checkpoint(state, device)
-    loader = make_loader(_with_stats(prepared, pre["stats"]), split, train=False, batch_size=batch_size,
-                         workers=workers, crop=pre["crop"], crops=1, normalize=pre["normalize"])
-    feats = extract_features(model, loader, device=device, progress=progress)
-    meta = {"checkpoint": state["path"], "data": prepared.root, "split": split, "layer": "fc7",
+    prepared._need(split)
+    net = open_artifact(checkpoint, resolve_device(device), fallback_stats=prepared.stats)
+    check_image_size(net.state, net.preprocess, prepared)
+    dataset = PackedDataset(prepared, split)
+    batches = prepared_batches(dataset, range(len(dataset)), batch_size=batch_size, workers=workers)
+    feats = extract_features(net.model, ((net.normalize(x), y) for x, y in batches), device=net.device,
+                             progress=progress)
+    pre = net.preprocess
+    meta = {"checkpoint": net.path, "data": prepared.root, "split": split, "layer": "fc7",
             "crop": pre["crop"], "normalize": pre["normalize"]}
     save_features(out, feats, class_ids=prepared.class_ids, class_names=prepared.class_names, meta=meta)
     return {"out": os.path.abspath(out), "n": int(len(feats["labels"])), "dim": int(feats["features"].shape[1]),
             **{k: meta[k] for k in ("split", "data", "checkpoint")}}
-
-
-def stderr_progress(total: int, desc: str):
-    """A tqdm bar on a terminal, else nothing: returns a callable(n) and a close()."""
-    if not sys.stderr.isatty():
-        return (lambda n: None), (lambda: None)
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
-    return bar.update, bar.close

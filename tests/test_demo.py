@@ -22,10 +22,16 @@ def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
     assert result["run"] == str(out / "run") and result["data"] == str(out / "data")
     assert 0 <= result["top1_error"] <= 1 and 0 <= result["top1_error_10crop"] <= 1
     assert result["top5_error"] == 0  # 3 classes
-    assert result["report"] is None or (out / "run" / "report").is_dir()
-    evaluation = json.loads((out / "run" / "eval.json").read_text())
-    assert evaluation["1crop"]["n"] == evaluation["10crop"]["n"] == 6
-    assert evaluation["1crop"]["top1_error"] == result["top1_error"]
+    assert result["report"] == str(out / "run" / "report" / "index.html")  # the report is part of the demo
+    assert (out / "run" / "report" / "index.html").is_file()
+    # eval.json: `alexnet evaluate`'s result, once per protocol (centre crop, 10 crops)
+    evaluation = {r["crops"]: r for r in json.loads((out / "run" / "eval.json").read_text())}
+    assert evaluation[1]["n"] == evaluation[10]["n"] == 6
+    assert evaluation[1]["top1_error"] == result["top1_error"]
+    assert evaluation[10]["top1_error"] == result["top1_error_10crop"]
+    assert evaluation[1]["models"] == [str(out / "run" / "checkpoints" / "last.pt")]
+    # the report's 10-crop row is the demo's 10-crop evaluation, read back from eval.json
+    assert "read from RUN/eval.json" in (out / "run" / "report" / "index.html").read_text()
     assert (out / "run" / "checkpoints" / "last.pt").is_file()
 
     # a rerun reuses the complete generated data and starts a fresh run

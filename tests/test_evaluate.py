@@ -15,8 +15,13 @@ import torch.multiprocessing as mp
 from alexnet.checkpoint import save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.evaluate import (average_probabilities, evaluate, evaluate_checkpoints, format_table, is_imagenet,
-                              topk_correct)  # fmt: skip
+from alexnet.evaluate import (
+    average_probabilities,
+    evaluate_checkpoints,
+    format_table,
+    is_imagenet,
+    topk_correct,  # fmt: skip
+)
 from alexnet.model import AlexNet
 
 NUM_CLASSES = 3
@@ -114,7 +119,7 @@ def test_ten_crops_equal_mean_of_ten_single_crop_passes(setup):
 def test_ensemble_of_a_model_with_itself_equals_the_model(setup):
     prepared = setup["prepared"]
     one = setup["single"]
-    two = evaluate_checkpoints([setup["a"], setup["a"]], prepared, "val", batch_size=2, workers=0, device="cpu")
+    two = evaluate_checkpoints([setup["a"], setup["a"]], prepared, "val", crops=1, batch_size=2, workers=0, device="cpu")
     for key in ("n", "top1_error", "top5_error"):
         assert two[key] == one[key]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
@@ -127,7 +132,7 @@ def cli_json(setup, tmp_path_factory):
     """`alexnet evaluate A B --json --out FILE` run once: (exit status, stdout document, file)."""
     out = tmp_path_factory.mktemp("cli") / "eval.json"
     args = ["evaluate", setup["a"], setup["b"], "--data", setup["prepared"].root, "--workers", "0",
-            "--device", "cpu", "--json", "--out", str(out)]  # fmt: skip
+            "--device", "cpu", "--crops", "1", "--json", "--out", str(out)]  # fmt: skip
     return args, out
 
 
@@ -221,7 +226,7 @@ def test_bad_device_is_a_one_line_error(setup, command, capsys, tmp_path):
 
 
 def test_paper_rows_only_for_imagenet():
-    from alexnet.predict import imagenet_classes
+    from alexnet.artifact import imagenet_classes
 
     ids = [w for w, _ in imagenet_classes()]
     assert is_imagenet(ids) and not is_imagenet(ids[:3])

@@ -11,12 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.artifact import load_model_state
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.evaluate import load_model_state
-from alexnet.export import (TORCHVISION_MEAN, TORCHVISION_STD, export_onnx, export_safetensors, import_torchvision,
-                            load_safetensors)  # fmt: skip
+from alexnet.export import (
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    export_onnx,
+    import_torchvision,
+    load_safetensors,  # fmt: skip
+)
 from alexnet.model import AlexNet
 from alexnet.predict import Predictor
 
@@ -243,3 +248,48 @@ def test_import_torchvision_of_another_net_names_the_mismatch(tmp_path, capsys):
     assert main(["import-torchvision", str(tmp_path / "ours.pth"), "--out", str(tmp_path / "o.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "ours.pth" in err and "Missing key(s)" in err
+
+
+def test_import_torchvision_download_offline_is_one_line_naming_the_cache_file(tmp_path, monkeypatch, capsys):
+    """--download with no network: exit 2, one line saying where to put torchvision's file; no checkpoint."""
+    import urllib.error
+
+    torchvision = pytest.importorskip("torchvision")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models.AlexNet_Weights, "get_state_dict", offline)
+    for flag in (["--download"], ["--weights", "IMAGENET1K_V1"]):
+        assert main(["import-torchvision", *flag, "--out", str(tmp_path / "tv.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("alexnet import-torchvision: error: could not download")
+        assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in err
+        assert "FILE.pth" in err and not (tmp_path / "tv.pt").exists()
+    with pytest.raises(UserError, match="IMAGENET1K_V1"):
+        import_torchvision(None, str(tmp_path / "tv.pt"), weights="IMAGENET1K_V9")
+    with pytest.raises(UserError, match="either"):
+        import_torchvision(None, str(tmp_path / "tv.pt"))
+
+
+def test_import_torchvision_download_goes_through_torchvision_weights_api(tmp_path, monkeypatch):
+    """The --download route: what torchvision's weights API returns becomes the checkpoint (here a
+    random net's state dict stands in for the published file; nothing is fetched)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(3)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    calls = []
+
+    def cached(self, *args, **kwargs):
+        calls.append((self.name, kwargs))
+        return tv.state_dict()
+
+    monkeypatch.setattr(torchvision.models.AlexNet_Weights, "get_state_dict", cached)
+    result = import_torchvision(None, str(tmp_path / "tv.pt"), weights="IMAGENET1K_V1", progress=False)
+    assert calls == [("IMAGENET1K_V1", {"progress": False})]
+    assert result["num_classes"] == 1000 and result["source"] == "torchvision AlexNet_Weights.IMAGENET1K_V1"
+    ours = model_from_checkpoint(load_checkpoint(str(tmp_path / "tv.pt")))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-6)

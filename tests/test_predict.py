@@ -12,9 +12,16 @@ from PIL import Image
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.predict import (Predictor, class_names, extract_features, imagenet_classes, list_inputs, load_features,
-                             load_image)  # fmt: skip
 from alexnet.model import AlexNet
+from alexnet.predict import (
+    Predictor,
+    class_names,
+    extract_features,
+    imagenet_classes,
+    list_inputs,
+    load_features,
+    load_image,  # fmt: skip
+)
 
 IDS, NAMES = ["c0", "c1", "c2"], ["cat", "dog", "fox"]
 
@@ -135,9 +142,9 @@ def test_exif_rotation_is_applied(images):
     _, good, _ = images
     loaded = load_image(str(good["rotated"]))
     raw = Image.open(good["rotated"]).convert("RGB").transpose(Image.Transpose.ROTATE_270)  # orientation 6
-    from alexnet.data.images import resize_center_crop
+    import torchvision.transforms as T
 
-    want = torch.from_numpy(np.array(resize_center_crop(raw, 256))).permute(2, 0, 1)
+    want = torch.from_numpy(np.array(T.CenterCrop(256)(T.Resize(256)(raw)))).permute(2, 0, 1)
     assert loaded.shape == (3, 256, 256)
     assert torch.equal(loaded, want)
 

@@ -4,6 +4,10 @@ ImageNet's JPEGs include CMYK files, grayscale files, a PNG saved as `.JPEG` and
 photos; user folders add RGBA and palette PNGs. `load_rgb` turns all of them into RGB and raises
 `BadImageError` with a short reason for anything that is not a readable image, so that `prepare`
 can skip and list it and `predict` can say why a file failed.
+
+Two resizes: `resize_center_crop` is `prepare`'s (fast: a box reduction first for big images),
+`resize_shorter` + `center_crop` (and `warp`) are what a trained net applies to a single image
+(`alexnet.artifact`): pixel for pixel torchvision's `Resize(size)` + `CenterCrop(crop)` on PIL images.
 """
 
 from __future__ import annotations
@@ -110,3 +114,28 @@ def resize_center_crop(img: Image.Image, size: int = 256) -> Image.Image:
         img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, the longer one to int(size * long / short), antialiased bilinear:
+    torchvision.transforms.Resize(size) on a PIL image, pixel for pixel (same sizes, same filter,
+    no box pre-reduction)."""
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    return img if (nw, nh) == (w, h) else img.resize((nw, nh), Image.BILINEAR)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The central size x size crop, offsets rounded as torchvision's CenterCrop does
+    (int(round((h - size) / 2)), Python's round half to even). The image must be at least size."""
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def warp(img: Image.Image, size: int) -> Image.Image:
+    """The whole image to size x size, aspect ratio ignored (Caffe's data layer), antialiased bilinear."""
+    return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)

@@ -15,7 +15,6 @@ how to read each.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,10 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from alexnet import __version__
+from alexnet.distributed import pick_device
 from alexnet.errors import UserError
+from alexnet.evaluate import PAPER_RESULTS, is_imagenet
+from alexnet.io import write_json, write_text
 from alexnet.report import figures, page
-from alexnet.report.analysis import analyse, checkpoint_path, data_path, read_run
+from alexnet.report.analysis import NEIGHBOURS, analyse, checkpoint_path, data_path, read_run
+from alexnet.summary import summarize
 
 MAX_CONFUSION_CLASSES = 30  # a bigger matrix is unreadable on a page
 
@@ -47,8 +52,6 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
     """
     say = progress or (lambda text: None)
     if device is not None:  # a mistyped or missing device: a one-line error before any work
-        from alexnet.distributed import pick_device
-
         device = pick_device(str(device), option="--device")
     records = read_run(run)
     out = Path(out).resolve() if out is not None else records.root / "report"
@@ -85,8 +88,8 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
                            headline=_headline(records, result), notes=notes, sections=sections,
                            footer=f"Written by alexnet {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')} "
                                   f"from {records.root}.")
-        (tmp / "index.html").write_text(html, encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        write_text(tmp / "index.html", html)
+        write_json(tmp / "report.json", summary)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,8 +150,6 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
 
 def _sections(records, result, tmp: Path, notes: list[str]):
     """The page's sections (anchor, title, HTML) and report.json's summary; writes the PNGs to tmp."""
-    from alexnet.report.analysis import NEIGHBOURS
-
     sections = []
     summary = {"run": str(records.root), "checkpoint": result and result["checkpoint"], "figures": [],
                "notes": notes, "epochs_logged": len(records.epochs), "steps_logged": len(records.steps)}
@@ -226,8 +227,6 @@ def _sections(records, result, tmp: Path, notes: list[str]):
 
 
 def _evaluation(records, result) -> str:
-    from alexnet.evaluate import PAPER_RESULTS, is_imagenet
-
     if result["centre"] is None:
         return "<p>No evaluation split: see the notes above.</p>"
     split = result["split"]
@@ -266,8 +265,6 @@ def _position(result) -> str:
 
 def _per_class(result) -> str:
     """Top-1 error per class (centre crop): all classes when few, else the 10 hardest and 10 easiest."""
-    import numpy as np
-
     labels, names = result["labels"], result["classes"]
     predicted = result["probs"].argmax(1)
     counts = np.bincount(labels, minlength=len(names))
@@ -283,8 +280,6 @@ def _per_class(result) -> str:
 
 
 def _architecture(result, notes: list[str]) -> str | None:
-    from alexnet.summary import summarize
-
     state = result["state"]
     kwargs = dict(state.get("model_kwargs") or {})
     kwargs.pop("variant", None)

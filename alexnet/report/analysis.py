@@ -12,16 +12,20 @@ Caps keep the report of an ImageNet-sized run to minutes; every cap that bites i
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from alexnet.artifact import TrainedNet, check_classes, num_outputs, open_artifact, resolve_device
+from alexnet.checkpoint import resolve_checkpoint_path
+from alexnet.data import PackedDataset, PreparedSet
 from alexnet.errors import UserError
+from alexnet.evaluate import prepared_batches
+from alexnet.metrics import scores
+from alexnet.model import AlexNet
 
 # Images per pass at most (evenly spaced over the split, so every class of a class-ordered split shows).
 MAX_CENTRE = 10_000  # centre-crop evaluation images
@@ -99,8 +103,6 @@ def checkpoint_path(records: RunRecords, checkpoint=None) -> Path | None:
     last.pt by default: the weights the curves end with, not picked for their error on the very split
     the report evaluates (best.pt was, so its number there is optimistic).
     """
-    from alexnet.checkpoint import resolve_checkpoint_path
-
     if checkpoint is not None:
         return resolve_checkpoint_path(checkpoint)
     for name in ("last.pt", "best.pt"):
@@ -117,66 +119,12 @@ def spread(n: int, cap: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
 
 
-def _batches(dataset, indices: np.ndarray, batch_size: int, workers: int):
-    """uint8 (B, 3, S, S) images and int64 (B,) labels of dataset[indices], in order."""
-    from torch.utils.data import DataLoader, Subset
-
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=workers)
-    yield from loader
-
-
-class Net:
-    """A checkpoint's net with its preprocessing: uint8 images -> probabilities and fc7 features."""
-
-    def __init__(self, state: dict, prepared, device: torch.device):
-        from alexnet.checkpoint import model_from_checkpoint
-        from alexnet.data.augment import Stats
-        from alexnet.evaluate import checkpoint_preprocess
-
-        self.pre = checkpoint_preprocess(state, prepared.stats)
-        self.stats = Stats(self.pre["stats"]).to(device)
-        self.model: nn.Module = model_from_checkpoint(state, device)
-        self.device = device
-
-    def inputs(self, images: torch.Tensor, crops: int = 1) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> float (B, 3, crop, crop) or (B, 10, 3, crop, crop)."""
-        from alexnet.data.augment import eval_batch
-
-        return eval_batch(images.to(self.device), stats=self.stats, crop=self.pre["crop"], crops=crops,
-                          normalize=self.pre["normalize"])
-
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor, crops: int = 1) -> torch.Tensor:
-        """(B, C) softmax, averaged over the crops (paper §4.1)."""
-        from alexnet.evaluate import average_probabilities
-
-        return average_probabilities([self.model], self.inputs(images, crops))[0].float().cpu()
-
-    @torch.inference_mode()
-    def views(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 10, C) softmax of each of the paper's 10 crops; [:, 4] is the centre crop."""
-        x = self.inputs(images, 10)
-        probs = torch.softmax(self.model(x.flatten(0, 1)).float(), dim=1)
-        return probs.view(x.shape[0], x.shape[1], -1).cpu()
-
-    @torch.inference_mode()
-    def fc7(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 4096) last hidden layer (centre crop), the space of Figure 4 right."""
-        return self.model.fc7_features(self.inputs(images)).float().cpu()
-
-
-def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """n, loss (NLL), top-1 and top-5 error (fractions) of (N, C) probabilities against (N,) labels."""
-    from alexnet.evaluate import topk_correct
-
-    p, y = torch.as_tensor(probs), torch.as_tensor(labels)
-    top1, top5 = topk_correct(p, y, (1, 5))
-    nll = -torch.log(p.gather(1, y.view(-1, 1)).clamp_min(1e-12))
-    n = len(labels)
-    return {"n": n, "loss": float(nll.mean()) if n else math.nan,
-            "top1_error": 1 - float(top1.float().mean()) if n else math.nan,
-            "top5_error": 1 - float(top5.float().mean()) if n else math.nan}
+@torch.inference_mode()
+def views(net: TrainedNet, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> (B, 10, C) softmax of each of the paper's 10 crops; [:, 4] is the centre crop."""
+    x = net.inputs(images, 10)
+    probs = torch.softmax(net.model(x.flatten(0, 1)).float(), dim=1)
+    return probs.view(x.shape[0], x.shape[1], -1).cpu()
 
 
 def pick_examples(labels: np.ndarray, count: int, seed: int, exclude=()) -> list[int]:
@@ -197,23 +145,102 @@ def pick_examples(labels: np.ndarray, count: int, seed: int, exclude=()) -> list
 
 
 def _eval_json(records: RunRecords, ckpt: Path, split: str, n: int) -> dict | None:
-    """10-crop metrics from RUN/eval.json when it evaluated these very weights on the whole split."""
+    """10-crop metrics from RUN/eval.json when it evaluated these very weights alone on the whole split.
+
+    eval.json holds one evaluation result (`alexnet evaluate --out`) or a list of them (`alexnet demo`:
+    centre crop and 10 crops), each as docs/architecture.md "Evaluation result" describes."""
     path = records.root / "eval.json"
     try:
+        if path.stat().st_mtime < ckpt.stat().st_mtime:
+            return None
         doc = json.loads(path.read_text())
-        if path.stat().st_mtime < ckpt.stat().st_mtime or doc.get("split", "val") != split:
-            return None
-        if "10crop" in doc:  # written by `alexnet demo`
-            source, result = doc.get("checkpoint"), doc["10crop"]
-        elif doc.get("crops") == 10 and len(doc.get("models", [])) == 1:  # `alexnet evaluate --out`
-            source, result = doc["models"][0], doc
-        else:
-            return None
-        if not source or not os.path.samefile(source, ckpt) or int(result["n"]) != n:
-            return None
-        return {k: float(result[k]) for k in ("loss", "top1_error", "top5_error")} | {"n": n}
-    except (OSError, ValueError, KeyError, TypeError):
+        for result in doc if isinstance(doc, list) else [doc]:
+            models = result.get("models") or []
+            if (result.get("crops") == 10 and result.get("split") == split and len(models) == 1
+                    and os.path.samefile(models[0], ckpt) and int(result["n"]) == n):
+                return {k: float(result[k]) for k in ("loss", "top1_error", "top5_error")} | {"n": n}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    return None
+
+
+def _open(records: RunRecords, ckpt: Path, data: str, device, notes: list[str]):
+    """(prepared set, the checkpoint's TrainedNet, the result skeleton) with the class checks done."""
+    prepared = PreparedSet(data)
+    net = open_artifact(ckpt, device, fallback_stats=prepared.stats)
+    check_classes(net.state, prepared.class_ids, prepared.root)
+    out_features = num_outputs(net.model)
+    if out_features is not None and out_features != prepared.num_classes:
+        raise UserError(f"{ckpt}: the net has {out_features} outputs but {prepared.root} has "
+                        f"{prepared.num_classes} classes; give the prepared directory it was trained on (--data)")
+    model = net.model
+    alexnet = isinstance(model, AlexNet)
+    out = {"checkpoint": str(ckpt), "state": net.state, "data": prepared.root, "classes": prepared.class_names,
+           "split": None, "split_size": 0, "centre": None, "ten": None, "notes": notes,
+           "probs": np.zeros((0, prepared.num_classes), np.float32), "labels": np.zeros(0, np.int64),
+           "indices": np.zeros(0, np.int64), "top5": [], "queries": [], "crop": net.preprocess["crop"],
+           "normalize": net.preprocess["normalize"],
+           "conv1": model.features[0].weight.detach().float().cpu().numpy() if alexnet else None,
+           "towers": alexnet and model.variant == "paper", "alexnet": alexnet}
+    return prepared, net, out
+
+
+def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds: PackedDataset, loader, say) -> None:
+    """Centre crop (the table, Figure 4 left, the confusion matrix) and 10 crops, into `out`."""
+    split, notes = out["split"], out["notes"]
+    rows = spread(len(ds), MAX_CENTRE)
+    if len(rows) < len(ds):
+        notes.append(f"Centre-crop evaluation uses {len(rows):,} of the {len(ds):,} {split} images "
+                     "(evenly spaced), to keep the report fast.")
+    out["labels"], out["indices"] = ds.labels[rows], rows
+    if len(rows) == 0:
+        notes.append(f"The {split} split is empty: no evaluation.")
+        return
+    # 10 crops: reuse RUN/eval.json when it measured these weights; for a small split one 10-crop pass
+    # gives the centre crop too (it is crop 4 of the 10); else a centre pass and a capped 10-crop pass.
+    ten = _eval_json(records, ckpt, split, len(ds))
+    if ten is not None:
+        ten["source"] = "eval.json"
+    if ten is None and len(ds) <= MAX_TEN_CROP and len(rows) == len(ds):
+        say(f"centre crop and 10 crops over {len(rows)} {split} images")
+        all_views = torch.cat([views(net, x) for x, _ in loader(ds, rows, 10)])
+        out["probs"] = all_views[:, 4].numpy()
+        ten = scores(all_views.mean(dim=1).numpy(), out["labels"])
+    else:
+        say(f"centre crop over {len(rows)} {split} images")
+        out["probs"] = torch.cat([net.probabilities(x) for x, _ in loader(ds, rows, 1)]).numpy()
+    out["centre"] = scores(out["probs"], out["labels"])
+    if ten is None:
+        rows10 = spread(len(ds), MAX_TEN_CROP)
+        if len(rows10) < len(ds):
+            notes.append(f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "
+                         "(evenly spaced), to keep the report fast.")
+        say(f"10 crops over {len(rows10)} {split} images")
+        p10 = [net.probabilities(x, crops=10) for x, _ in loader(ds, rows10, 10)]
+        ten = scores(torch.cat(p10).numpy(), ds.labels[rows10])
+    out["ten"] = ten
+
+
+def _neighbours(out: dict, net: TrainedNet, ds: PackedDataset, train: PackedDataset, loader, say) -> None:
+    """Figure 4 right: fc7 nearest training images of a few evaluation images, into out["queries"]."""
+    rows, notes = out["indices"], out["notes"]
+    enough = len(out["labels"]) - len(out["top5"]) >= QUERY_IMAGES  # else Figure 4 left's may be reused
+    qpos = pick_examples(out["labels"], QUERY_IMAGES, seed=1, exclude=out["top5"] if enough else ())
+    qrows = rows[qpos]
+    query = torch.cat([net.features(x) for x, _ in loader(ds, qrows, 1)])
+    trows = spread(len(train), MAX_TRAIN_FEATURES)
+    if len(trows) < len(train):
+        notes.append(f"Figure 4 (right) searches {len(trows):,} of the {len(train):,} training images "
+                     "(evenly spaced), to keep the report fast.")
+    say(f"fc7 features of {len(trows)} training images")
+    dists = [torch.cdist(query.double(), net.features(x).double()) for x, _ in loader(train, trows, 1)]
+    dist = torch.cat(dists, dim=1)  # (queries, train images), Euclidean
+    k = min(NEIGHBOURS, dist.shape[1])
+    near = dist.topk(k, dim=1, largest=False)
+    for q, row in enumerate(qrows):
+        hits = [(int(trows[j]), int(train.labels[trows[j]]), float(d))
+                for d, j in zip(near.values[q].tolist(), near.indices[q].tolist())]
+        out["queries"].append((int(row), int(ds.labels[row]), hits))
 
 
 def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_size: int = 64,
@@ -226,33 +253,14 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     probs], "queries" [(split row, label, [(train row, label, distance)])], "images" (callable
     (split, row) -> uint8 HWC), "notes" [str]}.
     """
-    from alexnet.checkpoint import load_checkpoint
-    from alexnet.data import PackedDataset, PreparedSet
-    from alexnet.evaluate import check_classes, default_device
-    from alexnet.model import AlexNet
-
-    prepared = PreparedSet(data)
-    state = load_checkpoint(ckpt)
-    check_classes(state, prepared.class_ids, prepared.root)
-    device = torch.device(device) if device is not None else default_device()
-    net = Net(state, prepared, device)
-    del state["model"]
-    linears = [m for m in net.model.modules() if isinstance(m, nn.Linear)]
-    if linears and linears[-1].out_features != prepared.num_classes:
-        raise UserError(f"{ckpt}: the net has {linears[-1].out_features} outputs but {prepared.root} has "
-                        f"{prepared.num_classes} classes; give the prepared directory it was trained on (--data)")
-    workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     notes: list[str] = []
-    out = {"checkpoint": str(ckpt), "state": state, "data": prepared.root, "classes": prepared.class_names,
-           "split": None, "split_size": 0, "centre": None, "ten": None, "notes": notes,
-           "probs": np.zeros((0, prepared.num_classes), np.float32), "labels": np.zeros(0, np.int64),
-           "indices": np.zeros(0, np.int64), "top5": [], "queries": [], "crop": net.pre["crop"],
-           "normalize": net.pre["normalize"]}
+    prepared, net, out = _open(records, ckpt, data, resolve_device(device), notes)
+    workers = 0 if net.device.type == "cpu" else min(8, os.cpu_count() or 1)
 
-    model = net.model
-    alexnet = isinstance(model, AlexNet)
-    out["conv1"] = model.features[0].weight.detach().float().cpu().numpy() if alexnet else None
-    out["towers"] = alexnet and model.variant == "paper"
+    def loader(dataset, rows, crops: int):  # 10 crops: a tenth of the images per batch
+        size = batch_size if crops == 1 else max(1, batch_size // 10)
+        return prepared_batches(dataset, rows, batch_size=size, workers=workers)
+
     datasets: dict[str, PackedDataset] = {}
 
     def dataset(split: str) -> PackedDataset:
@@ -261,7 +269,6 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
         return datasets[split]
 
     out["images"] = lambda split, row: dataset(split).image(int(row)).permute(1, 2, 0).numpy()
-
     split = next((s for s in ("val", "test") if s in prepared.splits), None)
     if split is None:
         notes.append(f"{prepared.root} has no val (or test) split: no evaluation, Figure 4 or confusion matrix.")
@@ -269,66 +276,16 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     out["split"], out["split_size"] = split, prepared.split_size(split)
     if split != "val":
         notes.append(f"No val split: the {split} split is evaluated instead.")
-    ds = dataset(split)
-
-    # Centre crop: probabilities for the table, Figure 4 left and the confusion matrix.
-    rows = spread(len(ds), MAX_CENTRE)
-    if len(rows) < len(ds):
-        notes.append(f"Centre-crop evaluation uses {len(rows):,} of the {len(ds):,} {split} images "
-                     "(evenly spaced), to keep the report fast.")
-    out["labels"], out["indices"] = ds.labels[rows], rows
-    if len(rows) == 0:
-        notes.append(f"The {split} split is empty: no evaluation.")
+    _evaluation(out, net, records, ckpt, dataset(split), loader, say)
+    if out["centre"] is None:
         return out
-    # 10 crops: reuse RUN/eval.json when it measured these weights; for a small split one 10-crop pass
-    # gives the centre crop too (it is crop 4 of the 10); else a centre pass and a capped 10-crop pass.
-    ten = _eval_json(records, ckpt, split, len(ds))
-    if ten is not None:
-        ten["source"] = "eval.json"
-    if ten is None and len(ds) <= MAX_TEN_CROP and len(rows) == len(ds):
-        say(f"centre crop and 10 crops over {len(rows)} {split} images")
-        views = torch.cat([net.views(x) for x, _ in _batches(ds, rows, max(1, batch_size // 10), workers)])
-        out["probs"] = views[:, 4].numpy()
-        ten = metrics(views.mean(dim=1).numpy(), out["labels"])
-    else:
-        say(f"centre crop over {len(rows)} {split} images")
-        out["probs"] = torch.cat([net.probabilities(x) for x, _ in _batches(ds, rows, batch_size, workers)]).numpy()
-    out["centre"] = metrics(out["probs"], out["labels"])
-    if ten is None:
-        rows10 = spread(len(ds), MAX_TEN_CROP)
-        if len(rows10) < len(ds):
-            notes.append(f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "
-                         "(evenly spaced), to keep the report fast.")
-        say(f"10 crops over {len(rows10)} {split} images")
-        p10 = [net.probabilities(x, crops=10) for x, _ in _batches(ds, rows10, max(1, batch_size // 10), workers)]
-        ten = metrics(torch.cat(p10).numpy(), ds.labels[rows10])
-    out["ten"] = ten
-
     # Figure 4: examples from different classes; the retrieval queries are other images.
     out["top5"] = pick_examples(out["labels"], TOP5_IMAGES, seed=0)
-    if not alexnet:
+    if not out["alexnet"]:
         notes.append(f"Figure 4 (right) needs fc7 features, which only AlexNet nets have "
-                     f"(this is {state['model_name']}).")
-        return out
-    if "train" not in prepared.splits or prepared.split_size("train") == 0:
+                     f"(this is {net.state['model_name']}).")
+    elif "train" not in prepared.splits or prepared.split_size("train") == 0:
         notes.append("No training split in the prepared directory: Figure 4 (right) is skipped.")
-        return out
-    enough = len(out["labels"]) - len(out["top5"]) >= QUERY_IMAGES  # else Figure 4 left's may be reused
-    qpos = pick_examples(out["labels"], QUERY_IMAGES, seed=1, exclude=out["top5"] if enough else ())
-    qrows = rows[qpos]
-    query = torch.cat([net.fc7(x) for x, _ in _batches(ds, qrows, batch_size, workers)])
-    train = dataset("train")
-    trows = spread(len(train), MAX_TRAIN_FEATURES)
-    if len(trows) < len(train):
-        notes.append(f"Figure 4 (right) searches {len(trows):,} of the {len(train):,} training images "
-                     "(evenly spaced), to keep the report fast.")
-    say(f"fc7 features of {len(trows)} training images")
-    dists = [torch.cdist(query.double(), net.fc7(x).double()) for x, _ in _batches(train, trows, batch_size, workers)]
-    dist = torch.cat(dists, dim=1)  # (queries, train images), Euclidean
-    k = min(NEIGHBOURS, dist.shape[1])
-    near = dist.topk(k, dim=1, largest=False)
-    for q, row in enumerate(qrows):
-        hits = [(int(trows[j]), int(train.labels[trows[j]]), float(d))
-                for d, j in zip(near.values[q].tolist(), near.indices[q].tolist())]
-        out["queries"].append((int(row), int(ds.labels[row]), hits))
+    else:
+        _neighbours(out, net, dataset(split), dataset("train"), loader, say)
     return out

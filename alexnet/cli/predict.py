@@ -1,0 +1,52 @@
+"""`alexnet predict`: top-k classes with names and probabilities for image files or folders."""
+
+from __future__ import annotations
+
+import sys
+
+from alexnet.cli import add_parser, print_json
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "predict", "top-k classes with names and probabilities for image files or folders",
+        description=(
+            "Any image Pillow reads (JPEG, PNG, grayscale, CMYK, RGBA, palette, EXIF-rotated) gets the\n"
+            "net's own preprocessing: shorter side 256 and the central 256x256 (torchvision's Resize +\n"
+            "CenterCrop, pixel for pixel; Caffe imports: the whole image warped to 256x256), then the\n"
+            "checkpoint's crop and normalisation. A folder means every image file in it. A bad input is\n"
+            "reported as 'PATH: reason' on stderr and the others are still predicted; the exit status\n"
+            "is 1 if any failed."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory or exported .safetensors")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    p.add_argument("--crops", type=int, default=1, choices=(1, 10), help="1 = centre crop, 10 = the paper's")
+    p.add_argument("--recursive", action="store_true", help="also take images in subfolders of a folder")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"path", "predictions": [{"class", "name", "index", "prob"}]} or '
+                        '{"path", "error"}; index: the class\'s output unit (0-based)')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
+    from alexnet.artifact import load_model_state
+    from alexnet.predict import Predictor, format_prediction
+
+    predictor = Predictor(load_model_state(args.checkpoint), crops=args.crops, device=args.device)
+    entries, failed = [], 0
+    for entry in predictor.predict(args.inputs, topk=args.topk, batch_size=args.batch_size, recursive=args.recursive):
+        failed += "error" in entry
+        if "error" in entry:
+            print(f"{entry['path']}: {entry['error']}", file=sys.stderr)
+        if args.json:
+            entries.append(entry)
+        elif "error" not in entry:
+            print(format_prediction(entry), flush=True)
+    if args.json:
+        print_json(entries)
+    return 1 if failed else 0

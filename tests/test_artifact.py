@@ -1,0 +1,236 @@
+"""The trained-net layer: every source opens to the same net, every image form to the same input,
+torchvision's preset pixel for pixel, and Caffe's preprocessing against a hand-written numpy version."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.artifact import caffe_batch, open_artifact, prepare_image
+from alexnet.checkpoint import save_checkpoint
+from alexnet.errors import UserError
+from alexnet.export import TORCHVISION_MEAN, TORCHVISION_STD, export_safetensors
+from alexnet.model import AlexNet
+
+IDS, NAMES = ["a", "b", "c"], ["apple", "bus", "cloud"]
+CAFFE_MEAN = [104.0, 117.0, 123.0]
+
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """Smooth colours plus fine noise: a wrong offset, filter or size changes pixels."""
+    rng = np.random.default_rng(seed)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC))
+    noise = rng.integers(-20, 21, (h, w, 3))
+    return Image.fromarray(np.clip(smooth.astype(np.int64) + noise, 0, 255).astype(np.uint8))
+
+
+def _state(**overrides) -> dict:
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=3, init="kaiming")
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(0.05)  # moderate logits
+    rng = np.random.default_rng(0)
+    state = {"model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3},
+             "classes": {"ids": IDS, "names": NAMES},
+             "stats": {"mean_image": torch.from_numpy(rng.uniform(80, 160, (256, 256, 3)).astype(np.float32)),
+                       "channel_mean": [0.5, 0.45, 0.4], "channel_std": [0.25, 0.24, 0.26]},
+             "preprocess": {"crop": 227, "normalize": "mean_image"}, "config": {}}
+    state.update(overrides)
+    return state
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """(state, checkpoint path, run directory) of one small paper net."""
+    root = tmp_path_factory.mktemp("artifact")
+    state = _state()
+    save_checkpoint(root / "net.pt", state)
+    save_checkpoint(root / "run" / "checkpoints" / "best.pt", state)
+    return state, root / "net.pt", root / "run"
+
+
+@pytest.fixture(scope="module")
+def torchvision_net():
+    """A torchvision AlexNet (random weights) imported the way `alexnet import-torchvision` does."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(1)
+    tv = torchvision.models.alexnet(weights=None, num_classes=3).eval()
+    state = {"model": tv.state_dict(), "model_name": "alexnet_torchvision", "model_kwargs": {"num_classes": 3},
+             "classes": {"ids": IDS, "names": NAMES},
+             "stats": {"channel_mean": list(TORCHVISION_MEAN), "channel_std": list(TORCHVISION_STD)},
+             "preprocess": {"crop": 224, "normalize": "channel"}}
+    return open_artifact(state, "cpu"), tv
+
+
+# ---------------------------------------------------------------- one net from every source
+
+
+def test_every_source_opens_to_the_same_net(paper, tmp_path):
+    state, path, run = paper
+    export_safetensors(dict(state, path=str(path)), str(tmp_path / "net.safetensors"))
+    image = _photo(300, 260)
+    nets = [open_artifact(src, "cpu") for src in (state, str(path), run, tmp_path / "net.safetensors")]
+    want = nets[0].probabilities(image)
+    assert want.shape == (1, 3) and float(want.sum()) == pytest.approx(1, abs=1e-5)
+    for net in nets:
+        assert (net.class_ids, net.class_names) == (IDS, NAMES)
+        assert net.preprocess["crop"] == 227 and net.preprocess["size"] == 256
+        assert net.preprocess["resize"] == "shorter" and not net.model.training
+        assert net.device == torch.device("cpu") and "model" not in net.state
+        torch.testing.assert_close(net.probabilities(image), want, rtol=1e-5, atol=1e-7)
+    assert nets[2].path.endswith("best.pt")
+
+
+def test_every_image_form_gives_the_same_input(paper, tmp_path):
+    net = open_artifact(paper[0], "cpu")
+    image = _photo(320, 240, seed=2)
+    image.save(tmp_path / "x.png")
+    pixels = np.array(image)
+    forms = [str(tmp_path / "x.png"), tmp_path / "x.png", image, pixels, torch.from_numpy(pixels).permute(2, 0, 1),
+             torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, [image]]
+    want = net.inputs(image)
+    assert want.shape == (1, 3, 227, 227)
+    for form in forms:
+        torch.testing.assert_close(net.inputs(form), want, rtol=0, atol=1e-4)
+    # a prepared uint8 batch (N, 3, 256, 256) skips the resize: the paper's centre crop minus the mean
+    prepared = net.prepared([image, image])
+    assert prepared.dtype == torch.uint8 and prepared.shape == (2, 3, 256, 256)
+    mean = paper[0]["stats"]["mean_image"].permute(2, 0, 1)
+    hand = (prepared[0].float() - mean)[:, 14:241, 14:241]
+    torch.testing.assert_close(net.inputs(prepared)[1], hand)
+    ten = net.inputs(prepared, crops=10)
+    assert ten.shape == (2, 10, 3, 227, 227)
+    torch.testing.assert_close(ten[:, 4], net.inputs(prepared))  # crop 4 of 10 is the centre
+    torch.testing.assert_close(ten[:, 9], net.inputs(prepared).flip(-1))  # and 9 its mirror
+
+
+def test_predict_and_features_against_the_model(paper):
+    net = open_artifact(paper[0], "cpu")
+    images = [_photo(300, 260, seed=s) for s in range(3)]
+    x = net.inputs(images)
+    with torch.no_grad():
+        probs = torch.softmax(net.model(x), 1)
+        fc7 = net.model.fc7_features(x)
+    out = net.predict(images, topk=2)
+    assert len(out) == 3 and set(out[0]) == {"class_ids", "class_names", "probabilities", "indices"}
+    for entry, p in zip(out, probs):
+        top = p.topk(2)
+        assert entry["indices"] == top.indices.tolist()
+        assert entry["probabilities"] == pytest.approx(top.values.tolist(), rel=1e-5)
+        assert entry["class_names"] == [NAMES[i] for i in entry["indices"]]
+        assert entry["class_ids"] == [IDS[i] for i in entry["indices"]]
+    feats = net.features(images)
+    assert feats.shape == (3, 4096) and (feats >= 0).all()
+    torch.testing.assert_close(feats, fc7, rtol=1e-5, atol=1e-5)
+    ten = net.features(images, crops=10)
+    with torch.no_grad():
+        want = net.model.fc7_features(net.inputs(images, 10).flatten(0, 1)).view(3, 10, -1).mean(1)
+    torch.testing.assert_close(ten, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_one_line_errors(paper, tmp_path):
+    net = open_artifact(paper[0], "cpu")
+    (tmp_path / "junk.jpg").write_text("not an image")
+    for bad, words in ((str(tmp_path / "junk.jpg"), "not an image"), (np.zeros((4, 4)), "uint8 (H, W, 3)"),
+                       (42, "not an image"), ([], "no images")):
+        with pytest.raises(UserError, match=re.escape(words)) as err:
+            net.inputs(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="lacks the statistics"):
+        open_artifact(_state(stats={"channel_mean": [0.5] * 3}), "cpu")
+    with pytest.raises(UserError, match="unknown normalisation"):
+        open_artifact(_state(preprocess={"crop": 227, "normalize": "zca"}), "cpu")
+    with pytest.raises(UserError, match="--device 'tpu'"):
+        open_artifact(paper[0], "tpu")
+
+
+# ---------------------------------------------------------------- torchvision's preset, pixel for pixel
+
+
+SIZES = ([(w, 256) for w in range(257, 701, 37)] + [(256, h) for h in range(257, 701, 41)]
+         + [(300, 500), (333, 517), (517, 333), (640, 480), (225, 300), (1000, 257)])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_torchvision_preset_pixel_for_pixel(torchvision_net, size):
+    import torchvision.transforms as T
+
+    net, _ = torchvision_net
+    image = _photo(*size, seed=size[0] + 7 * size[1])
+    want = np.asarray(T.CenterCrop(224)(T.Resize(256)(image)))  # (224, 224, 3) uint8
+    got = net.prepare(image)[:, 16:240, 16:240].permute(1, 2, 0).numpy()  # the centre 224 of the 256
+    np.testing.assert_array_equal(got, want)
+    preset = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)])
+    torch.testing.assert_close(net.inputs(image)[0], preset(image), rtol=0, atol=1e-5)
+
+
+def test_torchvision_preset_on_a_large_jpeg_file(torchvision_net, tmp_path):
+    """A 1024 x 768 JPEG from disk: decoded fully (no draft mode), so the pixels are torchvision's."""
+    import torchvision.transforms as T
+
+    net, tv = torchvision_net
+    path = tmp_path / "big.jpg"
+    _photo(1024, 768, seed=5).save(path, quality=90)
+    decoded = Image.open(path).convert("RGB")
+    want = np.asarray(T.CenterCrop(224)(T.Resize(256)(decoded)))
+    got = net.prepare(str(path))[:, 16:240, 16:240].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, want)
+    preset = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)])
+    x = preset(decoded)[None]
+    torch.testing.assert_close(net.inputs(str(path)), x, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        want_p = torch.softmax(tv(x), 1)
+    torch.testing.assert_close(net.probabilities(str(path)), want_p, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Caffe's preprocessing
+
+
+def _caffe_numpy(image: Image.Image, mean: np.ndarray, *, size: int = 256, crop: int = 227, ten: bool = False):
+    """Caffe's test-time preprocessing by hand: warp to size x size, 0-255, BGR, minus the BGR mean
+    (per channel (3,) or an (S, S, 3) image), centre crop or the 10 crops; (n, 3, crop, crop)."""
+    a = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), np.float32)
+    bgr = a[:, :, ::-1] - mean
+    e, c = size - crop, (size - crop) // 2
+    corners = [(0, 0), (0, e), (e, 0), (e, e), (c, c)] if ten else [(c, c)]
+    views = [bgr[y:y + crop, x:x + crop].transpose(2, 0, 1) for y, x in corners]
+    if ten:
+        views += [v[:, :, ::-1] for v in views]
+    return np.stack(views)
+
+
+@pytest.mark.parametrize("ten", [False, True])
+@pytest.mark.parametrize("mean_kind", ["channel", "image"])
+def test_caffe_preprocessing_matches_numpy(ten, mean_kind):
+    rng = np.random.default_rng(3)
+    if mean_kind == "channel":
+        stats, mean = {"caffe_mean_bgr": CAFFE_MEAN}, np.asarray(CAFFE_MEAN, np.float32)
+    else:
+        mean = rng.uniform(90, 130, (256, 256, 3)).astype(np.float32)
+        stats = {"mean_image_bgr": mean}
+    net = open_artifact(_state(stats=stats, preprocess={"crop": 227, "normalize": "caffe", "resize": "warp",
+                                                        "size": 256}), "cpu")
+    for size in ((320, 240), (200, 300), (256, 256)):
+        image = _photo(*size, seed=size[0])
+        want = _caffe_numpy(image, mean, ten=ten)
+        got = net.inputs(image, crops=10 if ten else 1)[0]
+        got = got if ten else got[None]
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-4)
+    # the batched op on its own: a mean image larger than the images is centre-cropped to them
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8))
+    big = torch.from_numpy(rng.uniform(0, 255, (3, 10, 10)).astype(np.float32))
+    got = caffe_batch(x, mean_bgr=big, crop=6)
+    want = (x.flip(1).float() - big[:, 1:9, 1:9])[:, :, 1:7, 1:7]
+    torch.testing.assert_close(got, want)
+
+
+def test_prepare_image_warp_and_shorter():
+    image = _photo(400, 200, seed=9)
+    warped = prepare_image(image, 64, "warp").permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(warped, np.asarray(image.resize((64, 64), Image.BILINEAR)))
+    shorter = prepare_image(image, 64, "shorter").permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(shorter, np.asarray(image.resize((128, 64), Image.BILINEAR))[:, 32:96])
