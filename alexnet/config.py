@@ -14,7 +14,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from alexnet.errors import UserError
 
@@ -23,29 +23,44 @@ T = TypeVar("T")
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
     """Build `cls()` (defaults), then apply the TOML file at `path`, then the overrides in order."""
-    values: dict[str, dict[str, Any]] = {}
+    config = from_dict(cls, {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such config file")
-        try:
-            values = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid TOML: {exc}") from None
-    config = from_dict(cls, values, source=str(path) if path else "config")
+        config = apply_file(config, path)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: T, overrides) -> T:
+    """Apply `section.key=value` strings in order, checking the sections once all are applied (so
+    that `--set model.name=resnet18 --set model.init=null` may pass through a mixed state)."""
     for item in overrides:
-        config = apply_override(config, item)
-    return config
+        config = apply_override(config, item, check=False)
+    return _validated(config, "--set") if overrides else config
+
+
+def apply_file(config: T, path: str | Path) -> T:
+    """Apply the keys of a TOML file to `config` (the keys it does not name keep their values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    return merge(config, values, source=str(path))
 
 
 def from_dict(cls: type[T], values: dict, *, source: str = "config") -> T:
     """Build a config from nested dicts (a TOML file, or a config saved with a run)."""
-    sections = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    return merge(cls(), values, source=source)
+
+
+def merge(config: T, values: dict, *, source: str = "config") -> T:
+    """`config` with the keys of nested dicts {section: {key: value}} replaced, checked by type."""
+    sections = {f.name: f for f in dataclasses.fields(config)}
     for name, section_values in values.items():
         if name not in sections:
             raise UserError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
-        section_cls = _resolve(cls, sections[name])
+        section_cls = _resolve(type(config), sections[name])
         if not isinstance(section_values, dict):
             raise UserError(f"{source}: [{name}] must be a table of keys")
         fields = {f.name: f for f in dataclasses.fields(section_cls)}
@@ -55,12 +70,14 @@ def from_dict(cls: type[T], values: dict, *, source: str = "config") -> T:
                 raise UserError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: "
                                 f"{', '.join(fields)}")
             section_kwargs[key] = _coerce(value, _resolve(section_cls, fields[key]), f"{name}.{key}", source)
-        kwargs[name] = section_cls(**section_kwargs)
-    return _validated(cls(**kwargs), source)
+        section = dataclasses.replace(getattr(config, name), **section_kwargs)
+        config = dataclasses.replace(config, **{name: section})
+    return _validated(config, source)
 
 
-def apply_override(config: T, item: str) -> T:
-    """Apply one `section.key=value` string (value parsed by the field's type)."""
+def apply_override(config: T, item: str, *, check: bool = True) -> T:
+    """Apply one `section.key=value` string (value parsed by the field's type); check=False leaves
+    the sections' own checks (validate) to the caller."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=0.005")
     dotted, raw = item.split("=", 1)
@@ -75,8 +92,8 @@ def apply_override(config: T, item: str) -> T:
         raise UserError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: "
                         f"{', '.join(fields)}")
     value = _coerce(_parse_literal(raw.strip()), _resolve(type(section), fields[key]), dotted, "--set")
-    section = dataclasses.replace(section, **{key: value})
-    return _validated(dataclasses.replace(config, **{section_name: section}), "--set")
+    config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{key: value})})
+    return _validated(config, "--set") if check else config
 
 
 def to_dict(config) -> dict:

@@ -1,18 +1,21 @@
 """Training: the paper's recipe (§5) as config dataclasses, and the loop that runs it.
 
 `train(data, out, config)` trains a registered model on a prepared set and writes a run directory
-(docs/architecture.md): config.json/.toml, env.json, log.jsonl, checkpoints/last.pt and best.pt.
-It resumes exactly (`resume=True`): a checkpoint records the position inside the epoch and every RNG
-state, and batches depend only on (seed, epoch, index), so a killed and resumed run ends with the
-same weights as an uninterrupted one. Under torchrun it trains with DDP (alexnet/distributed.py);
-`data.batch_size` is the global batch, split evenly over the processes; lr is not rescaled.
+(alexnet/rundir.py, docs/architecture.md): config.json/.toml, env.json, log.jsonl, checkpoints/last.pt
+and best.pt. It resumes exactly (`resume=True`): a checkpoint records the position inside the epoch,
+the meters and every RNG state, and batches depend only on (seed, epoch, index), so a run killed at
+any moment and resumed ends with the same weights, optimizer state and log as an uninterrupted one.
+Under torchrun it trains with DDP (alexnet/distributed.py); `data.batch_size` is the global batch,
+split evenly over the processes; lr is not rescaled.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import functools
 import math
-import sys
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +23,19 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
 from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
+from alexnet.data import PreparedSet, make_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import UserError
-from alexnet.evaluate import evaluate, topk_correct
-from alexnet.model import INITS, MODEL_NAMES, build_model, is_alexnet
+from alexnet.evaluate import evaluate
+from alexnet.io import read_json
+from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
+from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer
-from alexnet import runstate
+from alexnet.rundir import RunDir, kill_point
 
 # ------------------------------------------------------------------------------------------------
 # Config: one dataclass per concern; every default is the paper's recipe unless it says otherwise
@@ -44,22 +51,54 @@ class ModelConfig:
     init: str | None = None
     dropout: float = 0.5  # AlexNet nets only: drop probability of the fc6/fc7 outputs (§4.2); 0 = off
     lrn: bool | None = None  # AlexNet nets only: LRN after ReLU 1 and 2 (§3.3); unset: the variant's default
+    pool: str | None = None  # AlexNet nets only: "overlapping" (3/2, §3.4) or "non-overlapping" (2/2); unset: 3/2
+    activation: str | None = None  # AlexNet nets only: "relu" (§3.1) or "tanh" (saturating); unset: relu
+    # AlexNet nets with LRN: "layer" = the window over all the layer's kernels (the paper's formula, §3.3);
+    # "tower" = each tower's half of the channels on its own (what a net split over two GPUs computes). Unset: layer
+    lrn_scope: str | None = None
+
+    def options(self) -> dict:
+        """The builder options this section sets (unset ones are left to the model's defaults)."""
+        out = {"dropout": self.dropout} if self.name.startswith("alexnet") else {}
+        for key in ("init", "lrn", "pool", "activation", "lrn_scope"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     def validate(self):
-        if self.name not in MODEL_NAMES:
-            raise ValueError(f"name {self.name!r} is not a registered model; choose one of: {', '.join(MODEL_NAMES)}")
-        if self.init is not None and self.init not in INITS:
-            raise ValueError(f"init {self.init!r} is not valid; choose one of: {', '.join(INITS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
+        # The model's own constructor is the one check of its options (it raises UserError).
+        try:
+            _check_model(self.name, tuple(sorted(self.options().items())))
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class _SkipInit(TorchFunctionMode):
+    """Makes torch.nn.init's functions no-ops: building a net only to check its options draws nothing."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else next(iter((kwargs or {}).values()))
+        return func(*args, **(kwargs or {}))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model(name: str, options: tuple) -> None:
+    """Build the model on the meta device (no memory, no weights drawn): its errors name the bad option."""
+    if name in MODEL_NAMES and not options:
+        return  # a registered model with its own defaults: nothing to check
+    with torch.device("meta"), _SkipInit():
+        build_model(name, num_classes=2, **dict(options))
 
 
 @dataclass
 class DataConfig:
     batch_size: int = 128  # images per step over ALL processes (§5); each of W processes takes batch_size / W
     crop: int = 227  # training crop and model input in pixels (§1: 227 makes the arithmetic work; 224 also)
-    pca: Literal["paper", "convnet2", "off"] = "paper"  # PCA colour noise (§4.1): paper = on [0, 1]; convnet2 = sqrt(lambda) on 0-255
-    normalize: Literal["mean_image", "channel"] = "mean_image"  # mean_image: 0-255 minus the mean image (§2); channel: [0,1], per-channel mean/std
+    # PCA colour noise (§4.1): paper = on [0, 1]; convnet2 = sqrt(lambda) on 0-255
+    pca: Literal["paper", "convnet2", "off"] = "paper"
+    # mean_image: 0-255 minus the mean image (§2); channel: [0,1], per-channel mean/std
+    normalize: Literal["mean_image", "channel"] = "mean_image"
     flip: bool = True  # random horizontal reflections (§4.1)
     workers: int | None = None  # loader worker processes per process; unset: min(cores, 8); 0 = in the main process
     eval_batch_size: int | None = None  # validation images per step over all processes; unset: batch_size
@@ -89,7 +128,7 @@ class ScheduleConfig:
     factor: float = 0.1  # lr multiplier at a drop ("divided by 10", §5)
     patience: int = 3  # plateau: epochs without a lower val top-1 error before a drop (short enough for small runs)
     max_drops: int = 3  # plateau: at most this many drops ("reduced three times", §5)
-    milestones: list[int] = field(default_factory=list)  # step: epochs (1-based) at whose START lr is multiplied by factor
+    milestones: list[int] = field(default_factory=list)  # step: epochs (1-based) at whose START lr is times factor
     warmup_epochs: float = 0.0  # linear warm-up from lr/steps to lr over this many epochs (not in the paper)
     min_lr: float = 0.0  # cosine: final lr
 
@@ -134,42 +173,29 @@ class TrainConfig:
 
 
 def resolve_config(out, config_file=None, overrides=(), resume: bool = False) -> TrainConfig:
-    """Defaults <- TOML file <- --set overrides; on resume the run's saved config <- --set overrides."""
-    if not resume:
+    """Defaults <- TOML file <- --set overrides. Resuming a run that has a checkpoint: its saved
+    config <- TOML file <- --set overrides (a job script can pass the same arguments every time)."""
+    run = Path(out)
+    if not (resume and (run / "checkpoints" / "last.pt").is_file()):
         return cfg.load_config(TrainConfig, config_file, overrides)
-    if config_file is not None:
-        raise UserError("--config cannot be combined with --resume: the run's own config.json is used; "
-                        "change single keys with --set")
-    saved = Path(out) / "config.json"
+    saved = run / "config.json"
     if not saved.is_file():
         raise UserError(f"{saved}: missing; --resume needs a run directory written by `alexnet train`")
-    config = cfg.from_dict(TrainConfig, runstate.read_json(saved), source=str(saved))
-    for item in overrides:
-        config = cfg.apply_override(config, item)
-    return config
+    config = cfg.from_dict(TrainConfig, read_json(saved), source=str(saved))
+    if config_file is not None:
+        config = cfg.apply_file(config, config_file)
+    return cfg.apply_overrides(config, overrides)
 
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite; the run stopped without saving the bad weights."""
 
 
-# ------------------------------------------------------------------------------------------------
-# Pieces of the loop
-# ------------------------------------------------------------------------------------------------
-
-
 def model_kwargs(config: TrainConfig, num_classes: int) -> dict:
     """What build_model needs for this run (stored in every checkpoint)."""
-    m = config.model
-    if not m.name.startswith("alexnet"):
-        if m.init is not None or m.lrn is not None:
-            raise UserError(f"model.init and model.lrn apply to the AlexNet models only, not {m.name}")
-        return {"num_classes": num_classes}
-    kwargs = {"num_classes": num_classes, "input_size": config.data.crop, "dropout": m.dropout}
-    if m.init is not None:
-        kwargs["init"] = m.init
-    if m.lrn is not None:
-        kwargs["lrn"] = m.lrn
+    kwargs = {"num_classes": num_classes, **config.model.options()}
+    if config.model.name.startswith("alexnet"):
+        kwargs["input_size"] = config.data.crop
     return kwargs
 
 
@@ -189,26 +215,380 @@ def train_step(model, optimizer, images, labels, *, autocast_dtype=None, channel
     return loss.detach(), logits.detach()
 
 
-def _prepare_model(config: TrainConfig, num_classes: int, info: Dist):
+# ------------------------------------------------------------------------------------------------
+# What one run holds, and how it is saved and resumed
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loop:
+    """Everything a run holds. `extra_states`: more objects with state_dict()/load_state_dict() to
+    save in every checkpoint under their key (e.g. a GradScaler), restored on resume when present."""
+
+    config: TrainConfig
+    info: Dist
+    data: PreparedSet
+    run: RunDir
+    train_loader: object
+    val_loader: object | None
+    raw: torch.nn.Module  # the plain model (what checkpoints store)
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    meta: dict  # the checkpoint keys that do not change during the run (model options, classes, config)
+    printer: Printer
+    state: LoopState = field(default_factory=LoopState)
+    extra_states: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None  # what trains: compiled and/or DDP-wrapped raw
+    evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
+    compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
+    interrupted: bool = False  # Ctrl-C: stop after this step, save, exit
+    tb: object | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def max_steps(self) -> float:
+        return self.config.train.max_steps if self.config.train.max_steps is not None else math.inf
+
+    @property
+    def amp(self):
+        return torch.bfloat16 if self.config.train.amp == "bf16" else None
+
+    def step(self, images, labels):
+        """One training step (train_step) of the model to train; see compiled_first_step."""
+        if self.compile_pending:
+            return compiled_first_step(self, images, labels)
+        return train_step(self.model, self.optimizer, images, labels, autocast_dtype=self.amp,
+                          channels_last=self.config.train.channels_last)
+
+
+def checkpoint_payload(loop: Loop, rng: dict) -> dict:
+    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds."""
+    return {**loop.meta, "model": unwrap(loop.raw).state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.schedule.state_dict(), "rng": rng, **loop.state.state_dict(),
+            **{key: obj.state_dict() for key, obj in loop.extra_states.items()}}
+
+
+def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
+    """Write last.pt (and best.pt) from rank 0. collective=False: a save the other ranks do not join."""
+    rng = gather_rng(loop.info, collective)
+    if loop.info.main:
+        loop.run.save(checkpoint_payload(loop, rng), best=best)
+    if collective:
+        barrier(loop.info)
+
+
+def restore(loop: Loop) -> None:
+    """Load last.pt into the model, optimizer, schedule, loop state and RNGs; cut the log back to it."""
+    ckpt = load_checkpoint(loop.run.last)
+    config = loop.config
+    try:
+        loop.raw.load_state_dict(clean_state_dict(ckpt["model"]))
+        saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
+        if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
+            raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
+        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        loop.schedule.load_state_dict(ckpt["scheduler"])
+        for key, obj in loop.extra_states.items():
+            if key in ckpt:
+                obj.load_state_dict(ckpt[key])
+        loop.state.load_state_dict(ckpt)
+        set_rng(ckpt["rng"], loop.info.rank, loop.info.device)
+    except KeyError as exc:
+        raise UserError(f"{loop.run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
+                        "the last.pt that `alexnet train` wrote; start a new run instead") from None
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"{loop.run.last}: does not fit this run's model or optimizer "
+                        f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
+                        "optim.name; start a new run for those") from None
+    loop.run.trim_log(loop.state.step)
+    loop.run.write_config(config)  # --set overrides given with --resume
+
+
+def check_finite(loop: Loop) -> None:
+    """Raise NonFiniteLoss if any rank's loss was NaN or infinite since the start (a collective)."""
+    state = loop.state
+    if state.nonfinite is None:
+        return
+    if all_reduce_sum(state.nonfinite.clone(), loop.info).item() > 0:
+        raise NonFiniteLoss(
+            f"step {state.step}: the training loss became NaN or infinite, so training stopped; "
+            f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint. Lower the learning "
+            f"rate (optim.lr is {loop.config.optim.lr:g}) or use --set model.init=kaiming.")
+
+
+def log_record(loop: Loop, record: dict) -> None:
+    """A record to log.jsonl, the progress output and TensorBoard."""
+    loop.run.log(record)
+    if record["kind"] == "step":
+        loop.printer.step(record)
+    elif record["kind"] == "epoch":
+        loop.printer.epoch_record(record)
+    if loop.tb is not None:
+        loop.tb.add_scalars_from(record)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building a run
+# ------------------------------------------------------------------------------------------------
+
+
+def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, progress: str) -> Loop:
+    """Data, run directory, model, optimizer and schedule of a run (nothing resumed or written yet)."""
+    ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
+    if config.data.crop > ps.size:
+        raise UserError(f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
+                        f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more")
+    if config.data.batch_size % info.world:
+        raise UserError(f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
+                        "processes; the global batch is split evenly")
+    train_loader, val_loader = _loaders(ps, config, info)
+    if len(train_loader) == 0:
+        raise UserError(f"{ps.root}: the training split is empty")
+    run = RunDir(out, info, resume=resume)
     torch.manual_seed(config.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-    kwargs = model_kwargs(config, num_classes)
+    kwargs = model_kwargs(config, ps.num_classes)
     raw = build_model(config.model.name, **kwargs).to(info.device)
-    if is_alexnet(raw):
-        kwargs = dict(raw.config)  # the full set of the variant's options
+    kwargs = dict(getattr(raw, "config", kwargs))  # AlexNets: the full set of the variant's options
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
-    return raw, kwargs
+    o, sc = config.optim, config.schedule
+    optimizer = build_optimizer(o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    schedule = Schedule(sc.name, o.lr, epochs=config.train.epochs, steps_per_epoch=len(train_loader),
+                        factor=sc.factor, patience=sc.patience, max_drops=sc.max_drops,
+                        milestones=[m - 1 for m in sc.milestones], warmup_epochs=sc.warmup_epochs, min_lr=sc.min_lr)
+    meta = {"model_name": config.model.name, "model_kwargs": kwargs,
+            "classes": {"ids": list(ps.class_ids), "names": list(ps.class_names)},
+            "stats": {k: v.tolist() for k, v in ps.stats.items()},
+            "preprocess": {"crop": config.data.crop, "normalize": config.data.normalize},
+            "config": cfg.to_dict(config)}
+    return Loop(config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta,
+                Printer(info, progress))
 
 
-def _wrap(raw, config: TrainConfig, info: Dist, compiled: bool):
-    """(model to train, model to evaluate): compile first, then DDP around it (as nanoGPT)."""
-    model = torch.compile(raw) if compiled else raw
-    evaluator = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
+    """(training loader, validation loader or None), each process taking its share of the batch."""
+    d = config.data
+    common = dict(crop=d.crop, normalize=d.normalize, workers=d.workers, seed=config.train.seed,
+                  distributed=info.enabled, pin_memory=info.device.type == "cuda")
+    train_loader = make_loader(ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca,
+                               flip=d.flip, **common)
+    eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
+    val_loader = make_loader(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
+    return train_loader, val_loader
 
-        model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    return model, evaluator
+
+def wrap(loop: Loop, compiled: bool) -> None:
+    """Set the model to train and the one to evaluate: compile first, then DDP around it (as nanoGPT)."""
+    model = torch.compile(loop.raw) if compiled else loop.raw
+    loop.evaluator = model
+    if loop.info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
+
+        device = loop.info.device
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loop.model = model
+    loop.compile_pending = compiled
+
+
+def compiled_first_step(loop: Loop, images, labels):
+    """The first step of a torch.compile'd model, where it really compiles. If that fails (no C++
+    compiler, an unsupported op), warn once and train eagerly from this same step on: the RNG is
+    rewound, so the run is the one an eager run would have been."""
+    rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(loop.info.device) if loop.info.device.type == "cuda" else None
+    loop.compile_pending = False
+    try:
+        return loop.step(images, labels)
+    except Exception as exc:  # noqa: BLE001 - torch.compile needs a working toolchain; anything can fail
+        text = str(exc).strip()
+        loop.printer.warn(f"torch.compile failed ({type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}); "
+                          "continuing without it")
+        torch.random.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, loop.info.device)
+        wrap(loop, compiled=False)
+        return loop.step(images, labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(loop: Loop) -> None:
+    """The rest of epoch state.epoch: steps, step records, the stall check, mid-epoch saves."""
+    state, tc, n = loop.state, loop.config.train, loop.steps_per_epoch
+    loop.train_loader.set_epoch(state.epoch)
+    loop.model.train()
+    loop.printer.epoch_start(state.epoch, tc.epochs, n, state.batch)
+    t_wait = time.perf_counter()
+    for images, labels in _batches(loop, loop.train_loader.iter_from(state.batch)):
+        waited = time.perf_counter() - t_wait
+        images = images.to(loop.info.device, non_blocking=True)
+        labels = labels.to(loop.info.device, non_blocking=True)
+        lr = loop.schedule.apply(loop.optimizer, state.step)
+        loss, logits = loop.step(images, labels)
+        state.record(loss, logits, labels, waited)
+        state.step += 1
+        state.batch += 1
+        if state.step % tc.log_every == 0 or state.batch == n:
+            check_finite(loop)
+            log_record(loop, state.interval_record(loop.info, state.epoch, lr))
+        if tc.stall_steps and state.step == tc.stall_steps:
+            check_stall(loop)
+        kill_point("step", state.step)
+        loop.printer.tick()
+        if state.step >= loop.max_steps or loop.interrupted:
+            break
+        if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.batch < n:
+            check_finite(loop)
+            save(loop)
+        t_wait = time.perf_counter()
+    loop.printer.epoch_end()
+
+
+def _batches(loop: Loop, batches):
+    """The epoch's batches, ending early at a Ctrl-C (whose SIGINT may also have stopped loader workers)."""
+    batches = iter(batches)
+    while not loop.interrupted:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if loop.interrupted:  # "DataLoader worker exited unexpectedly": it got the Ctrl-C too
+                return
+            raise
+        yield batch
+
+
+def check_stall(loop: Loop) -> None:
+    """At step train.stall_steps: warn (and log) if the mean loss is still about ln(C), i.e. chance."""
+    tc, state, num_classes = loop.config.train, loop.state, loop.data.num_classes
+    mean = state.recent_loss(loop.info, tc.stall_window)
+    chance = math.log(num_classes)
+    if abs(mean - chance) > tc.stall_tolerance * chance:
+        return
+    state.stalled = True
+    message = _stall_message(mean, num_classes, state.step, loop.config)
+    loop.run.log({"kind": "stall", "step": state.step, "epoch": state.epoch + 1, "loss": mean,
+                  "ln_num_classes": chance, "message": message})
+    loop.printer.warn(message)
+
+
+def end_epoch(loop: Loop) -> None:
+    """Validate (centre crop), update the plateau schedule, log the epoch, save last.pt (and best.pt)."""
+    state, info = loop.state, loop.info
+    check_finite(loop)
+    t0 = time.perf_counter()
+    val = None
+    if loop.val_loader is not None:
+        val = evaluate(loop.evaluator, loop.val_loader, device=info.device, num_classes=loop.data.num_classes,
+                       autocast_dtype=loop.amp, channels_last=loop.config.train.channels_last)
+    kill_point("validation")
+    dropped = loop.schedule.epoch_end(state.epoch, val["top1_error"] if val else None)
+    improved = val is not None and val["top1_error"] < state.best_val_top1_error
+    if improved:
+        state.best_val_top1_error = val["top1_error"]
+    record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step,
+              "lr": loop.schedule.lr_at(state.step - 1), **state.epoch_metrics(info),
+              "val_loss": val["loss"] if val else None, "val_top1_error": val["top1_error"] if val else None,
+              "val_top5_error": val["top5_error"] if val else None, "seconds": time.perf_counter() - state.epoch_t0,
+              "val_seconds": time.perf_counter() - t0, "lr_dropped": dropped}
+    log_record(loop, record)
+    kill_point("epoch-end")
+    state.next_epoch()
+    save(loop, best=improved or val is None)
+
+
+def fit(loop: Loop) -> None:
+    """Epochs until train.epochs, train.max_steps or a Ctrl-C; last.pt always holds where it stopped."""
+    state, tc = loop.state, loop.config.train
+    while state.epoch < tc.epochs and state.step < loop.max_steps and not loop.interrupted:
+        train_one_epoch(loop)
+        if state.batch < loop.steps_per_epoch:  # stopped inside the epoch: max_steps or Ctrl-C
+            break
+        end_epoch(loop)
+    else:
+        return
+    if loop.interrupted:
+        save(loop, collective=False)  # every rank got the signal; each stops on its own
+    else:
+        check_finite(loop)
+        save(loop)
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(loop: Loop):
+    """A first Ctrl-C (SIGINT) finishes the current step, saves last.pt and ends the run (the caller
+    raises KeyboardInterrupt); a second one interrupts at once. Main thread only (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        loop.interrupted = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train(data, out, config: TrainConfig | None = None, *, resume: bool = False, progress: str = "auto",
+          command: list[str] | None = None) -> dict:
+    """Train per `config` on the prepared set `data`, writing the run directory `out`.
+
+    Args:
+        data: prepared directory (or alexnet.data.PreparedSet).
+        out: run directory (created). resume=True: continue its checkpoints/last.pt; when there is
+            none yet, start from the beginning (saying so), so a job script can always pass it.
+        progress: "bar" (tqdm), "lines" (plain lines on stderr), "off" (warnings only) or "auto" (a bar
+            on a terminal, lines otherwise); only rank 0 prints.
+    Returns a summary dict: run, epoch, step, best_val_top1_error, last val metrics, seconds, stalled.
+    Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, KeyboardInterrupt
+    (after saving last.pt).
+    """
+    config = config or TrainConfig()
+    tc = config.train
+    info = setup(tc.device)
+    try:
+        loop = build_loop(data, out, config, info, resume=resume, progress=progress)
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if resume and loop.run.has_checkpoint():
+            restore(loop)
+        else:
+            if resume:
+                loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
+            torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
+            loop.run.start(config, loop.data, command)
+        wrap(loop, tc.compile)
+        loop.tb = loop.run.tensorboard() if tc.tensorboard else None
+        start = time.perf_counter()
+        try:
+            with stop_on_ctrl_c(loop):
+                fit(loop)
+        finally:
+            if loop.tb is not None:
+                loop.tb.close()
+        state = loop.state
+        if loop.interrupted:
+            loop.printer.say(f"interrupted at step {state.step}; saved {loop.run.last}. Resume with: "
+                             f"alexnet train {loop.data.root} --out {loop.run.root} --resume")
+            raise KeyboardInterrupt
+        best = state.best_val_top1_error
+        return {"run": str(loop.run.root), "epoch": state.epoch, "step": state.step,
+                "best_val_top1_error": best if best < math.inf else None,
+                "last_epoch": loop.run.last_epoch_record, "stalled": state.stalled,
+                "seconds": time.perf_counter() - start, "checkpoint": str(loop.run.last)}
+    finally:
+        teardown(info)
 
 
 def _stall_message(mean_loss: float, num_classes: int, step: int, config: TrainConfig) -> str:
@@ -221,213 +601,3 @@ def _stall_message(mean_loss: float, num_classes: int, step: int, config: TrainC
         "Remedies: --set model.init=kaiming --set data.normalize=channel (the robust init with "
         "unit-variance inputs), a lower lr (--set optim.lr=0.005), or a warm-up (--set schedule.warmup_epochs=1)."
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# The loop
-# ------------------------------------------------------------------------------------------------
-
-
-def train(data, out, config: TrainConfig | None = None, *, resume: bool = False, progress: str = "auto",
-          command: list[str] | None = None) -> dict:
-    """Train per `config` on the prepared set `data`, writing the run directory `out`.
-
-    Args:
-        data: prepared directory (or alexnet.data.PreparedSet).
-        out: run directory (created). With resume=True, continue its checkpoints/last.pt.
-        progress: "bar" (tqdm), "lines" (plain lines on stderr), "off" (warnings only) or "auto" (a bar
-            on a terminal, lines otherwise); only rank 0 prints.
-    Returns a summary dict: run, epoch, step, best_val_top1_error, last val metrics, seconds, stalled.
-    Raises UserError (bad data or run dir), NonFiniteLoss, KeyboardInterrupt (after saving last.pt).
-    """
-    from alexnet.data import PreparedSet, make_loader
-
-    config = config or TrainConfig()
-    tc = config.train
-    info = setup(tc.device)
-    try:
-        ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
-        if config.data.crop > ps.size:
-            raise UserError(f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
-                            f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more")
-        run = runstate.RunDir(out, info, resume=resume)
-        if tc.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if config.data.batch_size % info.world:
-            raise UserError(f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
-                            "processes; the global batch is split evenly")
-        local_batch = config.data.batch_size // info.world
-        eval_batch = max(1, (config.data.eval_batch_size or config.data.batch_size) // info.world)
-        common = dict(crop=config.data.crop, normalize=config.data.normalize, workers=config.data.workers,
-                      seed=tc.seed, distributed=info.enabled, pin_memory=info.device.type == "cuda")
-        train_loader = make_loader(ps, "train", train=True, batch_size=local_batch, pca=config.data.pca,
-                                   flip=config.data.flip, **common)
-        val_loader = make_loader(ps, "val", train=False, batch_size=eval_batch, **common) \
-            if "val" in ps.splits else None
-        steps_per_epoch = len(train_loader)
-        if steps_per_epoch == 0:
-            raise UserError(f"{ps.root}: the training split is empty")
-
-        raw, kwargs = _prepare_model(config, ps.num_classes, info)
-        optimizer = build_optimizer(config.optim.name, raw.parameters(), lr=config.optim.lr,
-                                    momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
-        sc = config.schedule
-        schedule = Schedule(sc.name, config.optim.lr, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
-                            factor=sc.factor, patience=sc.patience, max_drops=sc.max_drops,
-                            milestones=[m - 1 for m in sc.milestones], warmup_epochs=sc.warmup_epochs,
-                            min_lr=sc.min_lr)
-        state = runstate.LoopState()
-        pending_rng = None
-        if resume:
-            ckpt = load_checkpoint(run.last)
-            try:
-                raw.load_state_dict(clean_state_dict(ckpt["model"]))
-                saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
-                if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
-                    raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
-                optimizer.load_state_dict(ckpt["optimizer"])
-                schedule.load_state_dict(ckpt["scheduler"])
-                state.load(ckpt)
-                pending_rng = runstate.rng_for_rank(ckpt["rng"], info.rank)
-            except KeyError as exc:
-                raise UserError(f"{run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
-                                "the last.pt that `alexnet train` wrote; start a new run instead") from None
-            except (RuntimeError, ValueError) as exc:
-                raise UserError(f"{run.last}: does not fit this run's model or optimizer "
-                                f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
-                                "optim.name; start a new run for those") from None
-            run.trim_log(state.step)
-            if info.main:
-                run.write_config(config)  # --set overrides given with --resume
-            del ckpt
-        else:
-            torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
-            run.start(config, ps, info, command)
-        meta = {"model_name": config.model.name, "model_kwargs": kwargs,
-                "classes": {"ids": list(ps.class_ids), "names": list(ps.class_names)},
-                "stats": {k: v.tolist() for k, v in ps.stats.items()},
-                "preprocess": {"crop": config.data.crop, "normalize": config.data.normalize},
-                "config": cfg.to_dict(config)}
-        model, evaluator = _wrap(raw, config, info, tc.compile)
-        amp = torch.bfloat16 if tc.amp == "bf16" else None
-        log = runstate.Printer(info, progress, tc.log_every)
-        tb = run.tensorboard() if tc.tensorboard else None
-
-        def save(best: bool = False) -> None:
-            rng = runstate.gather_rng(info, state)
-            if info.main:
-                run.save({**meta, "model": unwrap(raw).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": schedule.state_dict(), "rng": rng, **state.dump()}, best=best)
-            barrier(info)
-
-        def check_finite() -> None:
-            if state.nonfinite is None:
-                return
-            bad = all_reduce_sum(state.nonfinite.clone(), info)
-            if bad.item() > 0:
-                raise NonFiniteLoss(
-                    f"step {state.step}: the training loss became NaN or infinite, so training stopped; "
-                    f"{run.last} (step {state.saved_step}) is the last good checkpoint. Lower the learning "
-                    f"rate (optim.lr is {config.optim.lr:g}) or use --set model.init=kaiming.")
-
-        start = time.perf_counter()
-        max_steps = tc.max_steps if tc.max_steps is not None else math.inf
-        try:
-            while state.epoch < tc.epochs and state.step < max_steps:
-                epoch = state.epoch
-                train_loader.set_epoch(epoch)
-                model.train()
-                batches = runstate.iterate_from(train_loader, state.batch)
-                if pending_rng is not None:  # after the loader drew its base seed, as the first run did
-                    runstate.set_rng(pending_rng, info.device)
-                    pending_rng = None
-                log.epoch_start(epoch, tc.epochs, steps_per_epoch, state.batch)
-                t_wait = time.perf_counter()
-                for images, labels in batches:
-                    if state.step >= max_steps:
-                        break
-                    waited = time.perf_counter() - t_wait
-                    images = images.to(info.device, non_blocking=True)
-                    labels = labels.to(info.device, non_blocking=True)
-                    lr = schedule.apply(optimizer, state.step)
-                    try:
-                        loss, logits = train_step(model, optimizer, images, labels, autocast_dtype=amp,
-                                                  channels_last=tc.channels_last)
-                    except Exception as exc:  # noqa: BLE001 - torch.compile needs a working toolchain
-                        if not tc.compile or model is raw or state.compile_failed:
-                            raise
-                        state.compile_failed = True
-                        print(f"alexnet train: warning: torch.compile failed ({type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
-                              "continuing without it", file=sys.stderr)
-                        model, evaluator = _wrap(raw, config, info, False)
-                        loss, logits = train_step(model, optimizer, images, labels, autocast_dtype=amp,
-                                                  channels_last=tc.channels_last)
-                    state.record(loss, logits, labels, waited)
-                    state.step += 1
-                    state.batch += 1
-                    if state.step % tc.log_every == 0 or state.batch == steps_per_epoch:
-                        check_finite()
-                        record = state.interval_record(info, epoch, lr)
-                        run.log(record)
-                        log.step(record, steps_per_epoch)
-                        if tb is not None:
-                            tb.add_scalars_from(record)
-                    if tc.stall_steps and state.step == tc.stall_steps:
-                        mean = state.recent_loss(info, tc.stall_window)
-                        if abs(mean - math.log(ps.num_classes)) <= tc.stall_tolerance * math.log(ps.num_classes):
-                            state.stalled = True
-                            message = _stall_message(mean, ps.num_classes, state.step, config)
-                            run.log({"kind": "stall", "step": state.step, "epoch": epoch + 1, "loss": mean,
-                                     "ln_num_classes": math.log(ps.num_classes), "message": message})
-                            log.warn(message)
-                    if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
-                            and state.batch < steps_per_epoch:
-                        check_finite()
-                        save()
-                    log.tick()
-                    t_wait = time.perf_counter()
-                log.epoch_end()
-                if state.batch < steps_per_epoch:  # stopped by max_steps inside the epoch
-                    check_finite()
-                    save()
-                    break
-                # ---- epoch end: validation (centre crop), schedule, log, checkpoints
-                check_finite()
-                t0 = time.perf_counter()
-                val = evaluate(evaluator, val_loader, device=info.device, num_classes=ps.num_classes,
-                               autocast_dtype=amp, channels_last=tc.channels_last) if val_loader else None
-                train_metrics = state.epoch_metrics(info)
-                dropped = schedule.epoch_end(epoch, val["top1_error"] if val else None)
-                improved = val is not None and val["top1_error"] < state.best_val_top1_error
-                if improved:
-                    state.best_val_top1_error = val["top1_error"]
-                record = {"kind": "epoch", "epoch": epoch + 1, "step": state.step, "lr": lr, **train_metrics,
-                          "val_loss": val["loss"] if val else None,
-                          "val_top1_error": val["top1_error"] if val else None,
-                          "val_top5_error": val["top5_error"] if val else None,
-                          "seconds": time.perf_counter() - state.epoch_t0, "val_seconds": time.perf_counter() - t0,
-                          "lr_dropped": dropped}
-                run.log(record)
-                log.epoch_record(record)
-                if tb is not None:
-                    tb.add_scalars_from(record)
-                state.next_epoch()
-                save(best=improved or (val is None))
-        except KeyboardInterrupt:
-            if info.main:
-                rng = {"ranks": [runstate.local_rng(info.device, state)]}  # no collective: others stop too
-                run.save({**meta, "model": unwrap(raw).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": schedule.state_dict(), "rng": rng, **state.dump()})
-                print(f"alexnet train: interrupted at step {state.step}; saved {run.last}. Resume with: "
-                      f"alexnet train {ps.root} --out {run.root} --resume", file=sys.stderr)
-            raise
-        finally:
-            if tb is not None:
-                tb.close()
-        return {"run": str(run.root), "epoch": state.epoch, "step": state.step,
-                "best_val_top1_error": state.best_val_top1_error if state.best_val_top1_error < math.inf else None,
-                "last_epoch": run.last_epoch_record, "stalled": state.stalled,
-                "seconds": time.perf_counter() - start, "checkpoint": str(run.last)}
-    finally:
-        teardown(info)

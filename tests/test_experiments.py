@@ -173,33 +173,28 @@ def test_ablations_default_covers_all_four():
 
 
 def test_each_variant_switches_exactly_one_setting():
-    import dataclasses
-
-    import alexnet.train as train_module
     from alexnet import config as cfg
-    from alexnet.experiments.ablations import ABLATIONS, AblationConfig, _pool, run_config
+    from alexnet.experiments.ablations import ABLATIONS, AblationConfig, run_config
+    from alexnet.model import build_model
+    from alexnet.train import model_kwargs
 
     config = AblationConfig()
-    base, base_pool = run_config("paper", 0, config, 99)
-    assert base_pool is None
+    base = run_config("paper", 0, config, 99)
     flat = lambda c: {f"{s}.{k}": v for s, sec in cfg.to_dict(c).items() for k, v in sec.items()}  # noqa: E731
-    expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0}}
+    expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0},
+                "non-overlapping-pool": {"model.pool": "non-overlapping"}}
     for variant in ABLATIONS:
-        c, pool = run_config(variant, 0, config, 99)
+        c = run_config(variant, 0, config, 99)
         diff = {k: v for k, v in flat(c).items() if flat(base)[k] != v}
-        if variant == "non-overlapping-pool":
-            fields = {f.name for f in dataclasses.fields(train_module.ModelConfig)}
-            assert diff == ({"model.pool": "non-overlapping"} if "pool" in fields else {})
-            assert pool == (None if "pool" in fields else "non-overlapping")
-        else:
-            assert diff == expected[variant] and pool is None
-    original = train_module.model_kwargs
-    with _pool("non-overlapping"):
-        kwargs = train_module.model_kwargs(base, 10)
-    assert kwargs["pool"] == "non-overlapping" and train_module.model_kwargs is original
-    model = train_module.build_model("alexnet", **kwargs)
+        assert diff == expected[variant]
+    # the train config's pool switch reaches the model: three 2/2 poolings
+    kwargs = model_kwargs(run_config("non-overlapping-pool", 0, config, 99), 10)
+    assert kwargs["pool"] == "non-overlapping"
+    model = build_model("alexnet", **kwargs)
     pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
     assert [(p.kernel_size, p.stride) for p in pools] == [(2, 2)] * 3
+    paper = build_model("alexnet", **model_kwargs(base, 10))
+    assert [(p.kernel_size, p.stride) for p in paper.features if isinstance(p, torch.nn.MaxPool2d)] == [(3, 2)] * 3
 
 
 def test_summarise_pairs_differences_by_seed():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alexnet.cli import _Formatter, add_parser, print_json
+from alexnet.cli import add_parser, print_json
 
 RELU_DESCRIPTION = """\
 The paper's Figure 1 (§3.1): a four-layer CNN (cuda-convnet's layers-80sec: three 5x5 conv layers
@@ -35,8 +35,7 @@ def register(sub) -> None:
     inner = parent.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     parent.set_defaults(func=lambda args: _missing(parent))
 
-    p = inner.add_parser("relu-vs-tanh", help="Figure 1: epochs to 25%% training error, ReLU vs tanh",
-                         description=RELU_DESCRIPTION, formatter_class=_Formatter)
+    p = add_parser(inner, "relu-vs-tanh", "Figure 1: epochs to 25%% training error, ReLU vs tanh", RELU_DESCRIPTION)
     p.add_argument("--data", default=None, metavar="DIR",
                    help="CIFAR-10 python batches (cifar-10-batches-py); default: a generated set in the cache")
     p.add_argument("--epochs", type=int, default=10, help="epochs per net")
@@ -56,8 +55,8 @@ def register(sub) -> None:
 
     from alexnet.experiments.ablations import ABLATIONS, RECIPES
 
-    p = inner.add_parser("ablations", help="LRN, overlapping pooling, PCA noise, dropout: each switched off",
-                         description=ABLATION_DESCRIPTION, formatter_class=_Formatter)
+    p = add_parser(inner, "ablations", "LRN, overlapping pooling, PCA noise, dropout: each switched off",
+                   ABLATION_DESCRIPTION)
     p.add_argument("--data", default="demo", metavar="DIR",
                    help='prepared directory (alexnet prepare), or "demo" for a generated set in the cache')
     p.add_argument("--epochs", type=int, default=6, help="epochs per run")
@@ -95,7 +94,8 @@ def _missing(parser: argparse.ArgumentParser) -> int:
 
 
 def run_relu_vs_tanh(args) -> int:
-    from alexnet.experiments import ReluTanhConfig, run_relu_vs_tanh as run
+    from alexnet.experiments import ReluTanhConfig
+    from alexnet.experiments import run_relu_vs_tanh as run
 
     config = ReluTanhConfig(epochs=args.epochs, seeds=args.seeds, lr=args.lr, lr_tanh=args.lr_tanh,
                             batch_size=args.batch_size, limit=args.limit, target=args.target, device=args.device)
@@ -136,7 +136,8 @@ def _print_relu(r: dict) -> None:
 
 
 def run_ablations(args) -> int:
-    from alexnet.experiments import AblationConfig, run_ablations as run
+    from alexnet.experiments import AblationConfig
+    from alexnet.experiments import run_ablations as run
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     config = AblationConfig(epochs=args.epochs, seeds=args.seeds, variants=variants, recipe=args.recipe,

@@ -305,6 +305,7 @@ class Loader:
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
             collate_fn=collate,
+            generator=_worker_seeds(),
         )
 
     @property
@@ -330,8 +331,17 @@ class Loader:
             return iter(self)
         keys = list(iter(self.sampler))[start_batch * self.batch_size :]
         tail = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.workers,
-                          drop_last=self.drop_last, pin_memory=self._loader.pin_memory, collate_fn=collate)  # fmt: skip
+                          drop_last=self.drop_last, pin_memory=self._loader.pin_memory, collate_fn=collate,
+                          generator=_worker_seeds())  # fmt: skip
         return iter(tail)
+
+
+def _worker_seeds() -> torch.Generator:
+    """The generator a DataLoader draws its workers' base seed from at each new iterator. Without
+    one it draws from torch's global RNG, which also drives dropout: a resumed run, whose iterators
+    start at other moments, would then get other dropout masks. The batches depend on no worker
+    seed (each sample has its own generator), so a fixed one is enough."""
+    return torch.Generator().manual_seed(0)
 
 
 def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int | None = None, crop: int = 227,

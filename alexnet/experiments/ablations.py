@@ -14,8 +14,6 @@ budget has no steps to spare (measured: docs/training.md, "The stall").
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -26,13 +24,13 @@ from pathlib import Path
 from alexnet.errors import UserError
 from alexnet.experiments.common import Progress, cache_root, mean_std, out_dir, pyplot, save_figure, write_json
 
-# name -> (train-config overrides, model pool, description)
+# name -> (train-config overrides, description)
 VARIANTS = {
-    "paper": ([], None, "the paper's net: LRN, 3/2 pooling, PCA colour noise, dropout 0.5"),
-    "no-lrn": (["model.lrn=false"], None, "without local response normalisation (§3.3)"),
-    "non-overlapping-pool": ([], "non-overlapping", "2/2 pooling instead of 3/2 (§3.4)"),
-    "no-pca": (["data.pca=off"], None, "without PCA colour noise (§4.1)"),
-    "no-dropout": (["model.dropout=0.0"], None, "without dropout (§4.2)"),
+    "paper": ([], "the paper's net: LRN, 3/2 pooling, PCA colour noise, dropout 0.5"),
+    "no-lrn": (["model.lrn=false"], "without local response normalisation (§3.3)"),
+    "non-overlapping-pool": (["model.pool=non-overlapping"], "2/2 pooling instead of 3/2 (§3.4)"),
+    "no-pca": (["data.pca=off"], "without PCA colour noise (§4.1)"),
+    "no-dropout": (["model.dropout=0.0"], "without dropout (§4.2)"),
 }
 ABLATIONS = tuple(v for v in VARIANTS if v != "paper")
 # The paper's claims as (variant error - paper net error) in percentage points, ImageNet, 1 net.
@@ -113,37 +111,11 @@ def default_crop(size: int) -> int:
 # ---------------------------------------------------------------- runs
 
 
-@contextlib.contextmanager
-def _pool(pool: str | None):
-    """Train with AlexNet's `pool` option. alexnet.train's ModelConfig has no `pool` key, so the model
-    options it builds are extended for the duration of the run; the checkpoint then records the
-    pooling in its model_kwargs (from the model itself) and reloads as the same net."""
-    import alexnet.train as train_module
-
-    if pool is None:
-        yield
-        return
-    original = train_module.model_kwargs
-
-    def with_pool(config, num_classes):
-        kwargs = original(config, num_classes)
-        if config.model.name.startswith("alexnet"):
-            kwargs["pool"] = pool
-        return kwargs
-
-    train_module.model_kwargs = with_pool
-    try:
-        yield
-    finally:
-        train_module.model_kwargs = original
-
-
 def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
-    """The TrainConfig of one run, and its pooling option (see `_pool`)."""
+    """The TrainConfig of one run: the recipe, this variant's one switch, the seed."""
     from alexnet import config as cfg
-    from alexnet.train import ModelConfig, TrainConfig
+    from alexnet.train import TrainConfig
 
-    extra, pool, _ = VARIANTS[variant]
     overrides = list(RECIPES[config.recipe]) + [
         "model.name=alexnet", f"data.crop={crop}", f"train.epochs={config.epochs}", f"train.seed={seed}",
         f"train.device={config.device}", "train.log_every=10"]
@@ -151,11 +123,8 @@ def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
         overrides.append(f"train.max_steps={config.max_steps}")
     if config.workers is not None:
         overrides.append(f"data.workers={config.workers}")
-    overrides += list(config.overrides) + extra
-    if pool is not None and "pool" in {f.name for f in dataclasses.fields(ModelConfig)}:
-        overrides.append(f"model.pool={pool}")  # the train module learnt the option: no patch needed
-        pool = None
-    return cfg.load_config(TrainConfig, None, overrides), pool
+    overrides += list(config.overrides) + VARIANTS[variant][0]
+    return cfg.load_config(TrainConfig, None, overrides)
 
 
 def train_and_evaluate(data, run: Path, variant: str, seed: int, config: AblationConfig, crop: int,
@@ -167,15 +136,14 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
     from alexnet.evaluate import evaluate
     from alexnet.train import train
 
-    train_config, pool = run_config(variant, seed, config, crop)
+    train_config = run_config(variant, seed, config, crop)
     if run.exists():  # a previous run of this experiment: start it afresh
         if not (run / "config.json").is_file() and any(run.iterdir()):
             raise UserError(f"{run}: exists and is not a run directory; choose another --out")
         shutil.rmtree(run)
     t0 = time.perf_counter()
-    with _pool(pool):
-        summary = train(data, run, train_config, progress=progress,
-                        command=["alexnet", "experiment", "ablations", variant, f"seed={seed}"])
+    summary = train(data, run, train_config, progress=progress,
+                    command=["alexnet", "experiment", "ablations", variant, f"seed={seed}"])
     seconds = time.perf_counter() - t0
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     device = pick_device(config.device)
@@ -240,7 +208,7 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
     runs = {v: [] for v in variants}
     for seed in range(config.seeds):  # seed-major: an interrupted run still has complete pairs
         for v in variants:
-            say(f"training {v} (seed {seed}): {VARIANTS[v][2]}")
+            say(f"training {v} (seed {seed}): {VARIANTS[v][1]}")
             r = train_and_evaluate(ps, out / "runs" / f"{v}-seed{seed}", v, seed, config, crop, progress)
             say(f"{v} seed {seed}: val top-1 {r['top1_error']:.3f}, top-5 {r['top5_error']:.3f}, "
                 f"train top-1 {r['train_top1_error'] if r['train_top1_error'] is None else round(r['train_top1_error'], 3)}"
@@ -268,7 +236,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     paper = {r["seed"]: r for r in runs["paper"]}
     results = {}
     for v, rows in runs.items():
-        entry = {"description": VARIANTS[v][2], "per_seed": rows, "paper_claim": PAPER_CLAIMS.get(v)}
+        entry = {"description": VARIANTS[v][1], "per_seed": rows, "paper_claim": PAPER_CLAIMS.get(v)}
         for key in ("top1_error", "top5_error", "train_top1_error"):
             entry[key], entry[key + "_std"] = mean_std([r[key] for r in rows])
             if v != "paper":

@@ -6,11 +6,11 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from alexnet.io import atomic_write_bytes
 from alexnet.errors import UserError
+from alexnet.io import atomic_write_bytes
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

@@ -122,13 +122,15 @@ def load_cifar10(data: str | os.PathLike) -> dict:
 
     Returns {"train": (x uint8 (N, 3, 32, 32), y int64 (N,)), "test": (...) or None, "dir": path}.
     """
-    from alexnet.data.layouts import _cifar_dir, read_cifar10
+    from alexnet.data.layouts import read_cifar10
 
     data = os.fspath(data)
     if not os.path.isdir(data):
         raise UserError(f"--data {data}: no such directory; give the folder of CIFAR-10's python batches "
                         "(cifar-10-batches-py) or leave --data out to use a generated set")
-    d = _cifar_dir(data)
+    d = next((c for c in (data, os.path.join(data, "cifar-10-batches-py"))
+              if os.path.isfile(os.path.join(c, "data_batch_1")) and os.path.isfile(os.path.join(c, "batches.meta"))),
+             None)
     if d is None:
         raise UserError(f"--data {data}: not CIFAR-10 python batches (no data_batch_1 and batches.meta); "
                         "extract cifar-10-python.tar.gz and give its cifar-10-batches-py folder")

@@ -1,0 +1,188 @@
+"""A training run's directory: RUN/config.json, config.toml, env.json, log.jsonl, checkpoints/{last,best}.pt.
+
+Only rank 0 writes. Every file is replaced atomically (alexnet/io.py), so a kill at any moment
+leaves the previous version or the new one; log.jsonl is appended line by line and, on resume,
+cut back to the checkpoint's step so that no record is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexnet import __version__
+from alexnet import config as cfg
+from alexnet.distributed import Dist
+from alexnet.errors import UserError
+from alexnet.io import atomic_write_path, disk_error, dumps, write_json, write_text
+
+# Tests make the trainer SIGKILL itself at a chosen point, e.g. "step:7" (after global step 7) or
+# "phase:checkpoint-write:2" (the second time this process reaches that point), to check resumes.
+KILL_ENV = "ALEXNET_TEST_KILL_AT"
+_reached: dict[str, int] = {}
+
+
+def kill_point(phase: str, step: int | None = None) -> None:
+    """SIGKILL this process if $ALEXNET_TEST_KILL_AT names this point (testing only; a no-op otherwise)."""
+    target = os.environ.get(KILL_ENV)
+    if not target:
+        return
+    _reached[phase] = _reached.get(phase, 0) + 1
+    if target == f"phase:{phase}:{_reached[phase]}" or (phase == "step" and target == f"step:{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RunDir:
+    """The files of one run (see the module docstring). `resume`: continue an existing run."""
+
+    def __init__(self, out, info: Dist, *, resume: bool):
+        self.root = Path(out).resolve()
+        self.info = info
+        self.last = self.root / "checkpoints" / "last.pt"
+        self.best = self.root / "checkpoints" / "best.pt"
+        self.log_path = self.root / "log.jsonl"
+        self.last_epoch_record = None
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a directory; choose another --out")
+        if not resume and self.last.is_file():
+            raise UserError(f"{self.root} already holds a run; continue it with --resume or choose another --out")
+        if info.main:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise (disk_error(self.root, exc) or exc) from None
+            self._remove_partial_checkpoints()
+
+    def has_checkpoint(self) -> bool:
+        return self.last.is_file()
+
+    def _remove_partial_checkpoints(self) -> None:
+        """Temporary files of a checkpoint write that was killed (each can be hundreds of MB)."""
+        folder = self.last.parent
+        if folder.is_dir():
+            for tmp in folder.glob(".*.pt.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def start(self, config, prepared, command) -> None:
+        """Write the resolved config and the environment, and start an empty log."""
+        if not self.info.main:
+            return
+        self.write_config(config)
+        info = self.info
+        env = {
+            "alexnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(info.device), "device_name": _device_name(info.device),
+            "world_size": info.world, "cpu_threads": torch.get_num_threads(),
+            "data": prepared.root, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": list(command) if command is not None else sys.argv,
+        }
+        write_json(self.root / "env.json", env)
+        write_text(self.log_path, "")
+
+    def write_config(self, config) -> None:
+        if self.info.main:
+            write_json(self.root / "config.json", cfg.to_dict(config))
+            write_text(self.root / "config.toml", cfg.to_toml(config))
+
+    def log(self, record: dict) -> None:
+        """Append one record to log.jsonl (rank 0)."""
+        if record.get("kind") == "epoch":
+            self.last_epoch_record = record
+        if self.info.main:
+            with open(self.log_path, "a") as f:
+                f.write(dumps(record, indent=None) + "\n")
+
+    def trim_log(self, step: int) -> None:
+        """On resume: drop the records written after the checkpoint's step (they will be written again)."""
+        if not self.log_path.is_file():
+            return
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+                if record.get("kind") == "epoch":
+                    self.last_epoch_record = record
+        if self.info.main:
+            write_text(self.log_path, "".join(k + "\n" for k in kept))
+
+    def save(self, payload: dict, *, best: bool = False) -> None:
+        """Write last.pt (and best.pt) atomically.
+
+        best.pt is linked to the new file before last.pt is replaced: a kill in between leaves the
+        old last.pt, whose resume redoes the epoch and writes both again, so best.pt never lags.
+        """
+
+        def write(tmp: str) -> None:
+            torch.save(payload, tmp)
+            kill_point("checkpoint-write")
+            if best:
+                _replace_with_link(tmp, self.best)
+                kill_point("checkpoint-best")
+
+        atomic_write_path(self.last, write)
+
+    def tensorboard(self):
+        """A TensorBoard writer under RUN/tensorboard (rank 0), or None without the package."""
+        if not self.info.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # noqa: BLE001 - the tensorboard package is optional
+            print("alexnet train: warning: train.tensorboard needs `pip install tensorboard`; not writing it",
+                  file=sys.stderr)
+            return None
+        return Board(SummaryWriter(str(self.root / "tensorboard")))
+
+
+class Board:
+    """Numbers of log records as TensorBoard scalars, named KIND/KEY (e.g. step/loss, epoch/val_top1_error)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def add_scalars_from(self, record: dict) -> None:
+        kind, step = record["kind"], record["step"]
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch", "time") and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self):
+        self.writer.close()
+
+
+def _replace_with_link(src: str, dest: Path) -> None:
+    """dest becomes the same bytes as src: a hard link (cheap), else a copy; atomically."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if disk_error(dest, exc):
+                raise
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise (disk_error(dest, exc) or exc) from None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
