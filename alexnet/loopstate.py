@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from alexnet.distributed import Dist, all_reduce_sum, gather_objects
-from alexnet.evaluate import topk_correct
+from alexnet.metrics import topk_correct
 from alexnet.progress import resolve_mode
 
 RECENT = 1000  # training losses kept for the stall check (train.stall_window at most this)

@@ -65,8 +65,17 @@ class PaperSGD(Optimizer):
         return loss
 
 
-def build_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
-    """"paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters."""
+def build_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float,
+                    decay_biases: bool = True) -> Optimizer:
+    """"paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters.
+
+    decay_biases=False: two parameter groups, the weights with `weight_decay` and the 1-D
+    parameters (biases; also normalisation scales in the torchvision nets) without it.
+    """
+    if not decay_biases:
+        params = list(params)
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if name == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":

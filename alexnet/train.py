@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from alexnet import config as cfg
 from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
 from alexnet.data import PreparedSet, make_loader
+from alexnet.data.device import make_device_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
@@ -102,6 +103,10 @@ class DataConfig:
     flip: bool = True  # random horizontal reflections (§4.1)
     workers: int | None = None  # loader worker processes per process; unset: min(cores, 8); 0 = in the main process
     eval_batch_size: int | None = None  # validation images per step over all processes; unset: batch_size
+    # where augmentation runs (the batches are the same): host = loader workers crop, mirror, add PCA noise
+    # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
+    # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
+    pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
 
     def validate(self):
         if self.batch_size < 1 or self.crop < 1:
@@ -115,7 +120,10 @@ class OptimConfig:
     name: Literal["paper", "sgd"] = "paper"  # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD
     lr: float = 0.01  # learning rate epsilon (§5), for the global batch_size above
     momentum: float = 0.9  # (§5)
-    weight_decay: float = 5e-4  # (§5), on every parameter
+    weight_decay: float = 5e-4  # (§5)
+    # true: weight decay on every parameter, biases included (the update rule of §5 as written);
+    # false: on the weights only (1-D parameters exempt), as cuda-convnet's layer files set it
+    decay_biases: bool = True
 
     def validate(self):
         if self.lr < 0 or self.momentum < 0 or self.weight_decay < 0:
@@ -142,7 +150,8 @@ class TrainSection:
     epochs: int = 90  # passes over the training set (§5: "roughly 90 cycles")
     seed: int = 0  # seeds init, shuffling, augmentation and dropout
     device: str = "auto"  # auto (cuda -> mps -> cpu), cpu, cuda, cuda:N, mps
-    amp: Literal["off", "bf16"] = "off"  # bf16 autocast for the forward pass (CUDA; runs on CPU too)
+    # autocast for the forward pass: bf16 (CUDA; runs on CPU too), or fp16 with a GradScaler (its state in checkpoints)
+    amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model; falls back to eager with a warning when it fails
     log_every: int = 20  # steps between step records in log.jsonl and progress lines
@@ -199,8 +208,9 @@ def model_kwargs(config: TrainConfig, num_classes: int) -> dict:
     return kwargs
 
 
-def train_step(model, optimizer, images, labels, *, autocast_dtype=None, channels_last=False):
+def train_step(model, optimizer, images, labels, *, autocast_dtype=None, channels_last=False, scaler=None):
     """One SGD step. images (B, 3, H, W) float32, labels (B,) int64 on the model's device.
+    scaler: a torch.amp.GradScaler (fp16): backward of the scaled loss, the step skipped on overflow.
 
     Returns (loss, logits) detached: the mean cross-entropy over the batch and (B, C) scores.
     """
@@ -210,8 +220,13 @@ def train_step(model, optimizer, images, labels, *, autocast_dtype=None, channel
         logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach(), logits.detach()
 
 
@@ -254,14 +269,14 @@ class Loop:
 
     @property
     def amp(self):
-        return torch.bfloat16 if self.config.train.amp == "bf16" else None
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.train.amp)
 
     def step(self, images, labels):
         """One training step (train_step) of the model to train; see compiled_first_step."""
         if self.compile_pending:
             return compiled_first_step(self, images, labels)
         return train_step(self.model, self.optimizer, images, labels, autocast_dtype=self.amp,
-                          channels_last=self.config.train.channels_last)
+                          channels_last=self.config.train.channels_last, scaler=self.extra_states.get("scaler"))
 
 
 def checkpoint_payload(loop: Loop, rng: dict) -> dict:
@@ -344,6 +359,10 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if config.data.batch_size % info.world:
         raise UserError(f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
                         "processes; the global batch is split evenly")
+    if config.schedule.name == "plateau" and "val" not in ps.splits:
+        raise UserError(f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
+                        "learning rate; prepare it with `alexnet prepare --val-fraction 0.02`, or use "
+                        "--set schedule.name=step --set schedule.milestones=[30,60,80]")
     train_loader, val_loader = _loaders(ps, config, info)
     if len(train_loader) == 0:
         raise UserError(f"{ps.root}: the training split is empty")
@@ -355,7 +374,8 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
-    optimizer = build_optimizer(o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    optimizer = build_optimizer(o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                decay_biases=o.decay_biases)
     schedule = Schedule(sc.name, o.lr, epochs=config.train.epochs, steps_per_epoch=len(train_loader),
                         factor=sc.factor, patience=sc.patience, max_drops=sc.max_drops,
                         milestones=[m - 1 for m in sc.milestones], warmup_epochs=sc.warmup_epochs, min_lr=sc.min_lr)
@@ -364,8 +384,11 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             "stats": {k: v.tolist() for k, v in ps.stats.items()},
             "preprocess": {"crop": config.data.crop, "normalize": config.data.normalize},
             "config": cfg.to_dict(config)}
-    return Loop(config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta,
+    loop = Loop(config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta,
                 Printer(info, progress))
+    if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
+        loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
+    return loop
 
 
 def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
@@ -373,11 +396,24 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
     d = config.data
     common = dict(crop=d.crop, normalize=d.normalize, workers=d.workers, seed=config.train.seed,
                   distributed=info.enabled, pin_memory=info.device.type == "cuda")
-    train_loader = make_loader(ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca,
-                               flip=d.flip, **common)
+    pipeline = resolve_pipeline(d.pipeline, info.device)
+    make = make_loader
+    if pipeline != "host":  # the same batches, augmented where the model is (alexnet/data/device.py)
+        make = functools.partial(make_device_loader, device=info.device, channels_last=config.train.channels_last,
+                                 decode="device" if pipeline == "nvjpeg" else "host")
+    train_loader = make(ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca, flip=d.flip,
+                        **common)
     eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
-    val_loader = make_loader(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
+    val_loader = make(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
     return train_loader, val_loader
+
+
+def resolve_pipeline(pipeline: str, device: torch.device) -> str:
+    """data.pipeline with auto resolved: device on CUDA, host elsewhere (on a CPU the workers
+    augmenting in parallel beat the main process augmenting the batch)."""
+    if pipeline == "auto":
+        return "device" if device.type == "cuda" else "host"
+    return pipeline
 
 
 def wrap(loop: Loop, compiled: bool) -> None:

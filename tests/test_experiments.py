@@ -174,7 +174,7 @@ def test_ablations_default_covers_all_four():
 
 def test_each_variant_switches_exactly_one_setting():
     from alexnet import config as cfg
-    from alexnet.experiments.ablations import ABLATIONS, AblationConfig, run_config
+    from alexnet.experiments.ablations import ABLATIONS, EXTRA_VARIANTS, AblationConfig, run_config
     from alexnet.model import build_model
     from alexnet.train import model_kwargs
 
@@ -182,8 +182,8 @@ def test_each_variant_switches_exactly_one_setting():
     base = run_config("paper", 0, config, 99)
     flat = lambda c: {f"{s}.{k}": v for s, sec in cfg.to_dict(c).items() for k, v in sec.items()}  # noqa: E731
     expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0},
-                "non-overlapping-pool": {"model.pool": "non-overlapping"}}
-    for variant in ABLATIONS:
+                "non-overlapping-pool": {"model.pool": "non-overlapping"}, "no-bias-decay": {"optim.decay_biases": False}}
+    for variant in ABLATIONS + EXTRA_VARIANTS:
         c = run_config(variant, 0, config, 99)
         diff = {k: v for k, v in flat(c).items() if flat(base)[k] != v}
         assert diff == expected[variant]

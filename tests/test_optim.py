@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alexnet.optim import PaperSGD, Schedule
+from alexnet.optim import PaperSGD, Schedule, build_optimizer
 
 
 def _grads(step: int, shapes):
@@ -51,6 +51,28 @@ def test_paper_sgd_matches_the_formula_step_by_step_across_an_lr_change():
     for step, (a, b) in enumerate(zip(ours, oracle)):
         for x, y in zip(a, b):
             assert torch.allclose(x, y, rtol=0, atol=1e-12), f"step {step}"
+
+
+@pytest.mark.parametrize("name", ["paper", "sgd"])
+@pytest.mark.parametrize("decay_biases", [True, False])
+def test_decay_biases_switch_matches_the_hand_computed_update(name, decay_biases):
+    """A weight (3, 4) and a bias (5,): with decay_biases=False only the weight decays."""
+    m, wd, lr = 0.9, 0.05, 0.1  # a large wd, so that a decayed bias is far from an undecayed one
+    shapes = ((3, 4), (5,))
+    ours = _run(lambda p: build_optimizer(name, p, lr=lr, momentum=m, weight_decay=wd, decay_biases=decay_biases),
+                [lr] * 3, shapes)
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    v = [torch.zeros_like(x) for x in w]
+    decays = [wd, wd if decay_biases else 0.0]
+    for step in range(3):  # the paper's rule by hand (lr constant, so torch's SGD takes the same path)
+        for i, grad in enumerate(_grads(step, shapes)):
+            v[i] = m * v[i] - decays[i] * lr * w[i] - lr * grad
+            w[i] = w[i] + v[i]
+        for x, y in zip(ours[step], w):
+            assert torch.allclose(x, y, rtol=0, atol=1e-12), f"step {step}"
+    undecayed = _run(lambda p: build_optimizer(name, p, lr=lr, momentum=m, weight_decay=0.0), [lr] * 3, shapes)
+    assert torch.equal(ours[-1][1], undecayed[-1][1]) != decay_biases  # the bias: decayed or not
 
 
 def test_torch_sgd_equals_the_paper_rule_only_while_lr_is_constant():

@@ -173,6 +173,24 @@ def test_bad_config_is_a_one_line_error(override, message, tiny, tmp_path, capsy
     assert err.startswith("alexnet train: error:") and len(err.splitlines()) == 1
 
 
+def test_plateau_without_a_val_split_is_a_one_line_error_naming_the_fixes(tmp_path, capsys):
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    make_shapes(tmp_path / "src", classes=2, per_class=2, seed=0)
+    prepare(str(tmp_path / "src"), str(tmp_path / "noval"), val_fraction=0, size=72, workers=1)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "noval"), "--out", str(run), "--set", "data.crop=67", "--progress", "off"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no val split" in err
+    assert "alexnet prepare --val-fraction" in err and "schedule.name=step" in err
+    assert not (run / "log.jsonl").exists()  # refused before the run started
+    # the step schedule trains without a val split (and keeps every epoch as best.pt)
+    config = _config("schedule.name=step", "schedule.milestones=[2]", "train.epochs=1", "data.batch_size=2")
+    assert train(tmp_path / "noval", run, config, progress="off")["step"] == 2
+
+
 def test_crop_larger_than_the_prepared_images_names_the_option(tiny, tmp_path, capsys):
     assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--set", "data.crop=300"]) == 2
     err = capsys.readouterr().err.strip()

@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_relu_vs_tanh)
 
-    from alexnet.experiments.ablations import ABLATIONS, RECIPES
+    from alexnet.experiments.ablations import ABLATIONS, EXTRA_VARIANTS, RECIPES
 
     p = add_parser(inner, "ablations", "LRN, overlapping pooling, PCA noise, dropout: each switched off",
                    ABLATION_DESCRIPTION)
@@ -62,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=6, help="epochs per run")
     p.add_argument("--seeds", type=int, default=1, help="runs per net with seeds 0..K-1 (mean ± std reported)")
     p.add_argument("--variants", default=",".join(ABLATIONS), metavar="LIST",
-                   help=f"comma-separated ablations to run beside the paper net: {', '.join(ABLATIONS)}")
+                   help=f"comma-separated ablations to run beside the paper net: {', '.join(ABLATIONS)} "
+                        f"(default), and {', '.join(EXTRA_VARIANTS)} (weight decay on weights only)")
     p.add_argument("--recipe", default="robust", choices=sorted(RECIPES),
                    help="robust: Kaiming init, channel-normalised inputs, batch 32, warm-up, constant lr (CPU "
                         "budgets); paper: alexnet train's defaults (the paper's recipe, for full-scale runs)")
