@@ -22,17 +22,18 @@ def test_bench_data_tiny(tmp_path):
 
 def test_bench_data_cli_on_given_images(tmp_path, capsys, bench_photos):
     rc = cli_main(["bench", "data", "--images", str(bench_photos(n=16, classes=2)), "--workers", "0", "--batch-size", "8",
-                   "--repeats", "1", "--warmup", "0", "--json"])  # fmt: skip
+                   "--repeats", "1", "--warmup", "0", "--load", "1", "--json"])  # fmt: skip
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 16 and out["workers"] == 0 and out["ratio"] > 0
+    assert out["load_threads"] == 1  # timed beside a competing 1-thread matmul process
     rc = cli_main(["bench", "data", "--images", str(tmp_path / "missing"), "--json"])
     assert rc == 2
 
 
 def test_bench_data_option_errors_are_one_line(tmp_path, capsys):
     for argv, word in ((["--n", "4", "--batch-size", "8"], "--n 4"), (["--crop", "300"], "--crop 300"),
-                       (["--work-dir", str(tmp_path / "missing")], "--work-dir")):  # fmt: skip
+                       (["--work-dir", str(tmp_path / "missing")], "--work-dir"), (["--load", "-1"], "--load -1")):  # fmt: skip
         assert cli_main(["bench", "data", "--json", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and word in err

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from alexnet.bench.common import environment, median, time_alternately
+from alexnet.bench.common import competing_load, environment, median, time_alternately
 from alexnet.errors import UserError
 
 BASELINE = ("torchvision ImageFolder + PIL: Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, "
@@ -58,8 +58,9 @@ def _epoch(loader) -> int:
 
 def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | None = None, batch_size: int = 64,
                    crop: int = 227, repeats: int = 5, warmup: int = 1, work_dir: str | None = None,
-                   seed: int = 0) -> dict:  # fmt: skip
-    """Measure both loaders; returns the result dict (see module docstring)."""
+                   seed: int = 0, load: int = 0) -> dict:  # fmt: skip
+    """Measure both loaders; returns the result dict (see module docstring). load: threads of a
+    competing matrix-product process run during warm-up and timing (0: none)."""
     import torch
     import torchvision
     from torchvision import transforms as T
@@ -69,6 +70,8 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
     from alexnet.data.prepare import default_workers, prepare
 
     workers = default_workers() if workers is None else workers
+    if load < 0:
+        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
     if images is not None and not os.path.isdir(images):
         raise UserError(f"--images {images}: not a directory; give a folder of class folders of JPEGs")
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="alexnet-bench-data-") as tmp:
@@ -104,7 +107,9 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
             epochs["ours"] += 1
             return _epoch(ours)
 
-        times = time_alternately({"ours": run_ours, "baseline": lambda: _epoch(base)}, warmup=warmup, repeats=repeats)
+        with competing_load(load):
+            times = time_alternately({"ours": run_ours, "baseline": lambda: _epoch(base)}, warmup=warmup,
+                                     repeats=repeats)  # fmt: skip
         ours_img_s = count / median(times["ours"])
         base_img_s = len(base_ds) / median(times["baseline"])
     return {
@@ -122,6 +127,7 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
         "batch_size": batch_size,
         "crop": crop,
         "repeats": repeats,
+        "load_threads": load,
         "times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
         "env": environment(),
     }

@@ -29,6 +29,9 @@ def register(sub) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each first")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs of each (the median is reported)")
     parser.add_argument("--work-dir", default=None, help="where the temporary images and prepared set go; unset: the system temp folder")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run a competing process doing N-thread matrix products while timing "
+                             "(a shared machine's other tenant; 0 = none)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -40,6 +43,8 @@ def run(args) -> int:
     for name in ("n", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.load < 0:
+        raise UserError(f"--load {args.load}: must be 0 (no competing process) or a number of threads")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be 0 or more")
     if not 1 <= args.crop <= 256:
@@ -52,7 +57,8 @@ def run(args) -> int:
     if not args.json:
         print("generating and preparing images, then timing both loaders ...", file=sys.stderr)
     r = run_data_bench(images=args.images, n=args.n, workers=args.workers, batch_size=args.batch_size,
-                       crop=args.crop, warmup=args.warmup, repeats=args.repeats, work_dir=args.work_dir)  # fmt: skip
+                       crop=args.crop, warmup=args.warmup, repeats=args.repeats, work_dir=args.work_dir,
+                       load=args.load)  # fmt: skip
     if args.json:
         print_json(r)
         return 0
@@ -61,5 +67,7 @@ def run(args) -> int:
     print(f"  ours      {r['ours_img_s']:8.1f} img/s  {r['ours']}")
     print(f"  baseline  {r['baseline_img_s']:8.1f} img/s  {r['baseline']}")
     print(f"  ratio (ours / baseline) = {r['ratio']:.2f}")
+    if args.load:
+        print(f"  (timed beside a competing process running {args.load}-thread matrix products)")
     print(f"  prepare: {r['prepare_img_s_per_worker']:.1f} images/s per worker ({r['prepare_img_s']:.1f} total)")
     return 0
