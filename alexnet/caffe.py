@@ -29,7 +29,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from alexnet.artifact import imagenet_classes
+from alexnet.checkpoint import save_checkpoint
 from alexnet.errors import UserError
+from alexnet.model import build_model
 
 INSTALL_HINT = "pip install 'alexnet[caffe]'"
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # ilsvrc_2012_mean per channel (104.007, 116.669, 122.679), rounded as ports do
@@ -480,10 +483,6 @@ def import_caffe(
             S, centre S x S).
     Returns {"out", "num_classes", "params", "layer_form", "net_name", "skipped", "lrn_k", "preprocess"}.
     """
-    from alexnet.checkpoint import save_checkpoint
-    from alexnet.model import build_model
-    from alexnet.predict import imagenet_classes
-
     if resize not in RESIZES:
         raise UserError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
     mean_image = read_mean(mean) if mean else None  # before the long read: a bad --mean fails fast
@@ -513,7 +512,7 @@ def import_caffe(
         if mean_image is not None
         else {"caffe_mean_bgr": list(CAFFE_MEAN_BGR)}
     )
-    layer_form = "layers (V1)" if len(net.layers) else "layer"
+    layer_form = "layers" if len(net.layers) else "layer"  # the 2014 V1 form, or today's
     state = {
         "model": model.state_dict(),
         "model_name": "alexnet",

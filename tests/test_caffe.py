@@ -266,9 +266,9 @@ def _check_against_reference(state, weights):
 def test_legacy_form_matches_caffe_reference(imported, weights):
     """The 2014 form (bvlc_alexnet.caffemodel's): V1 layers, 4-d dims, 1x1x1xN biases, 1x1xNxK fc weights."""
     state, result = imported("layers")
-    assert result["layer_form"] == "layers (V1)" and result["params"] == 60_965_224
+    assert result["layer_form"] == "layers" and result["params"] == 60_965_224
     assert result["skipped"] == ["data", "data", "accuracy", "loss"] and result["lrn_k"] == 1.0
-    assert state["config"]["caffe_layer_form"] == "layers (V1)"
+    assert state["config"]["caffe_layer_form"] == "layers"
     _check_against_reference(state, weights)
 
 
@@ -286,7 +286,7 @@ def test_layer_form_with_mean_image_matches_caffe_reference(imported, weights):
 
 
 def test_checkpoint_records_caffe_conventions(imported):
-    from alexnet.predict import imagenet_classes
+    from alexnet.artifact import imagenet_classes
 
     state, _ = imported("layers")
     assert state["model_name"] == "alexnet"

@@ -46,20 +46,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.caffe import import_caffe
+    from alexnet.caffe import import_caffe  # lazy: torch loads only when the command runs (fast --help)
 
     result = import_caffe(args.model, args.out, prototxt=args.prototxt, mean=args.mean, resize=args.resize)
     if args.json:
         print_json(result)
         return 0
-    skipped = ", ".join(result["skipped"]) or "none"
+    skipped = ", ".join(dict.fromkeys(result["skipped"])) or "none"
+    form = "the 2014 `layers` (V1) form" if result["layer_form"] == "layers" else "the `layer` form"
+    pre = result["preprocess"]
     print(
         f"wrote {result['out']}: paper net (two towers), {result['num_classes']} classes, "
-        f"{result['params']:,} parameters, from {result['layer_form']} layers of net {result['net_name']!r}"
+        f"{result['params']:,} parameters, from net {result['net_name']!r} in {form}"
     )
     print(
-        f"skipped layers: {skipped}; Caffe conventions: BGR 0-255 minus mean, resize "
-        f"{result['preprocess']['resize']} to {result['preprocess']['size']}, crop {result['preprocess']['crop']}, "
-        f"LRN k={result['lrn_k']:g} with alpha/size"
+        f"skipped layers: {skipped}; Caffe conventions recorded: BGR 0-255 minus the mean, resize "
+        f"{pre['resize']} to {pre['size']}, crop {pre['crop']}, LRN k={result['lrn_k']:g} with alpha/size"
     )
     return 0
