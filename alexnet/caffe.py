@@ -253,7 +253,8 @@ def read_caffemodel(path: str) -> tuple[object, list[SimpleNamespace]]:
     try:
         net.ParseFromString(data)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise UserError(f"{path}: not a Caffe model (binary NetParameter): {str(exc)[:120]}") from None
+        hint = "; a .prototxt goes to --prototxt, the model is the .caffemodel" if path.endswith(".prototxt") else ""
+        raise UserError(f"{path}: not a Caffe model (binary NetParameter): {str(exc)[:120]}{hint}") from None
     del data
     layers = net_layers(net)
     for layer in layers:

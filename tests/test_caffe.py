@@ -455,6 +455,9 @@ def test_prototxt_option_and_model_file_errors(tmp_path, capsys):
     deploy.write_text("layer { name: ")
     assert main(["import-caffe", str(small), "--prototxt", str(deploy), "--out", str(tmp_path / "x.pt")]) == 2
     assert "not a Caffe net in text format" in capsys.readouterr().err
+    assert main(["import-caffe", str(deploy), "--out", str(tmp_path / "x.pt")]) == 2  # a prototxt as the model
+    err = capsys.readouterr().err
+    assert "not a Caffe model" in err and "a .prototxt goes to --prototxt" in err
     junk = tmp_path / "junk.caffemodel"
     junk.write_bytes(b"\xff\xff\xff\xff not protobuf")
     assert main(["import-caffe", str(junk), "--out", str(tmp_path / "x.pt")]) == 2
