@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 import alexnet
-from alexnet.checkpoint import save_checkpoint
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.data.images import warp
 from alexnet.export import export_safetensors, import_torchvision
 from alexnet.model import build_model
@@ -82,7 +82,7 @@ def _shorter_center(img: np.ndarray, size=256) -> np.ndarray:
 
 def test_load_predict_features_on_a_checkpoint(tiny_checkpoint, photos):
     path, model, mean = tiny_checkpoint
-    net = alexnet.load(path, device="cpu")
+    net = alexnet.load(path, device="cpu")  # the README's first line
     (file_a, img_a), (file_b, img_b) = photos
     [top] = net.predict(file_a)
     assert top["probabilities"] == sorted(top["probabilities"], reverse=True)  # best first
@@ -118,13 +118,11 @@ def test_load_predict_features_on_a_checkpoint(tiny_checkpoint, photos):
 
 
 def test_exported_safetensors_predicts_the_same(tiny_checkpoint, photos, tmp_path):
-    path, _, _ = tiny_checkpoint
-    from alexnet.checkpoint import load_checkpoint
-
+    state = load_checkpoint(tiny_checkpoint[0])
     out = tmp_path / "net.safetensors"
-    export_safetensors(load_checkpoint(path), str(out))
+    export_safetensors(state, str(out))
     file_a = photos[0][0]
-    want = alexnet.load(path, device="cpu").predict(file_a)[0]
+    want = alexnet.load(state, device="cpu").predict(file_a)[0]  # a checkpoint dict works too
     got = alexnet.load(out, device="cpu").predict(file_a)[0]
     assert got["class_ids"] == want["class_ids"]
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-6)
