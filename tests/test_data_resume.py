@@ -156,3 +156,21 @@ def test_progress_lines(source, tmp_path, monkeypatch, capsys):
     chunks = -(-m["splits"]["train"]["count"] // 4)
     assert len(lines) >= chunks and done == sorted(done) and done[-1] == total
     assert "done in" in lines[-1] and all("ETA" in line for line in lines if int(pattern.match(line).group(1)) < total)
+
+
+def test_ctrl_c_says_how_to_resume(source, reference, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    real_commit = Partial.commit
+
+    def ctrl_c_after_two(self, split, k, arrays):
+        if k == 2:
+            raise KeyboardInterrupt
+        real_commit(self, split, k, arrays)
+
+    monkeypatch.setattr(Partial, "commit", ctrl_c_after_two)
+    assert cli_main(["prepare", source, out, "--workers", "1", *ARGV]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli_main(["prepare", source, out, "--workers", "1", "--resume", *ARGV]) == 0
+    assert "8 images from the interrupted run" in capsys.readouterr().out
+    assert _files(out) == reference

@@ -66,10 +66,15 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
-    manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
-                       val_fraction=args.val_fraction, workers=args.workers, force=args.force,
-                       seed=args.seed, quality=args.quality, resume=args.resume, chunk_size=args.chunk_size,
-                       progress=args.progress)  # fmt: skip
+    try:
+        manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
+                           val_fraction=args.val_fraction, workers=args.workers, force=args.force,
+                           seed=args.seed, quality=args.quality, resume=args.resume, chunk_size=args.chunk_size,
+                           progress=args.progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"prepare interrupted: its finished chunks are kept; the same command with --resume continues "
+              f"into {args.out}", file=sys.stderr)  # fmt: skip
+        raise
     short = summary(manifest)
     if args.json:
         print_json(short)
