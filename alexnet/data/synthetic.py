@@ -1,9 +1,8 @@
 """Generated image sets: the demo's shapes, photo-like JPEGs for the data bench, a CIFAR-10 stand-in.
 
 Everything is drawn with numpy + PIL from per-image seeds, so a set is identical for the same
-arguments whatever the order of generation. The shapes' classes differ in shape AND hue: from
-scratch, shape-only classes keep plain SGD on the ln(C) plateau for more than ~100 steps on CPU,
-while classes that also differ in colour are learnt within minutes (measured: docs/training.md, "The stall").
+arguments whatever the order of generation. The shapes' classes differ in shape AND hue, which a net
+trained from scratch on a CPU learns within minutes (the demo's figures: docs/training.md).
 """
 
 from __future__ import annotations
