@@ -157,14 +157,12 @@ def checkpoint_preprocess(state: dict, fallback_stats: dict | None = None) -> di
 
 
 def check_preprocess(pre: dict, where: str) -> None:
-    """UserError when the statistics a normalisation needs are missing, or the crop does not fit."""
+    """UserError when the statistics a normalisation needs are missing (the crop is checked against
+    the images it gets: a checkpoint without `preprocess` may only be used on the data's size)."""
     for options in NEEDS[pre["normalize"]]:
         if not any(k in pre["stats"] for k in options):
             raise UserError(f"{where}: lacks the statistics {' or '.join(options)} its {pre['normalize']} "
                             "normalisation needs; re-save it with `alexnet train`")
-    if not 1 <= pre["crop"] <= pre["size"]:
-        raise UserError(f"{where}: its crop {pre['crop']} does not fit its {pre['size']}-px images; "
-                        "re-save it with `alexnet train`")
     bgr = pre["stats"].get("mean_image_bgr")
     if pre["normalize"] == "caffe" and bgr is not None and (bgr.ndim != 3 or bgr.shape[0] < pre["size"]):
         raise UserError(f"{where}: its BGR mean image {tuple(bgr.shape)} is smaller than its "
@@ -220,14 +218,6 @@ def num_outputs(model: nn.Module) -> int | None:
     """Classes a net scores: its last Linear layer's width (None without one)."""
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return last[-1].out_features if last else None
-
-
-def resolve_device(device=None) -> torch.device:
-    """A torch.device from None/"auto" (cuda, this rank's GPU under torchrun -> mps -> cpu), a name
-    or a device; a bad or unavailable name is a one-line UserError naming --device."""
-    if isinstance(device, torch.device):
-        return device
-    return pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
 
 
 # ---------------------------------------------------------------- images -> uint8 (3, S, S)
@@ -319,6 +309,9 @@ class TrainedNet:
     def normalize(self, x: torch.Tensor, crops: int = 1) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> float32 model input (N, 3, crop, crop) or (N, 10, 3, crop, crop)."""
         pre = self.preprocess
+        if not 1 <= pre["crop"] <= x.shape[-1]:
+            raise UserError(f"{self.path}: its crop {pre['crop']} does not fit {x.shape[-1]}-px images; "
+                            "re-save it with `alexnet train`, or give images of its prepared size")
         x = x.to(self.device, non_blocking=True)
         if pre["normalize"] == "caffe":
             return caffe_batch(x, mean_bgr=self._mean_bgr, crop=pre["crop"], crops=crops)
@@ -368,7 +361,8 @@ def open_artifact(source, device=None, *, fallback_stats: dict | None = None) ->
     state = dict(source) if isinstance(source, dict) else load_model_state(source)
     if isinstance(source, (str, os.PathLike)) and "path" not in state:
         state["path"] = str(Path(source))
-    device = resolve_device(device)
+    if not isinstance(device, torch.device):  # None/"auto": cuda (this rank's GPU under torchrun) -> mps -> cpu
+        device = pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
     pre = checkpoint_preprocess(state, fallback_stats)
     check_preprocess(pre, state.get("path", "checkpoint"))
     model = model_from_checkpoint(state, device)

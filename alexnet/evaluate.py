@@ -24,7 +24,6 @@ from alexnet.artifact import (
     imagenet_classes,
     num_outputs,
     open_artifact,
-    resolve_device,  # fmt: skip
     same_preprocess,
 )
 from alexnet.data import PackedDataset, PreparedSet
@@ -147,7 +146,6 @@ def evaluate_checkpoints(
         raise UserError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     prepared._need(split)
-    device = resolve_device(device)
     nets = []
     for path in paths:
         net = open_artifact(path, device, fallback_stats=prepared.stats)
@@ -165,9 +163,9 @@ def evaluate_checkpoints(
         nets.append(net)
     dataset = PackedDataset(prepared, split)
     batches = prepared_batches(dataset, _shard(len(dataset)), batch_size=batch_size, workers=workers,
-                               pin_memory=device.type == "cuda")
+                               pin_memory=nets[0].device.type == "cuda")
     inputs = ((nets[0].normalize(x, crops), y) for x, y in batches)  # one normalisation for the ensemble
-    result = evaluate([n.model for n in nets], inputs, device=device, num_classes=prepared.num_classes,
+    result = evaluate([n.model for n in nets], inputs, device=nets[0].device, num_classes=prepared.num_classes,
                       progress=progress)
     per_class = {cid: (None if e != e else e)  # NaN (no images of the class) -> null in JSON
                  for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])}
@@ -205,10 +203,11 @@ def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
     if len(rows) > 1:
         rows.append((f"ensemble of {len(rows)} (softmax averaged)", result))
     width = max([len(name) for name, _ in rows] + [32])
-    lines.append(f"{'model':<{width}}  {'top-1 err':>9}  {'top-5 err':>9}  {'loss':>7}")
+    protocol = "10 crops" if result["crops"] == 10 else "centre crop"  # on every row: the two differ by ~2%
+    lines.append(f"{'model':<{width}}  {'top-1 err':>9}  {'top-5 err':>9}  {'loss':>7}  crops")
     for name, r in rows:
         lines.append(f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
-                     f"{r['loss']:7.4f}")
+                     f"{r['loss']:7.4f}  {protocol}")
     if class_ids is not None and is_imagenet(class_ids):
         lines += ["", "for comparison (ILSVRC-2012 val; the paper's Table 2, Caffe, torchvision):"]
         lines += [f"{name:<{width}}  {t1:8.2f}%  {t5:8.2f}%" for name, t1, t5 in PAPER_RESULTS]

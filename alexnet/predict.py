@@ -27,7 +27,6 @@ from alexnet.artifact import (
     imagenet_classes,
     open_artifact,
     prepare_image,
-    resolve_device,  # fmt: skip
 )
 from alexnet.checkpoint import unwrap
 from alexnet.data import PackedDataset, PreparedSet
@@ -225,7 +224,7 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     """
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     prepared._need(split)
-    net = open_artifact(checkpoint, resolve_device(device), fallback_stats=prepared.stats)
+    net = open_artifact(checkpoint, device, fallback_stats=prepared.stats)
     check_image_size(net.state, net.preprocess, prepared)
     dataset = PackedDataset(prepared, split)
     batches = prepared_batches(dataset, range(len(dataset)), batch_size=batch_size, workers=workers)

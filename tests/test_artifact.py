@@ -12,7 +12,10 @@ from PIL import Image
 
 from alexnet.artifact import caffe_batch, open_artifact, prepare_image
 from alexnet.checkpoint import save_checkpoint
+from alexnet.data import PackedDataset, PreparedSet
+from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
+from alexnet.evaluate import evaluate_checkpoints
 from alexnet.export import TORCHVISION_MEAN, TORCHVISION_STD, export_safetensors
 from alexnet.model import AlexNet
 
@@ -234,3 +237,35 @@ def test_prepare_image_warp_and_shorter():
     np.testing.assert_array_equal(warped, np.asarray(image.resize((64, 64), Image.BILINEAR)))
     shorter = prepare_image(image, 64, "shorter").permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(shorter, np.asarray(image.resize((128, 64), Image.BILINEAR))[:, 32:96])
+
+
+def test_evaluate_on_a_raw_prepared_set_sees_torchvision_pixels(torchvision_net, tmp_path):
+    """`prepare --format raw` stores torchvision's Resize(256) + CenterCrop(256) pixels, so `evaluate`
+    (centre crop) of a torchvision import equals torchvision's preset on the source files."""
+    import torchvision.transforms as T
+
+    net, tv = torchvision_net
+    sizes = [(300, 260), (257, 300), (333, 517)]
+    sources = []
+    for c, size in enumerate(sizes):
+        for split in ("train", "val"):
+            (tmp_path / "src" / split / IDS[c]).mkdir(parents=True)
+            _photo(*size, seed=c + 10 * (split == "val")).save(tmp_path / "src" / split / IDS[c] / "0.png")
+        sources.append(tmp_path / "src" / "val" / IDS[c] / "0.png")
+    prepare(str(tmp_path / "src"), str(tmp_path / "prep"), fmt="raw", workers=1)
+    prepared = PreparedSet(tmp_path / "prep")
+    raw = PackedDataset(prepared, "val")
+    assert prepared.class_ids == IDS and raw.labels.tolist() == [0, 1, 2]
+    preset = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)])
+    want_x = torch.stack([preset(Image.open(p).convert("RGB")) for p in sources])
+    got_x = net.inputs(torch.stack([raw.image(i) for i in range(3)]))
+    torch.testing.assert_close(got_x, want_x, rtol=0, atol=1e-5)
+    state = dict(net.state, model=tv.state_dict())
+    save_checkpoint(tmp_path / "tv.pt", state)
+    result = evaluate_checkpoints([str(tmp_path / "tv.pt")], prepared, "val", crops=1, workers=0, device="cpu")
+    with torch.no_grad():
+        probs = torch.softmax(tv(want_x), 1)
+    labels = torch.tensor([0, 1, 2])
+    assert result["n"] == 3 and result["crops"] == 1
+    assert result["loss"] == pytest.approx(-torch.log(probs[torch.arange(3), labels]).mean().item(), rel=1e-5)
+    assert result["top1_error"] == pytest.approx(1 - (probs.argmax(1) == labels).float().mean().item())

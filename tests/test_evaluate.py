@@ -165,6 +165,8 @@ def test_ensemble_averages_softmax_over_nets(setup, cli_json, capsys):
     assert np.mean(list(result["per_class_top1_error"].values())) == pytest.approx(result["top1_error"])
     table = format_table(result, prepared.class_ids)
     assert "ensemble of 2" in table and "top-1 err" in table and "centre crop" in table
+    rows = [line for line in table.splitlines() if line.startswith((setup["a"], setup["b"], "ensemble"))]
+    assert len(rows) == 3 and all(line.endswith("centre crop") for line in rows)  # every row names its crops
     assert "paper" not in table  # the paper's ImageNet numbers only beside ImageNet results
 
 
@@ -209,6 +211,9 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
     assert main(["evaluate", setup["b"], "--data", prepared.root, "--workers", "0", "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "top-1 err" in table and "ensemble" not in table and "3 images" in table
+    # the default is the paper's test protocol, 10 crops, and the row says so
+    assert "3 images, 10 crops" in table
+    assert next(line for line in table.splitlines() if line.startswith(setup["b"])).endswith("10 crops")
     assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet evaluate: error:") and "nope" in err and "\n" not in err
@@ -235,6 +240,7 @@ def test_paper_rows_only_for_imagenet():
               "per_model": [{"model": "r/checkpoints/best.pt", "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0}]}
     table = format_table(result, ids)
     assert "40.70%" in table and "r/best.pt" in table and "10 crops" in table
+    assert next(line for line in table.splitlines() if line.startswith("r/best.pt")).endswith("10 crops")
 
 
 # ---------------------------------------------------------------- distributed
@@ -266,3 +272,15 @@ def test_distributed_two_gloo_processes_equal_one_process(setup, tmp_path):
             assert a["top1_error"] == pytest.approx(b["top1_error"])
         for cid, err in single["per_class_top1_error"].items():
             assert math.isclose(got["per_class_top1_error"][cid], err, abs_tol=1e-9)
+
+
+def test_cli_progress_lines_on_stderr(setup, capsys):
+    """--progress lines: a closing line with the count on stderr (stdout keeps the JSON alone); off: none."""
+    prepared = setup["prepared"]
+    base = ["evaluate", setup["a"], "--data", prepared.root, "--workers", "0", "--device", "cpu", "--crops", "1", "--json"]
+    assert main(base + ["--progress", "lines"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 3
+    assert "evaluate: 3/3 img (100.0%)" in captured.err
+    assert main(base + ["--progress", "off"]) == 0
+    assert capsys.readouterr().err == ""

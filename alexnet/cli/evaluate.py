@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--progress", default="auto", choices=MODES,
                    help="auto: a bar on a terminal, a line every ~30 s otherwise")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE (e.g. RUN/eval.json)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write the JSON result to FILE (e.g. RUN/eval.json, which `alexnet report` reads)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 

@@ -31,16 +31,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
-    from alexnet.artifact import resolve_device
     from alexnet.data import PreparedSet
     from alexnet.predict import features_of_split
 
-    device = resolve_device(args.device)  # a bad --device is reported before any work
     data = PreparedSet(args.data)
     total = data.split_size(args.split) if args.split in data.splits else 0
     with Progress("features", total, unit="img", mode=args.progress) as progress:
         result = features_of_split(args.checkpoint, data, args.split, args.out, batch_size=args.batch_size,
-                                   workers=args.workers, device=device, progress=progress.update)
+                                   workers=args.workers, device=args.device, progress=progress.update)
     if args.json:
         print_json(result)
     else:

@@ -5,9 +5,10 @@ photos; user folders add RGBA and palette PNGs. `load_rgb` turns all of them int
 `BadImageError` with a short reason for anything that is not a readable image, so that `prepare`
 can skip and list it and `predict` can say why a file failed.
 
-Two resizes: `resize_center_crop` is `prepare`'s (fast: a box reduction first for big images),
-`resize_shorter` + `center_crop` (and `warp`) are what a trained net applies to a single image
-(`alexnet.artifact`): pixel for pixel torchvision's `Resize(size)` + `CenterCrop(crop)` on PIL images.
+`resize_shorter` + `center_crop` (and Caffe's `warp`) are what a trained net applies to a single
+image (`alexnet.artifact`): pixel for pixel torchvision's `Resize(size)` + `CenterCrop(crop)` on PIL
+images. `resize_center_crop` is `prepare`'s: the same up to 6x reductions, a box pre-reduction
+beyond (speed for big photos).
 """
 
 from __future__ import annotations
@@ -104,28 +105,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int = 256) -> Image.Image:
-    """Shorter side to `size` (antialiased bilinear; PIL filters scale with the reduction factor),
-    then the central size x size crop (paper §2)."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        # reducing_gap: a cheap box reduction first for big reductions, then the exact filter.
+    """Shorter side to `size` (antialiased bilinear), then the central size x size crop (paper §2).
+
+    Sizes and offsets are torchvision's Resize(size) + CenterCrop(size), so an image up to 6x the
+    target is resized exactly as there; beyond that PIL first box-reduces by an integer factor
+    (reducing_gap, much faster for big photos, a difference below JPEG noise)."""
+    nw, nh = _shorter_size(img.size, size)
+    if (nw, nh) != img.size:
         img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    return center_crop(img, size)
+
+
+def _shorter_size(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """(w, h) with the shorter side `size` and the longer int(size * long / short), as torchvision."""
+    w, h = wh
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     """Shorter side to `size`, the longer one to int(size * long / short), antialiased bilinear:
     torchvision.transforms.Resize(size) on a PIL image, pixel for pixel (same sizes, same filter,
     no box pre-reduction)."""
-    w, h = img.size
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    return img if (nw, nh) == (w, h) else img.resize((nw, nh), Image.BILINEAR)
+    nw, nh = _shorter_size(img.size, size)
+    return img if (nw, nh) == img.size else img.resize((nw, nh), Image.BILINEAR)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

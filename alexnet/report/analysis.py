@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.artifact import TrainedNet, check_classes, num_outputs, open_artifact, resolve_device
+from alexnet.artifact import TrainedNet, check_classes, num_outputs, open_artifact
 from alexnet.checkpoint import resolve_checkpoint_path
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.errors import UserError
@@ -254,7 +254,7 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     (split, row) -> uint8 HWC), "notes" [str]}.
     """
     notes: list[str] = []
-    prepared, net, out = _open(records, ckpt, data, resolve_device(device), notes)
+    prepared, net, out = _open(records, ckpt, data, device, notes)
     workers = 0 if net.device.type == "cpu" else min(8, os.cpu_count() or 1)
 
     def loader(dataset, rows, crops: int):  # 10 crops: a tenth of the images per batch
