@@ -4,11 +4,16 @@ with the same batches, and shards under DDP with the host path's sampler."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
+from alexnet.checkpoint import load_checkpoint
+from alexnet.cli import main
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import DeviceLoader, make_device_loader
+from alexnet.model import build_model
 
 SIZE, CROP = 80, 72
 
@@ -82,3 +87,81 @@ def test_eval_split_equals_the_host_loader(prepared):
         ref = _batches(make_loader(prepared, "val", workers=0, **kw))
         got = _batches(make_device_loader(prepared, "val", workers=0, device="cpu", **kw))
         assert len(got) > 0 and _same(ref, got)
+
+
+# ---------------------------------------------------------------- through `alexnet train`
+
+# The paper's net (dropout on: its RNG stream must line up too) at 67 px; 18 images / batch 6 = 3 steps
+TRAIN = ["data.batch_size=6", "data.workers=0", "data.crop=67", "model.init=kaiming", "data.normalize=channel",
+         "train.stall_steps=0", "train.log_every=1", "train.device=cpu", "train.epochs=1"]  # fmt: skip
+
+
+def _train(data, run, *args) -> None:
+    sets = [a for kv in TRAIN for a in ("--set", kv)]
+    assert main(["train", str(data), "--out", str(run), *sets, "--progress", "off", *args]) == 0
+
+
+def _last(run) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pt")
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    ma, mb = a["model"], b["model"]
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    return (ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+            and oa.keys() == ob.keys() and all(torch.equal(oa[k][n], ob[k][n]) for k in oa for n in oa[k]))  # fmt: skip
+
+
+@pytest.mark.slow  # three short CPU trainings of the paper's net; about 30 s of CPU time
+def test_train_with_the_device_pipeline_ends_with_the_host_runs_weights(tiny_prepared, tmp_path):
+    """`alexnet train` with data.pipeline=device, stopped mid-epoch and resumed, ends bit for bit where
+    the uninterrupted host-pipeline run ends (validation included)."""
+    _train(tiny_prepared, tmp_path / "host", "--set", "data.pipeline=host")
+    _train(tiny_prepared, tmp_path / "dev", "--set", "data.pipeline=device", "--set", "train.max_steps=2")
+    assert _last(tmp_path / "dev")["step"] == 2
+    _train(tiny_prepared, tmp_path / "dev", "--resume", "--set", "train.max_steps=null")
+    host, dev = _last(tmp_path / "host"), _last(tmp_path / "dev")
+    assert host["step"] == dev["step"] == 3 and _same_state(host, dev)
+    assert host["config"]["data"]["pipeline"] == "host" and dev["config"]["data"]["pipeline"] == "device"
+    torch.manual_seed(0)  # a control: the weights did move from the seeded init
+    init = build_model("alexnet", num_classes=3, input_size=67, init="kaiming").state_dict()
+    assert not torch.equal(init["features.0.weight"], host["model"]["features.0.weight"])
+
+
+@pytest.mark.slow  # three short CPU trainings of the paper's net; about 30 s of CPU time
+def test_fp16_grad_scaler_state_is_saved_and_resumed(tiny_prepared, tmp_path):
+    """--amp fp16 trains with a GradScaler (torch.amp.GradScaler("cpu") here) whose state is in
+    last.pt and restored on resume: a run stopped after step 2 and resumed equals the uninterrupted one."""
+    _train(tiny_prepared, tmp_path / "full", "--amp", "fp16")
+    _train(tiny_prepared, tmp_path / "cut", "--amp", "fp16", "--set", "train.max_steps=2")
+    cut = _last(tmp_path / "cut")
+    assert cut["config"]["train"]["amp"] == "fp16" and {"scale", "_growth_tracker"} <= set(cut["scaler"])
+    # the scale moved off its start (an overflow backed it off, or steps counted towards growth), so a
+    # resume that restarted the scaler would continue differently
+    assert cut["scaler"] != torch.amp.GradScaler("cpu").state_dict()
+    _train(tiny_prepared, tmp_path / "cut", "--resume", "--set", "train.max_steps=null")
+    full, resumed = _last(tmp_path / "full"), _last(tmp_path / "cut")
+    assert full["step"] == resumed["step"] == 3 and _same_state(full, resumed)
+    assert full["scaler"] == resumed["scaler"]
+
+
+def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsys, tmp_path):
+    """--fast: FAST under the user's own options on CUDA (printed), untouched with a note on the CPU."""
+    from alexnet import distributed
+    from alexnet.cli import train as cli_train
+    from alexnet.train import resolve_config
+
+    args = argparse.Namespace(out=str(tmp_path / "run"), config=None, resume=False)
+    mine = ["train.amp=fp16", "train.device=cpu"]
+    plain = resolve_config(args.out, None, mine)
+    assert cli_train._fast(args, mine, plain) is plain
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "--fast ignored on cpu" in note
+    monkeypatch.setattr(distributed, "pick_device", lambda *a, **k: torch.device("cuda", 0))
+    fast = cli_train._fast(args, mine, plain)
+    assert (fast.data.pipeline, fast.train.amp, fast.train.channels_last, fast.train.compile) == (
+        "device", "fp16", True, True)  # --amp fp16 given with --fast wins over its bf16
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and "data.pipeline=device, amp=fp16, channels_last=True, compile=True" in line
+    assert {o.split("=")[0] for o in cli_train.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",
+                                                         "train.compile"}  # fmt: skip

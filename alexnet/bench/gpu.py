@@ -184,7 +184,8 @@ def stage_train_run(dev: torch.device, s: Sizes, data: str, run_dir: Path) -> di
     """`python -m alexnet train DATA --fast` for s.train_seconds (Ctrl-C then, as a user would:
     train saves last.pt and exits 130), or until s.train_max_steps."""
     sets = [f"data.batch_size={s.train_batch}", f"data.crop={s.crop}", f"data.workers={s.workers}",
-            "train.epochs=100000", f"train.log_every={s.log_every}", f"train.device={dev}"]  # fmt: skip
+            "train.epochs=100000", f"train.log_every={s.log_every}", f"train.device={dev}",
+            "schedule.name=constant"]  # fmt: skip  (the generated set has no val split to plateau on)
     if s.train_max_steps is not None:
         sets.append(f"train.max_steps={s.train_max_steps}")
     cmd = [sys.executable, "-m", "alexnet", "train", data, "--out", str(run_dir), "--fast", "--progress", "lines"]

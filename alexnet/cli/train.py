@@ -20,6 +20,9 @@ Configuration: defaults <- --config FILE.toml <- --set section.key=value (repeat
 keys (docs/training.md explains each):
 {keys}
 
+On a GPU, --fast is the fast configuration: the device data path, bf16 autocast, channels_last and
+torch.compile (the optimizer step is one foreach kernel per operation); --amp fp16 uses a GradScaler.
+
 Many GPUs / nodes: torchrun --standalone --nproc_per_node=8 -m alexnet train DATA --out RUN
 (data.batch_size is the global batch, split over the processes; lr is not rescaled).
 If the loss stays at ln(classes), see the warning it prints: --set model.init=kaiming
@@ -41,13 +44,40 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt")
-    p.add_argument("--amp", default=None, choices=["off", "bf16"], help="bf16 autocast (same as --set train.amp=bf16)")
+    p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
+                   help="autocast: bf16, or fp16 with a GradScaler saved in checkpoints (same as --set train.amp=...)")
+    p.add_argument("--fast", action="store_true",
+                   help="on CUDA: " + ", ".join(FAST) + " (--amp, --set and the like given too win); "
+                        "ignored with a note on other devices")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "off"],
                    help="progress output on stderr: a bar on a terminal, plain lines otherwise")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.set_defaults(func=run)
+
+
+# --fast: the settings that make a GPU fast, as overrides applied before the user's own
+FAST = ("data.pipeline=device", "train.amp=bf16", "train.channels_last=true", "train.compile=true")
+
+
+def _fast(args, overrides: list[str], config):
+    """The config with FAST under the user's overrides on CUDA; unchanged elsewhere. One line on stderr."""
+    from alexnet.distributed import pick_device
+    from alexnet.train import resolve_config
+
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun: rank 0
+    device = pick_device(config.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type != "cuda":
+        say(f"alexnet train: --fast ignored on {device.type}: it is the CUDA configuration "
+            "(bf16 autocast and torch.compile are slower than fp32 eager on most CPUs)", file=sys.stderr)
+        return config
+    config = resolve_config(args.out, args.config, list(FAST) + overrides, resume=args.resume)
+    d, t = config.data, config.train
+    step = "PaperSGD, foreach" if config.optim.name == "paper" else "torch SGD, foreach"
+    say(f"alexnet train: --fast: data.pipeline={d.pipeline}, amp={t.amp}, channels_last={t.channels_last}, "
+        f"compile={t.compile}, optimizer step {step}", file=sys.stderr)
+    return config
 
 
 def run(args) -> int:
@@ -63,6 +93,8 @@ def run(args) -> int:
     if args.compile:
         overrides.append("train.compile=true")
     config = resolve_config(args.out, args.config, overrides, resume=args.resume)
+    if args.fast:
+        config = _fast(args, overrides, config)
     summary = train(args.data, args.out, config, resume=args.resume, progress=args.progress,
                     command=["alexnet"] + sys.argv[1:])
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
