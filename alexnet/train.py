@@ -29,7 +29,6 @@ from alexnet import config as cfg
 from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
-from alexnet.data.device import make_device_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
@@ -104,10 +103,6 @@ class DataConfig:
     flip: bool = True  # random horizontal reflections (§4.1)
     workers: int | None = None  # loader worker processes per process; unset: min(cores, 8); 0 = in the main process
     eval_batch_size: int | None = None  # validation images per step over all processes; unset: batch_size
-    # where augmentation runs (the batches are the same): host = loader workers crop, mirror, add PCA noise
-    # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
-    # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
-    pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
     # where augmentation runs (the batches are the same): host = loader workers crop, mirror, add PCA noise
     # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
     # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
@@ -411,14 +406,6 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
     eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
     val_loader = make(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
     return train_loader, val_loader
-
-
-def resolve_pipeline(pipeline: str, device: torch.device) -> str:
-    """data.pipeline with auto resolved: device on CUDA, host elsewhere (on a CPU the workers
-    augmenting in parallel beat the main process augmenting the batch)."""
-    if pipeline == "auto":
-        return "device" if device.type == "cuda" else "host"
-    return pipeline
 
 
 def resolve_pipeline(pipeline: str, device: torch.device) -> str:
