@@ -47,7 +47,7 @@ from alexnet.io import read_json, write_json, write_text
 from alexnet.model import build_model
 from alexnet.summary import summarize
 
-STAGES = ("tests", "env", "matmul", "train_step", "pipeline", "infer", "train_run")
+STAGES = ("tests", "env", "matmul_tflops", "train_step", "pipeline", "infer", "train_run")
 FLOPS_PER_MAC_TRAIN = 2 * 3  # 2 FLOPs a multiply-add; backward about twice the forward
 
 
@@ -317,6 +317,7 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
         "infer": lambda: stage_infer(dev, s),
         "train_run": lambda: stage_train_run(dev, s, dataset(), work / "train_run"),
     }  # fmt: skip
+    assert tuple(stages) == STAGES
     try:
         for name, fn in stages.items():
             say(f"stage {name} ...")
