@@ -274,3 +274,94 @@ def test_relu_vs_tanh_text_output_without_a_crossing(cifar, tmp_path, monkeypatc
 def test_ablations_unknown_variant(tmp_path, capsys):
     assert main(["experiment", "ablations", "--variants", "no-lrn,no-relu", "--out", str(tmp_path)]) == 2
     assert "no-relu" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- restarts reuse finished runs
+
+TIMINGS = {"seconds", "seconds_to_25", "speedup_seconds", "speedup_seconds_is_lower_bound", "json", "plot"}
+
+
+def _without_timings(obj):
+    """obj without wall-clock figures (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def test_relu_vs_tanh_restart_reuses_finished_nets_and_equals_uninterrupted(cifar, tmp_path, monkeypatch):
+    from alexnet.experiments import relu_tanh
+
+    config = relu_tanh.ReluTanhConfig(epochs=1, seeds=2, batch_size=50, limit=100)
+    full = relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "full", config, progress=False)
+    real, calls = relu_tanh.train_curve, []
+
+    def interrupted_after_three(activation, *args, **kwargs):
+        calls.append((activation, args[3]))
+        if len(calls) == 4:  # the fourth net (tanh, seed 1) is interrupted
+            raise KeyboardInterrupt
+        return real(activation, *args, **kwargs)
+
+    monkeypatch.setattr(relu_tanh, "train_curve", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "again", config, progress=False)
+    calls.clear()
+    again = relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "again", config, progress=False)
+    assert calls == [("tanh", 1)]  # only the unfinished net was trained
+    assert _without_timings(again) == _without_timings(full)
+    calls.clear()
+    monkeypatch.setattr(relu_tanh, "train_curve", lambda activation, *a, **kw: calls.append(1) or real(activation, *a, **kw))
+    changed = relu_tanh.ReluTanhConfig(epochs=1, seeds=2, batch_size=50, limit=100, lr=0.02)
+    relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "again", changed, progress=False)
+    assert len(calls) == 4  # other settings: nothing reused
+
+
+def test_ablations_restart_reuses_finished_runs_and_equals_uninterrupted(shapes, tmp_path, monkeypatch):
+    from alexnet.experiments import ablations
+
+    config = ablations.AblationConfig(epochs=1, variants=["no-dropout"], workers=0, overrides=["data.batch_size=10"])
+    full = ablations.run_ablations(shapes, tmp_path / "full", config, progress="off")
+    real, calls = ablations.train_and_evaluate, []
+
+    def interrupted_second(data, run, variant, *args, **kwargs):
+        calls.append(variant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(data, run, variant, *args, **kwargs)
+
+    monkeypatch.setattr(ablations, "train_and_evaluate", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        ablations.run_ablations(shapes, tmp_path / "again", config, progress="off")
+    calls.clear()
+    again = ablations.run_ablations(shapes, tmp_path / "again", config, progress="off")
+    assert calls == ["no-dropout"]  # the paper net's run was reused
+    strip = lambda r: json.loads(json.dumps(_without_timings(r)).replace(str(tmp_path / "again"), "OUT")  # noqa: E731
+                                 .replace(str(tmp_path / "full"), "OUT"))
+    assert strip(again) == strip(full)
+
+
+@pytest.mark.slow
+def test_ablations_killed_inside_a_run_resumes_it_exactly(shapes, tmp_path):
+    """SIGKILL at the second run's second checkpoint: the restart reuses the first run, resumes the second."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from alexnet.rundir import KILL_ENV
+
+    args = [sys.executable, "-m", "alexnet", "experiment", "ablations", "--data", str(shapes), "--epochs", "1",
+            "--variants", "no-dropout", "--workers", "0", "--set", "data.batch_size=10", "--set",
+            "train.checkpoint_every=1", "--keep-checkpoints", "--json", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    full = json.loads(subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, capture_output=True,
+                                     text=True, check=True, timeout=600).stdout)
+    killed = subprocess.run(args + ["--out", str(tmp_path / "again")], env={**env, KILL_ENV: "phase:checkpoint-write:5"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    again = json.loads(subprocess.run(args + ["--out", str(tmp_path / "again")], env=env, capture_output=True,
+                                      text=True, check=True, timeout=600).stdout)
+    strip = lambda r: json.loads(json.dumps(_without_timings(r)).replace(str(tmp_path / "again"), "OUT")  # noqa: E731
+                                 .replace(str(tmp_path / "full"), "OUT"))
+    assert strip(again) == strip(full)

@@ -21,8 +21,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alexnet import config as cfg
 from alexnet.errors import UserError
-from alexnet.experiments.common import Progress, cache_root, mean_std, out_dir, pyplot, save_figure, write_json
+from alexnet.experiments.common import (
+    Reporter,
+    cache_root,
+    mean_std,
+    out_dir,
+    pyplot,
+    read_reusable,
+    save_figure,
+    save_reusable,
+)
+from alexnet.io import read_json, write_json
 
 # name -> (train-config overrides, description)
 VARIANTS = {
@@ -117,7 +128,6 @@ def default_crop(size: int) -> int:
 
 def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
     """The TrainConfig of one run: the recipe, this variant's one switch, the seed."""
-    from alexnet import config as cfg
     from alexnet.train import TrainConfig
 
     overrides = list(RECIPES[config.recipe]) + [
@@ -131,9 +141,18 @@ def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
     return cfg.load_config(TrainConfig, None, overrides)
 
 
+def finished_run(run: Path, train_config) -> dict | None:
+    """The result of a run a previous start of the experiment finished with the same settings, or None."""
+    return read_reusable(run / "result.json", cfg.to_dict(train_config))
+
+
 def train_and_evaluate(data, run: Path, variant: str, seed: int, config: AblationConfig, crop: int,
                        progress: str) -> dict:
-    """Train one (variant, seed) into `run`, evaluate its last weights (centre crop) on val."""
+    """Train one (variant, seed) into `run`, evaluate its last weights (centre crop) on val.
+
+    A run a previous start left unfinished with the same settings is resumed (exactly: alexnet train's
+    resume); one with other settings is started afresh. Writes RUN/result.json (the returned row).
+    """
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data import make_loader
     from alexnet.distributed import pick_device
@@ -141,12 +160,14 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
     from alexnet.train import train
 
     train_config = run_config(variant, seed, config, crop)
-    if run.exists():  # a previous run of this experiment: start it afresh
+    if run.exists():
         if not (run / "config.json").is_file() and any(run.iterdir()):
             raise UserError(f"{run}: exists and is not a run directory; choose another --out")
-        shutil.rmtree(run)
+        same = (run / "config.json").is_file() and read_json(run / "config.json") == cfg.to_dict(train_config)
+        if not same:  # left by a start with other settings: redo it
+            shutil.rmtree(run)
     t0 = time.perf_counter()
-    summary = train(data, run, train_config, progress=progress,
+    summary = train(data, run, train_config, resume=True, progress=progress,
                     command=["alexnet", "experiment", "ablations", variant, f"seed={seed}"])
     seconds = time.perf_counter() - t0
     state = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -161,12 +182,14 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     epochs = [r for r in epochs if r.get("kind") == "epoch"]
-    return {"seed": seed, "top1_error": val["top1_error"], "top5_error": val["top5_error"], "val_loss": val["loss"],
-            "train_top1_error": epochs[-1]["train_top1_error"] if epochs else None,
-            "steps": summary["step"], "epochs": summary["epoch"], "seconds": seconds, "run": str(run),
-            "pool": pool_used, "stalled": summary["stalled"],
-            "curve": [{k: r.get(k) for k in ("epoch", "step", "train_loss", "train_top1_error", "val_top1_error")}
-                      for r in epochs]}
+    row = {"seed": seed, "top1_error": val["top1_error"], "top5_error": val["top5_error"], "val_loss": val["loss"],
+           "train_top1_error": epochs[-1]["train_top1_error"] if epochs else None,
+           "steps": summary["step"], "epochs": summary["epoch"], "seconds": seconds, "run": str(run),
+           "pool": pool_used, "stalled": summary["stalled"],
+           "curve": [{k: r.get(k) for k in ("epoch", "step", "train_loss", "train_top1_error", "val_top1_error")}
+                     for r in epochs]}
+    save_reusable(run / "result.json", cfg.to_dict(train_config), row)  # last: marks the run finished
+    return row
 
 
 def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike = "experiments/ablations",
@@ -182,7 +205,7 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
 
     config = config or AblationConfig()
     config.validate()
-    say = Progress("experiment ablations", progress != "off")
+    say = Reporter("experiment ablations", progress)
     out = out_dir(out)
     generated = data is None or str(data) == "demo"
     if generated:
@@ -210,14 +233,22 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
         f"({ps.split_size('train')} training / {ps.split_size('val')} val images, crop {crop}, recipe {config.recipe})")
     start = time.perf_counter()
     runs = {v: [] for v in variants}
-    for seed in range(config.seeds):  # seed-major: an interrupted run still has complete pairs
-        for v in variants:
+    plan = [(seed, v, out / "runs" / f"{v}-seed{seed}") for seed in range(config.seeds) for v in variants]
+    finished = {path: finished_run(path, run_config(v, seed, config, crop)) for seed, v, path in plan}
+    say.count(len(plan), "run", done=sum(row is not None for row in finished.values()))
+    for seed, v, path in plan:  # seed-major: an interrupted experiment still has complete pairs
+        r = finished[path]
+        if r is not None:
+            say(f"{v} seed {seed}: finished by a previous start; reused")
+        else:
             say(f"training {v} (seed {seed}): {VARIANTS[v][1]}")
-            r = train_and_evaluate(ps, out / "runs" / f"{v}-seed{seed}", v, seed, config, crop, progress)
-            say(f"{v} seed {seed}: val top-1 {r['top1_error']:.3f}, top-5 {r['top5_error']:.3f}, "
-                f"train top-1 {r['train_top1_error'] if r['train_top1_error'] is None else round(r['train_top1_error'], 3)}"
-                f" ({r['seconds']:.0f} s)")
-            runs[v].append(r)
+            r = train_and_evaluate(ps, path, v, seed, config, crop, progress)
+            say.update()
+        train_top1 = r["train_top1_error"]
+        say(f"{v} seed {seed}: val top-1 {r['top1_error']:.3f}, top-5 {r['top5_error']:.3f}, train top-1 "
+            f"{train_top1 if train_top1 is None else round(train_top1, 3)} ({r['seconds']:.0f} s)")
+        runs[v].append(r)
+    say.close()
     results = summarise(runs)
     result = {
         "experiment": "ablations", "results": results, "variants": variants,

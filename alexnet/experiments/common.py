@@ -1,4 +1,4 @@
-"""Helpers shared by the experiments: statistics over seeds, atomic JSON, progress lines, plotting setup."""
+"""Helpers shared by the experiments: statistics over seeds, progress, results a restart reuses, plotting."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from alexnet.errors import UserError
-from alexnet.io import atomic_write_bytes
+from alexnet.io import atomic_write_bytes, write_json
+from alexnet.progress import Progress, resolve_mode
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -24,12 +25,6 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     mean = sum(xs) / len(xs)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return mean, std
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write obj as indented JSON, atomically (a crash leaves the old file or the new one)."""
-    text = json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def out_dir(path: str | os.PathLike) -> Path:
@@ -50,15 +45,54 @@ def cache_root() -> Path:
     return Path(base) / "alexnet"
 
 
-class Progress:
-    """Plain progress lines on stderr (never stdout, which --json keeps for the result)."""
+class Reporter:
+    """An experiment's messages and its count of finished units (runs, epochs) on stderr, through
+    alexnet.progress: a bar on a terminal, a line every ~30 s otherwise; `mode` "off" prints nothing."""
 
-    def __init__(self, name: str, enabled: bool = True):
-        self.name, self.enabled = name, enabled
+    def __init__(self, name: str, mode: str = "auto"):
+        self.name, self.mode = name, resolve_mode(mode)
+        self.counter = None
 
     def __call__(self, text: str) -> None:
-        if self.enabled:
+        if self.mode == "off":
+            return
+        if self.counter is not None:
+            self.counter.write(f"{self.name}: {text}")
+        else:
             print(f"{self.name}: {text}", file=sys.stderr, flush=True)
+
+    def count(self, total: int, unit: str, done: int = 0) -> None:
+        """Start counting `total` units, `done` of them already finished (reused from a previous start)."""
+        self.counter = Progress(self.name, total, unit=unit, mode=self.mode, initial=done)
+
+    def update(self, n: int = 1) -> None:
+        if self.counter is not None:
+            self.counter.update(n)
+
+    def close(self) -> None:
+        if self.counter is not None:
+            self.counter.close()
+
+
+def read_reusable(path: Path, key) -> dict | None:
+    """The value saved by save_reusable at `path` if it was saved under the same `key`, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: redo it
+    return saved.get("value") if saved.get("key") == _plain(key) else None
+
+
+def save_reusable(path: Path, key, value) -> None:
+    """Save a finished unit's result with the settings that produced it (a restart reuses it)."""
+    write_json(path, {"key": _plain(key), "value": value})
+
+
+def _plain(obj):
+    """obj as JSON would give it back (tuples as lists, numbers as numbers), for comparisons."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def pyplot():

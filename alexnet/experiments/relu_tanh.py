@@ -37,7 +37,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.experiments.common import Progress, cache_root, mean_std, out_dir, pyplot, save_figure, write_json
+from alexnet.experiments.common import (
+    Reporter,
+    cache_root,
+    mean_std,
+    out_dir,
+    pyplot,
+    read_reusable,
+    save_figure,
+    save_reusable,
+)
+from alexnet.io import write_json
 
 ACTIVATIONS = ("relu", "tanh")
 PAPER_SPEEDUP = 6.0  # Figure 1: "six times faster"
@@ -246,7 +256,7 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
 
     config = config or ReluTanhConfig()
     config.validate()
-    say = Progress("experiment relu-vs-tanh", progress)
+    say = Reporter("experiment relu-vs-tanh", "auto" if progress else "off")
     out = out_dir(out)
     generated = data is None
     if generated:
@@ -270,19 +280,32 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
         f"x {config.seeds} seed(s) x 2 nets on {device}")
 
     start = time.perf_counter()
+    # what a finished net's curve depends on: a restart with the same OUT reuses those that match
+    key = {"settings": {k: v for k, v in asdict(config).items() if k != "seeds"}, "data": str(sets["dir"]),
+           "train_images": len(xf), "device": str(device)}
+    curves = {(act, seed): read_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]})
+              for seed in range(config.seeds) for act in ACTIVATIONS}
+    say.count(len(curves), "net", done=sum(c is not None for c in curves.values()))
     runs = {a: [] for a in ACTIVATIONS}
     per_seed = []
     for seed in range(config.seeds):
         row = {"seed": seed}
         for act in ACTIVATIONS:
-            curve = train_curve(act, xf, y, config, seed, device, eval_index=eval_index, test=test, say=say)
+            curve = curves[act, seed]
+            if curve is None:
+                curve = train_curve(act, xf, y, config, seed, device, eval_index=eval_index, test=test, say=say)
+                save_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]}, curve)
+                say.update()
+            else:
+                say(f"seed {seed} {act}: finished by a previous start; reused")
             curve["to_target"] = crossing(curve["train_error"], curve["seconds"], config.target)
             runs[act].append(curve)
             row[act] = {**curve["to_target"], "test_error": curve["test_error"]}
-        for key, name in (("epochs", "speedup"), ("seconds", "speedup_seconds")):
-            total = config.epochs if key == "epochs" else runs["tanh"][-1]["seconds"][-1]
-            row[name], row[name + "_is_lower_bound"] = _speedup(row["relu"], row["tanh"], key, total)
+        for unit, name in (("epochs", "speedup"), ("seconds", "speedup_seconds")):
+            total = config.epochs if unit == "epochs" else runs["tanh"][-1]["seconds"][-1]
+            row[name], row[name + "_is_lower_bound"] = _speedup(row["relu"], row["tanh"], unit, total)
         per_seed.append(row)
+    say.close()
 
     result = {"experiment": "relu-vs-tanh", **_summarise(runs, per_seed, config)}
     result.update({
