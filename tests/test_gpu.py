@@ -1,5 +1,6 @@
 """GPU-only paths (skipped without CUDA): the fast training step, the device data pipeline on CUDA,
-nvJPEG decoding, CUDA-graph inference, and the bench commands on CUDA.
+nvJPEG decoding, CUDA-graph inference, the bench commands on CUDA, and `alexnet train` on CUDA
+with the device pipeline and with fp16 + GradScaler (`alexnet bench gpu` runs these first).
 
 Run on a GPU machine with: python -m pytest tests/test_gpu.py -m gpu -q
 """
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet.checkpoint import load_checkpoint
 from alexnet.cli import main
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
@@ -111,8 +113,8 @@ def _json(capsys, argv):
 
 
 def test_bench_commands_on_cuda(prepared, capsys):
-    m = _json(capsys, ["bench", "model", "--device", "cuda", "--fast", "--batch", "8", "--warmup", "2", "--repeats", "2",
-                       "--json"])  # fmt: skip
+    m = _json(capsys, ["bench", "model", "--device", "cuda", "--fast", "--batch", "8", "--warmup", "2",
+                       "--repeats", "2", "--json"])  # fmt: skip
     assert m["speedup_vs_torchvision_bf16"] > 0 and 0 < m["fraction_of_matmul"] < 1.5 and m["paper_recipe_hours"] > 0
     p = _json(capsys, ["bench", "pipeline", "--device", "cuda", "--data", prepared.root, "--crop", str(CROP), "--batch",
                        "4", "--steps", "2", "--repeats", "1", "--workers", "2", "--json"])  # fmt: skip
@@ -120,3 +122,39 @@ def test_bench_commands_on_cuda(prepared, capsys):
     i = _json(capsys, ["bench", "infer", "--device", "cuda", "--fast", "--batch", "16", "--repeats", "2",
                        "--latency-repeats", "3", "--json"])  # fmt: skip
     assert i["config"]["graphs"] and i["ours_latency_ms"] > 0 and i["throughput_ratio_vs_bf16_cl"] > 0
+
+
+# ---------------------------------------------------------------- training on CUDA: pipeline, fp16
+
+TRAIN = ["data.batch_size=6", "data.workers=2", f"data.crop={CROP}", "model.init=kaiming", "data.normalize=channel",
+         "train.stall_steps=0", "train.log_every=1", "train.device=cuda", "train.epochs=1"]  # fmt: skip
+
+
+def _train(prepared, run, *args):
+    sets = [a for kv in TRAIN for a in ("--set", kv)]
+    assert main(["train", prepared.root, "--out", str(run), *sets, "--progress", "off", *args]) == 0
+    return load_checkpoint(run / "checkpoints" / "last.pt")
+
+
+def test_train_device_pipeline_on_cuda_follows_the_host_run(prepared, tmp_path):
+    """data.pipeline=auto is the device path on CUDA; its run stays within float rounding of the
+    host-pipeline run (cuDNN and the GPU's augmentation arithmetic round differently)."""
+    host = _train(prepared, tmp_path / "host", "--set", "data.pipeline=host")
+    dev = _train(prepared, tmp_path / "dev")
+    assert dev["config"]["data"]["pipeline"] == "auto" and host["step"] == dev["step"] > 0
+    for key, a in host["model"].items():
+        b = dev["model"][key]
+        assert torch.linalg.vector_norm((a - b).float()) <= 1e-3 * torch.linalg.vector_norm(a.float()) + 1e-6, key
+
+
+def test_fp16_scaler_on_cuda_is_checkpointed_and_resumed(prepared, tmp_path):
+    run = tmp_path / "fp16"
+    ckpt = _train(prepared, run, "--amp", "fp16", "--set", "train.max_steps=2")
+    assert ckpt["config"]["train"]["amp"] == "fp16" and ckpt["scaler"]["scale"] > 0
+    path = run / "checkpoints" / "last.pt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw["scaler"]["scale"] = 1024.0  # a scale no fresh GradScaler starts from (65536)
+    torch.save(raw, path)
+    resumed = _train(prepared, run, "--resume", "--set", "train.max_steps=3")
+    assert resumed["step"] == 3 and resumed["scaler"]["scale"] in (512.0, 1024.0)  # continued, not restarted
+    assert all(torch.isfinite(v).all() for v in resumed["model"].values() if v.is_floating_point())
