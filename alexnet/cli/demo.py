@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.demo import run_demo
+    from alexnet.demo import run_demo  # lazy: torch loads only when the command runs (fast --help)
 
     result = run_demo(args.out, overrides=args.overrides, progress="auto")
     if args.json:

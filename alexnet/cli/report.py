@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.report import write_report
+    from alexnet.report import write_report  # lazy: torch and matplotlib load only when it runs (fast --help)
 
     say = None if args.quiet else (lambda text: print(f"report: {text}", file=sys.stderr, flush=True))
     path = write_report(args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint,
