@@ -17,7 +17,7 @@ from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.export import TORCHVISION_MEAN, TORCHVISION_STD, export_safetensors
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, build_model
 
 IDS, NAMES = ["a", "b", "c"], ["apple", "bus", "cloud"]
 CAFFE_MEAN = [104.0, 117.0, 123.0]
@@ -269,3 +269,21 @@ def test_evaluate_on_a_raw_prepared_set_sees_torchvision_pixels(torchvision_net,
     assert result["n"] == 3 and result["crops"] == 1
     assert result["loss"] == pytest.approx(-torch.log(probs[torch.arange(3), labels]).mean().item(), rel=1e-5)
     assert result["top1_error"] == pytest.approx(1 - (probs.argmax(1) == labels).float().mean().item())
+
+
+def test_caffe_preprocessing_survives_a_safetensors_export(tmp_path):
+    """resize "warp", size and the BGR mean image go through `alexnet export` and back."""
+    torch.manual_seed(0)
+    mean = np.random.default_rng(4).uniform(90, 130, (256, 256, 3)).astype(np.float32)
+    state = {"model": build_model("resnet18", num_classes=3).state_dict(), "model_name": "resnet18",
+             "model_kwargs": {"num_classes": 3}, "classes": {"ids": IDS, "names": NAMES},
+             "stats": {"mean_image_bgr": torch.from_numpy(mean)},
+             "preprocess": {"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256}}
+    export_safetensors(state, str(tmp_path / "net.safetensors"))
+    direct, back = open_artifact(state, "cpu"), open_artifact(tmp_path / "net.safetensors", "cpu")
+    for key in ("crop", "normalize", "resize", "size"):
+        assert back.preprocess[key] == direct.preprocess[key], key
+    np.testing.assert_array_equal(back.preprocess["stats"]["mean_image_bgr"], mean)
+    image = _photo(300, 200, seed=6)
+    torch.testing.assert_close(back.inputs(image, crops=10), direct.inputs(image, crops=10))
+    torch.testing.assert_close(back.probabilities(image), direct.probabilities(image))
