@@ -79,7 +79,7 @@ def test_stages_are_saved_one_by_one_and_a_failure_is_kept(tmp_path, monkeypatch
     monkeypatch.setattr(gpu, "stage_pipeline", fake("pipeline", pipeline))
     monkeypatch.setattr(gpu, "stage_infer", fake("infer", KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        gpu.run_gpu_bench(tmp_path, device="cpu")
+        gpu.run_gpu_bench(tmp_path, device="cpu", sizes=gpu.Sizes())  # the GPU sizes, every stage faked
     r = json.loads((tmp_path / "gpu.json").read_text())
     assert calls == ["tests", "env", "matmul_tflops", "train_step", "pipeline", "infer"]
     assert r["tests"]["passed"] == 3 and r["matmul_tflops"] == 500.0 and r["pipeline"]["ratio"] == 0.5
@@ -103,6 +103,8 @@ def test_bench_gpu_errors_are_one_line(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     assert main(["bench", "gpu", "--device", "nonsense", "--quick", "--out", str(tmp_path / "x")]) == 2
     assert "--device" in capsys.readouterr().err
+    assert main(["bench", "gpu", "--device", "cpu", "--out", str(tmp_path / "x")]) == 2  # hours at GPU sizes
+    assert "add --quick" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 FAKE_TRAIN = """

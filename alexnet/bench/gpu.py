@@ -289,6 +289,9 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
     Returns the gpu.json dict. A stage that raises records {"error": ...} and the run goes on.
     """
     dev = resolve_device(device)
+    if dev.type != "cuda" and not quick and sizes is None:
+        raise UserError(f"--device {dev.type} without --quick: the GPU sizes would take hours here; add --quick "
+                        "(toy sizes, a check of the code) or run on a CUDA machine")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for gpu.json and gpu.md")
