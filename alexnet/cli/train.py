@@ -14,7 +14,8 @@ validation top-1 error stops improving (at most 3 times), 90 epochs, the paper's
 crops + mirrors + PCA colour noise, the mean image subtracted. Validation (centre crop) every epoch.
 
 Writes RUN/config.json (+ config.toml to reuse with --config), env.json, log.jsonl and
-checkpoints/last.pt and best.pt. --resume continues RUN exactly where it stopped (even mid-epoch).
+checkpoints/last.pt and best.pt. --resume continues RUN exactly where it stopped (even mid-epoch),
+or starts it when it has no checkpoint yet (so a job script can always pass it).
 
 Configuration: defaults <- --config FILE.toml <- --set section.key=value (repeatable). Sections and
 keys (docs/training.md explains each):
@@ -43,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of [section] key = value settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
-    p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt (none yet: start)")
     p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
                    help="autocast: bf16, or fp16 with a GradScaler saved in checkpoints (same as --set train.amp=...)")
     p.add_argument("--fast", action="store_true",
