@@ -31,13 +31,16 @@ def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(smooth.astype(np.int64) + noise, 0, 255).astype(np.uint8))
 
 
-def _state(**overrides) -> dict:
-    torch.manual_seed(0)
-    model = AlexNet("paper", num_classes=3, init="kaiming")
-    with torch.no_grad():
-        model.classifier[-1].weight.mul_(0.05)  # moderate logits
+def _state(weights: dict | None = None, **overrides) -> dict:
+    """A checkpoint dict of a small-output paper net (`weights`: its state dict, else a fresh one)."""
+    if weights is None:
+        torch.manual_seed(0)
+        model = AlexNet("paper", num_classes=3, init="kaiming")
+        with torch.no_grad():
+            model.classifier[-1].weight.mul_(0.05)  # moderate logits
+        weights = model.state_dict()
     rng = np.random.default_rng(0)
-    state = {"model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3},
+    state = {"model": weights, "model_name": "alexnet", "model_kwargs": {"num_classes": 3},
              "classes": {"ids": IDS, "names": NAMES},
              "stats": {"mean_image": torch.from_numpy(rng.uniform(80, 160, (256, 256, 3)).astype(np.float32)),
                        "channel_mean": [0.5, 0.45, 0.4], "channel_std": [0.25, 0.24, 0.26]},
@@ -144,9 +147,9 @@ def test_bad_inputs_are_one_line_errors(paper, tmp_path):
             net.inputs(bad)
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="lacks the statistics"):
-        open_artifact(_state(stats={"channel_mean": [0.5] * 3}), "cpu")
+        open_artifact(_state({}, stats={"channel_mean": [0.5] * 3}), "cpu")  # refused before the weights load
     with pytest.raises(UserError, match="unknown normalisation"):
-        open_artifact(_state(preprocess={"crop": 227, "normalize": "zca"}), "cpu")
+        open_artifact(_state({}, preprocess={"crop": 227, "normalize": "zca"}), "cpu")
     with pytest.raises(UserError, match="--device 'tpu'"):
         open_artifact(paper[0], "tpu")
 
