@@ -182,7 +182,8 @@ def test_each_variant_switches_exactly_one_setting():
     base = run_config("paper", 0, config, 99)
     flat = lambda c: {f"{s}.{k}": v for s, sec in cfg.to_dict(c).items() for k, v in sec.items()}  # noqa: E731
     expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0},
-                "non-overlapping-pool": {"model.pool": "non-overlapping"}, "no-bias-decay": {"optim.decay_biases": False}}
+                "non-overlapping-pool": {"model.pool": "non-overlapping"},
+                "no-bias-decay": {"optim.decay_biases": False}}
     for variant in ABLATIONS + EXTRA_VARIANTS:
         c = run_config(variant, 0, config, 99)
         diff = {k: v for k, v in flat(c).items() if flat(base)[k] != v}
@@ -311,7 +312,7 @@ def test_relu_vs_tanh_restart_reuses_finished_nets_and_equals_uninterrupted(cifa
     assert calls == [("tanh", 1)]  # only the unfinished net was trained
     assert _without_timings(again) == _without_timings(full)
     calls.clear()
-    monkeypatch.setattr(relu_tanh, "train_curve", lambda activation, *a, **kw: calls.append(1) or real(activation, *a, **kw))
+    monkeypatch.setattr(relu_tanh, "train_curve", lambda act, *a, **kw: calls.append(1) or real(act, *a, **kw))
     changed = relu_tanh.ReluTanhConfig(epochs=1, seeds=2, batch_size=50, limit=100, lr=0.02)
     relu_tanh.run_relu_vs_tanh(cifar, tmp_path / "again", changed, progress=False)
     assert len(calls) == 4  # other settings: nothing reused
@@ -357,8 +358,8 @@ def test_ablations_killed_inside_a_run_resumes_it_exactly(shapes, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     full = json.loads(subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, capture_output=True,
                                      text=True, check=True, timeout=600).stdout)
-    killed = subprocess.run(args + ["--out", str(tmp_path / "again")], env={**env, KILL_ENV: "phase:checkpoint-write:5"},
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(args + ["--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=600,
+                            env={**env, KILL_ENV: "phase:checkpoint-write:5"})
     assert killed.returncode == -signal.SIGKILL
     again = json.loads(subprocess.run(args + ["--out", str(tmp_path / "again")], env=env, capture_output=True,
                                       text=True, check=True, timeout=600).stdout)

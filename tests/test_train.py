@@ -181,7 +181,8 @@ def test_plateau_without_a_val_split_is_a_one_line_error_naming_the_fixes(tmp_pa
     prepare(str(tmp_path / "src"), str(tmp_path / "noval"), val_fraction=0, size=72, workers=1)
     run = tmp_path / "run"
     capsys.readouterr()
-    assert main(["train", str(tmp_path / "noval"), "--out", str(run), "--set", "data.crop=67", "--progress", "off"]) == 2
+    args = ["train", str(tmp_path / "noval"), "--out", str(run), "--set", "data.crop=67", "--progress", "off"]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no val split" in err
     assert "alexnet prepare --val-fraction" in err and "schedule.name=step" in err

@@ -79,7 +79,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     killed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert killed["epoch"] == 0 and 0 < killed["batch"] < 6, "the checkpoint should be mid-epoch"
 
-    subprocess.run(_command(tiny, run, "--resume", "--set", "train.checkpoint_every=0"), check=True, env=env, timeout=300)
+    resumed = _command(tiny, run, "--resume", "--set", "train.checkpoint_every=0")
+    subprocess.run(resumed, check=True, env=env, timeout=300)
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(run / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 12
