@@ -198,6 +198,21 @@ def test_crop_larger_than_the_prepared_images_names_the_option(tiny, tmp_path, c
     assert "data.crop 300" in err and "256-px" in err and "\n" not in err
 
 
+def test_resume_config_is_the_saved_one_then_the_file_then_set(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # resolve_config only looks whether it exists
+    (run / "config.json").write_text(json.dumps(cfg.to_dict(_config("optim.lr=0.02"))))
+    more = tmp_path / "more.toml"
+    more.write_text("[train]\nepochs = 5\n")
+    config = resolve_config(run, more, ["train.log_every=7"], resume=True)
+    assert (config.optim.lr, config.data.crop, config.train.epochs, config.train.log_every) == (0.02, 67, 5, 7)
+    # no checkpoint yet: the run starts from the beginning, so defaults <- file <- --set
+    (run / "checkpoints" / "last.pt").unlink()
+    config = resolve_config(run, more, [], resume=True)
+    assert (config.optim.lr, config.data.crop, config.train.epochs) == (0.01, 227, 5)
+
+
 def test_bad_toml_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[optim]\nlearning_rate = 0.1\n")
