@@ -35,8 +35,9 @@ def register(sub) -> None:
     from alexnet.model import MODEL_NAMES
     from alexnet.train import TrainConfig
 
+    keys = "\n".join("  " + line for line in describe(TrainConfig).splitlines())
     p = add_parser(sub, "train", "train a model with the paper's recipe (resumable; DDP via torchrun)",
-                   description=DESCRIPTION.format(keys="\n".join("  " + line for line in describe(TrainConfig).splitlines())))
+                   description=DESCRIPTION.format(keys=keys))
     p.add_argument("data", metavar="DATA", help="prepared directory (from `alexnet prepare`)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (or to resume)")
     p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="NAME",
