@@ -16,128 +16,18 @@ Variants (paper §3; docs/paper.md):
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from alexnet.errors import UserError
+from alexnet.lrn import LocalResponseNorm
+
+__all__ = ["AlexNet", "LocalResponseNorm", "MODEL_NAMES", "build_model", "init_weights", "model_input_size"]
 
 VARIANTS = ("paper", "ungrouped", "torchvision")
 INITS = ("paper", "kaiming", "caffe", "default")
-
-
-# ----------------------------------------------------------------------------------------------
-# Local response normalisation, fused
-# ----------------------------------------------------------------------------------------------
-
-def _channel_window_sum(x: torch.Tensor, size: int, groups: int = 1) -> torch.Tensor:
-    """Sum over `size` adjacent channels centred on each channel, clipped at the edges of each of
-    `groups` equal channel groups (groups=2: the two towers, each normalised on its own).
-
-    x: (N, C, H, W) -> (N, C, H, W). Shifted in-place adds: no padding copy, one pass per offset,
-    much cheaper on CPU than the avg_pool3d that `nn.LocalResponseNorm` uses.
-    """
-    out = x.clone()
-    xg, og = x.unflatten(1, (groups, -1)), out.unflatten(1, (groups, -1))  # views: (N, G, C/G, H, W)
-    for shift in range(1, size // 2 + 1):
-        og[:, :, shift:] += xg[:, :, :-shift]
-        og[:, :, :-shift] += xg[:, :, shift:]
-    return out
-
-
-def _lrn_scale(a: torch.Tensor, size: int, alpha: float, k: float, groups: int = 1) -> torch.Tensor:
-    """s = k + alpha * (window sum of a^2), same shape as a."""
-    return _channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
-
-
-def _inverse_power(s: torch.Tensor, beta: float) -> torch.Tensor:
-    """s ** -beta, in place; beta = 0.75 (the paper's) as rsqrt(s) * sqrt(rsqrt(s)), cheaper than pow."""
-    if beta == 0.75:
-        d = s.rsqrt_()
-        return d.mul_(torch.sqrt(d))
-    return s.pow_(-beta)
-
-
-# Elements per block of images processed together: LRN is a dozen elementwise passes, and keeping
-# each block's temporaries in cache (rather than streaming 40 MB tensors through memory a dozen
-# times) makes it about twice as fast on CPU. Harmless on GPU, where a block is a whole batch.
-_LRN_BLOCK = 1 << 18
-
-
-def _blocks(a: torch.Tensor):
-    if a.is_cuda:
-        return [slice(0, a.shape[0])]
-    step = max(1, _LRN_BLOCK // max(1, a[0].numel()))
-    return [slice(i, i + step) for i in range(0, a.shape[0], step)]
-
-
-class _LRNFunction(torch.autograd.Function):
-    """b_i = a_i / (k + alpha * sum_{j in window(i)} a_j^2) ** beta, with the analytic backward.
-
-    With s_i = k + alpha * sum a_j^2 and d_i = s_i^-beta:
-        dL/da_j = g_j d_j - 2 alpha beta a_j * sum_{i in window(j)} g_i a_i d_i / s_i
-    (the window is symmetric, so "i whose window holds j" is "i in window(j)"). Only the input is
-    saved; s and d are recomputed block by block in the backward, which is cheaper than storing them.
-    """
-
-    @staticmethod
-    def forward(ctx, a, size: int, alpha: float, beta: float, k: float, groups: int):
-        out = torch.empty_like(a)
-        for block in _blocks(a):
-            ab = a[block]
-            torch.mul(ab, _inverse_power(_lrn_scale(ab, size, alpha, k, groups), beta), out=out[block])
-        ctx.save_for_backward(a)
-        ctx.constants = (size, alpha, beta, k, groups)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        (a,) = ctx.saved_tensors
-        size, alpha, beta, k, groups = ctx.constants
-        g = g.contiguous(memory_format=_memory_format(a))
-        grad = torch.empty_like(a)
-        for block in _blocks(a):
-            ab, gb = a[block], g[block]
-            s = _lrn_scale(ab, size, alpha, k, groups)
-            d = _inverse_power(s.clone(), beta)
-            t = (gb * ab).mul_(d).div_(s)
-            t = _channel_window_sum(t, size, groups).mul_(ab)
-            torch.mul(gb, d, out=grad[block])
-            grad[block].add_(t, alpha=-2.0 * alpha * beta)
-        return grad, None, None, None, None, None
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
-
-
-class LocalResponseNorm(nn.Module):
-    """The paper's local response normalisation (§3.3), in the paper's convention.
-
-    b_i = a_i / (k + alpha * sum_j a_j^2) ** beta over `size` adjacent channels.
-    Note the paper does NOT divide alpha by `size`; `torch.nn.LocalResponseNorm` does, so this
-    equals `torch.nn.LocalResponseNorm(size, alpha * size, beta, k)`.
-    groups: the window stops at the edges of `groups` equal channel groups (2: each tower of a
-    two-GPU net normalised on its own, as the halves of the layer each GPU holds).
-    Input/output: (N, C, H, W).
-    """
-
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1):
-        super().__init__()
-        if size % 2 != 1:
-            raise ValueError("LRN size must be odd: the window is centred on each channel")
-        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] % self.groups:
-            raise ValueError(f"LRN over {self.groups} groups needs a channel count divisible by it, got {x.shape[1]}")
-        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k, self.groups)
-
-    def extra_repr(self) -> str:
-        groups = f", groups={self.groups}" if self.groups != 1 else ""
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{groups}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +116,9 @@ class AlexNet(nn.Module):
         if lrn:
             alpha = 1e-4 / 5 if lrn_alpha_per_size else 1e-4  # paper §3.3: n = 5, alpha = 1e-4, beta = 0.75
             towers = 2 if lrn_scope == "tower" else 1
-            norm: Callable[[], nn.Module] = lambda: LocalResponseNorm(5, alpha, 0.75, float(lrn_k), towers)  # noqa: E731
+
+            def norm() -> nn.Module:
+                return LocalResponseNorm(5, alpha, 0.75, float(lrn_k), towers, inplace=True)
         else:
             norm = nn.Identity
 

@@ -16,6 +16,7 @@ Counting conventions (stated so every figure can be checked by hand):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -198,7 +199,8 @@ def smallest_input(name: str, **kwargs) -> int:
     kwargs = {k: v for k, v in kwargs.items() if k != "input_size"}
     for size in range(1, 1025):
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a probe, not a net anyone uses: no "unusual size" warning
                 model = build_model(name, **({"input_size": size} if name.startswith("alexnet") else {}), **kwargs)
             ok = [True]
 

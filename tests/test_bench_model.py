@@ -29,7 +29,10 @@ def test_bench_model_cuda_config_on_cpu(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["config"] == {"amp": "bf16", "channels_last": True, "compile": False, "compile_mode": None,
                              "optimizer": "paper"}
-    assert out["ours_img_s"] > 0 and "speedup_vs_torchvision_bf16" not in out  # a CUDA-only baseline
+    assert "speedup_vs_torchvision_bf16" not in out  # a CUDA-only baseline
+    assert out["ours_img_s"] == pytest.approx(2 / out["ours_step_s"])
+    assert out["ours_step_s"] == pytest.approx(out["step_times_s"]["ours"][0])  # the median of one round
+    assert out["ratio"] == pytest.approx(out["ours_step_s"] / out["torchvision_step_s"])
 
 
 @pytest.mark.parametrize("args", [["--repeats", "0"], ["--warmup", "-1"], ["--batch", "0"]])

@@ -4,6 +4,7 @@ CPU at a tiny size and print consistent JSON."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -97,10 +98,20 @@ def test_bench_pipeline_cpu_json(prepared, capsys):
     assert out["env"]["torch"] and out["config"]["optimizer"] == "paper"
 
 
+def _assert_pipeline_figures(out: dict, *, batch: int, steps: int) -> None:
+    """The JSON's ratio is the real path's img/s over the synthetic ceiling's, each from its own round times."""
+    for path, times in out["round_times_s"].items():
+        assert out["img_s"][path] == pytest.approx(batch * steps / statistics.median(times))
+    for path, ratio in out["ratios"].items():
+        assert ratio == pytest.approx(out["img_s"][path] / out["img_s"]["synthetic"])
+    assert out["ratio"] == out["ratios"][out["default_path"]]
+
+
 def test_bench_pipeline_generates_a_set(capsys):
     out = _json(capsys, ["bench", "pipeline", "--n", "6", "--size", str(SIZE), "--crop", str(CROP), "--batch", "2",
                          "--steps", "1", "--workers", "1", "--warmup", "0", "--repeats", "1", "--paths", "device", "--json"])  # fmt: skip
-    assert out["data"].startswith("generated: 6") and out["drain_steps"] == 2 and out["ratio"] > 0
+    assert out["data"].startswith("generated: 6") and out["drain_steps"] == 2
+    _assert_pipeline_figures(out, batch=2, steps=1)
 
 
 def test_bench_pipeline_errors(prepared, capsys):
@@ -156,7 +167,8 @@ def test_bench_pipeline_bf16_channels_last_on_cpu(prepared, capsys):
     out = _json(capsys, ["bench", "pipeline", "--data", prepared.root, "--batch", "2", "--steps", "1", "--crop", str(CROP),
                          "--workers", "0", "--warmup", "0", "--repeats", "1", "--paths", "device", "--amp", "bf16",
                          "--channels-last", "--json"])  # fmt: skip
-    assert out["config"]["amp"] == "bf16" and out["config"]["channels_last"] and out["ratio"] > 0
+    assert out["config"]["amp"] == "bf16" and out["config"]["channels_last"]
+    _assert_pipeline_figures(out, batch=2, steps=1)
 
 
 @pytest.mark.slow
@@ -164,7 +176,9 @@ def test_bench_commands_compile_on_cpu(prepared, capsys):
     """torch.compile through the paper net (custom LRN autograd.Function) in training and inference."""
     out = _json(capsys, ["bench", "pipeline", "--data", prepared.root, "--batch", "2", "--steps", "1", "--crop", str(CROP),
                          "--workers", "0", "--warmup", "1", "--repeats", "1", "--paths", "device", "--compile", "--json"])  # fmt: skip
-    assert out["config"]["compile"] and out["ratio"] > 0
+    assert out["config"]["compile"]
+    _assert_pipeline_figures(out, batch=2, steps=1)
     out = _json(capsys, ["bench", "infer", "--batch", "2", "--warmup", "1", "--repeats", "1", "--latency-repeats", "1",
                          "--compile", "--channels-last", "--json"])  # fmt: skip
-    assert out["config"]["compile"] and out["ours_img_s"] > 0
+    assert out["config"]["compile"]
+    assert out["ours_img_s"] == pytest.approx(2 / out["times_s"]["throughput"]["ours"][0])

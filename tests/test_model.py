@@ -266,11 +266,11 @@ def test_lrn_tower_scope_normalises_each_half_on_its_own(channels):
     half = channels // 2
     expected = torch.cat([torch_lrn(a[:, :half]), torch_lrn(a[:, half:])], dim=1)
     assert "groups=2" in tower
-    assert torch.allclose(lrn(a), expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(lrn(a.clone()), expected, rtol=1e-12, atol=1e-12)  # the net's LRN works in place
     layer = lrn_modules(meta_net())[0]
-    assert torch.allclose(layer(a), torch_lrn(a), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(layer(a.clone()), torch_lrn(a), rtol=1e-12, atol=1e-12)
     # the two scopes differ only next to the tower boundary (channels half-2 .. half+1)
-    differs = (layer(a) - lrn(a)).abs().amax(dim=(0, 2, 3)) > 1e-12
+    differs = (layer(a.clone()) - lrn(a.clone())).abs().amax(dim=(0, 2, 3)) > 1e-12
     assert differs.nonzero().flatten().tolist() == [half - 2, half - 1, half, half + 1]
     # and the analytic backward stays exact per tower
     x = a[:1, :, :1, :1].clone().requires_grad_()
@@ -288,9 +288,9 @@ def test_lrn_caffe_convention_against_the_formula():
     for i in range(9):
         window = (a[:, max(0, i - 2):min(8, i + 2) + 1] ** 2).sum(dim=1)
         expected[:, i] = a[:, i] / (1.0 + (1e-4 / 5) * window) ** 0.75
-    assert torch.allclose(lrn(a), expected, rtol=1e-12, atol=1e-12)
-    assert torch.allclose(lrn(a), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(a), rtol=1e-12)
-    assert torch.allclose(lrn_modules(meta_net(lrn_k=1.0))[0](a), lrn_naive(a, k=1.0), rtol=1e-12)
+    assert torch.allclose(lrn(a.clone()), expected, rtol=1e-12, atol=1e-12)  # the net's LRN works in place
+    assert torch.allclose(lrn(a.clone()), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(a), rtol=1e-12)
+    assert torch.allclose(lrn_modules(meta_net(lrn_k=1.0))[0](a.clone()), lrn_naive(a, k=1.0), rtol=1e-12)
     # the paper's constants stay the default
     paper = lrn_modules(meta_net())[0]
     assert (paper.size, paper.alpha, paper.beta, paper.k, paper.groups) == (5, 1e-4, 0.75, 2.0, 1)
@@ -348,3 +348,25 @@ def test_config_key_model_lrn_scope_reaches_the_net():
     assert "lrn_scope" not in model_kwargs(load_config(TrainConfig, None, []), 10)  # default: the paper's
     with pytest.raises(UserError, match="torchvision variant has no LRN"):
         build_model("alexnet_torchvision", **model_kwargs(config, 10))
+
+
+def test_lrn_under_bf16_autocast_is_within_bf16_rounding():
+    """Sums and powers run in float32 and the output is rounded once to bf16 (input 4x96x27x27, 0-60)."""
+    torch.manual_seed(0)
+    x = (torch.rand(4, 96, 27, 27) * 60).bfloat16().requires_grad_()
+    exact = lrn_naive(x.detach().double())  # the formula in float64 on the same bf16 inputs
+    g = torch.randn(x.shape).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = LocalResponseNorm()(x)
+    y.backward(g)
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    # round-to-nearest bf16 (8 significant bits) is within half an ulp, at most 2^-8 of the value;
+    # bf16 arithmetic inside the LRN (as before) was off by 1.05 % of the largest output
+    error = (y.double() - exact).abs()
+    assert (error <= exact.abs() * 2**-8 * (1 + 1e-5)).all()
+    assert error.max() <= 0.0025 * exact.max()
+    a64 = x.detach().double().requires_grad_()
+    (grad64,) = torch.autograd.grad(lrn_naive(a64), a64, g.double())
+    assert ((x.grad.double() - grad64).abs() <= grad64.abs() * 2**-8 + 1e-3 * grad64.abs().max()).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the inference path alike
+        assert torch.equal(LocalResponseNorm()(x.detach()), y.detach())
