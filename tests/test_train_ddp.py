@@ -35,7 +35,8 @@ def _records(run, kind):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_processes_match_one_process(tiny, tmp_path):
     sets = [arg for item in SETTINGS for arg in ("--set", item)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "alexnet", "train", str(tiny), "--out", str(one), *sets, "--progress", "off"],

@@ -47,7 +47,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N training images")
     p.add_argument("--target", type=float, default=0.25, help="training error at which speed is compared")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--cache", default=None, metavar="DIR", help="where the generated set is kept (default: $ALEXNET_CACHE or ~/.cache/alexnet)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="where the generated set is kept (default: $ALEXNET_CACHE or ~/.cache/alexnet)")
     p.add_argument("--out", default="experiments/relu-vs-tanh", metavar="DIR", help="where result.json and the plot go")
     p.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -174,8 +175,8 @@ def _print_ablations(r: dict) -> None:
         else:
             claim_text = f"+{claim['top1']:.1f} / " + ("—" if claim["top5"] is None else f"+{claim['top5']:.1f}")
             claim_text += " (top-1 > +1.0)" if name == "no-pca" else ""
-        diff1 = fmt_pm(e.get("diff_top1_error"), e.get("diff_top1_error_std"), 100, sign=True) if name != "paper" else ""
-        diff5 = fmt_pm(e.get("diff_top5_error"), e.get("diff_top5_error_std"), 100, sign=True) if name != "paper" else ""
+        diff1, diff5 = [fmt_pm(e.get(f"diff_{k}_error"), e.get(f"diff_{k}_error_std"), 100, sign=True)
+                        if name != "paper" else "" for k in ("top1", "top5")]
         print(f"{name:22s} {fmt_pm(e['top1_error'], e['top1_error_std'], 100):>13s} "
               f"{fmt_pm(e['top5_error'], e['top5_error_std'], 100):>13s} {diff1:>13s} {diff5:>13s} "
               f"{fmt_pm(e['train_top1_error'], None, 100):>12s}  {claim_text}")

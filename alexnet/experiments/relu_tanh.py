@@ -312,7 +312,8 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
         "data": {"dir": str(sets["dir"]), "generated": generated, "train_images": len(xf),
                  "eval_images": len(eval_index), "test_images": len(test[1]) if test else 0,
                  "generator": GENERATED if generated else None},
-        "net": "conv5x5-32 maxpool3/2, conv5x5-32 avgpool3/2, conv5x5-64 avgpool3/2, fc-10 (cuda-convnet layers-80sec, no LRN)",
+        "net": ("conv5x5-32 maxpool3/2, conv5x5-32 avgpool3/2, conv5x5-64 avgpool3/2, fc-10 "
+                "(cuda-convnet layers-80sec, no LRN)"),
         "settings": {**asdict(config), "optimizer": "SGD with momentum, no weight decay", "init": "PyTorch default",
                      "input": "per-channel standardised", "device": str(device), "threads": torch.get_num_threads(),
                      "epochs_to_target": "linear interpolation between per-epoch evaluations"},
@@ -385,6 +386,7 @@ def plot_relu_vs_tanh(result: dict, path: Path) -> str:
     title = f"speed-up to {target:.0%}: " + ("n/a" if speed is None else
                                              f"{'≥ ' if result['speedup_is_lower_bound'] else ''}{speed:.1f}×")
     n = result["data"]["train_images"]
-    fig.suptitle(f"Four-layer CNN, ReLU (solid) vs tanh (dashed), {n} {'generated ' if result['data']['generated'] else ''}"
+    generated = "generated " if result["data"]["generated"] else ""
+    fig.suptitle(f"Four-layer CNN, ReLU (solid) vs tanh (dashed), {n} {generated}"
                  f"CIFAR-10 images, {len(result['per_seed'])} seed(s); {title} (paper: ~6×)", fontsize=10)
     return save_figure(fig, path)
