@@ -370,3 +370,24 @@ def test_lrn_under_bf16_autocast_is_within_bf16_rounding():
     assert ((x.grad.double() - grad64).abs() <= grad64.abs() * 2**-8 + 1e-3 * grad64.abs().max()).all()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the inference path alike
         assert torch.equal(LocalResponseNorm()(x.detach()), y.detach())
+
+
+def test_lrn_same_result_on_any_thread_count_and_at_once():
+    """CPU blocks on worker threads, inline on one thread, or the whole tensor at once (the CUDA and
+    torch.compile path) compute every element the same way."""
+    from alexnet import lrn as lrn_module
+
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(3, 96, 27, 27) * 50)
+    threads = torch.get_num_threads()
+    pooled = LocalResponseNorm()(a)
+    torch.set_num_threads(1)
+    try:
+        inline = LocalResponseNorm()(a)
+    finally:
+        torch.set_num_threads(threads)
+    at_once = torch.empty_like(a)
+    lrn_module._forward_block(a, at_once, 5, 1e-4, 0.75, 2.0, 1)
+    assert torch.equal(pooled, inline) and torch.equal(pooled, at_once)
+    assert torch.allclose(pooled, reference_lrn(a), rtol=1e-5, atol=1e-5)
+    assert torch.get_num_threads() == threads  # the workers' single-threadedness stays in the workers
