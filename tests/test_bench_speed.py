@@ -151,6 +151,13 @@ def test_bench_zero_or_unfit_sizes_are_one_line_errors(capsys, args, tmp_path):
     assert list(tempfile_dir.iterdir()) == []  # nothing generated
 
 
+def test_bench_infer_fast_on_cpu_is_channels_last_fp32(capsys):
+    out = _json(capsys, ["bench", "infer", "--batch", "1", "--warmup", "0", "--repeats", "1", "--latency-repeats", "1",
+                         "--fast", "--json"])  # fmt: skip
+    assert out["config"] == {"amp": None, "channels_last": True, "graphs": False, "compile": False}
+    assert out["latency_ratio"] == pytest.approx(out["ours_latency_ms"] / out["torchvision_latency_ms"])
+
+
 def test_bench_infer_errors(capsys):
     assert main(["bench", "infer", "--graphs"]) == 2
     assert "CUDA graphs" in capsys.readouterr().err
