@@ -78,3 +78,23 @@ def test_readme_links_every_docs_page_it_names_and_they_exist():
     named = set(re.findall(r"docs/[\w.-]+\.md", readme))
     assert "docs/paper.md" in named
     assert all((ROOT / n).is_file() for n in named), sorted(n for n in named if not (ROOT / n).is_file())
+
+
+def test_paths_named_in_the_docs_exist():
+    """Every alexnet/... or tests/... path named in README.md or docs/*.md is in the tree."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {m for page in pages
+             for m in re.findall(r"(?<![\w/.-])((?:alexnet|tests)/[\w/]*\w(?:\.py)?)", page.read_text(encoding="utf-8"))}
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"named in the docs but not in the tree: {missing}"
+
+
+def test_architecture_names_every_module():
+    """docs/architecture.md's table names every module of the package (cli/ as a whole)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "alexnet"
+    modules = [p for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    for folder in ("data", "bench", "report", "experiments"):
+        modules += [p for p in (package / folder).glob("*.py") if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(package)) for p in modules if f"{p.name}`" not in text and f"{p.name}," not in text)
+    assert not missing, f"docs/architecture.md does not name: {missing}"
