@@ -91,6 +91,9 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, LocalResponseNorm):
+                if child.groups != 1:  # torch's module has no per-tower window: refuse rather than differ
+                    raise UserError("ONNX export of a per-tower LRN (model.lrn_scope=tower) is not supported; "
+                                    "export a net with lrn_scope=layer, or use the safetensors export")
                 setattr(parent, name, nn.LocalResponseNorm(child.size, child.alpha * child.size, child.beta, child.k))
     pool = getattr(model, "avgpool", None)
     if isinstance(pool, nn.AdaptiveAvgPool2d) and hasattr(model, "features"):

@@ -391,3 +391,11 @@ def test_lrn_same_result_on_any_thread_count_and_at_once():
     assert torch.equal(pooled, inline) and torch.equal(pooled, at_once)
     assert torch.allclose(pooled, reference_lrn(a), rtol=1e-5, atol=1e-5)
     assert torch.get_num_threads() == threads  # the workers' single-threadedness stays in the workers
+
+
+def test_onnx_preparation_refuses_a_per_tower_lrn():
+    """torch.nn.LocalResponseNorm (what ONNX export swaps in) has no per-tower window: refused, not changed."""
+    from alexnet.export import onnx_ready
+
+    with pytest.raises(UserError, match="per-tower LRN"):
+        onnx_ready(meta_net(lrn_scope="tower", num_classes=3), 227)
