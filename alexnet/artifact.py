@@ -51,8 +51,11 @@ from alexnet.metrics import average_probabilities
 NORMALIZE = ("mean_image", "channel", "caffe")
 RESIZE = ("shorter", "warp")
 # statistics each normalisation needs (any one of a tuple's entries will do)
-NEEDS = {"mean_image": [("mean_image",)], "channel": [("channel_mean",), ("channel_std",)],
-         "caffe": [("caffe_mean_bgr", "mean_image_bgr")]}
+NEEDS = {
+    "mean_image": [("mean_image",)],
+    "channel": [("channel_mean",), ("channel_std",)],
+    "caffe": [("caffe_mean_bgr", "mean_image_bgr")],
+}
 SAFETENSORS_FORMAT = "alexnet-safetensors/1"
 STATS_PREFIX = "stats."
 
@@ -106,9 +109,12 @@ def load_safetensors(path: str) -> dict:
         raise UserError(f"{path}: not a readable safetensors file ({str(exc)[:120]})") from None
     if meta.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
-    stats = {k[len(STATS_PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
-    preprocess = json.loads(meta["preprocess"]) if "preprocess" in meta else \
-        {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
+    stats = {k[len(STATS_PREFIX) :]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
+    preprocess = (
+        json.loads(meta["preprocess"])
+        if "preprocess" in meta
+        else {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
+    )
     return {
         "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
         "model_name": meta["model_name"],
@@ -152,8 +158,13 @@ def checkpoint_preprocess(state: dict, fallback_stats: dict | None = None) -> di
     mean = stats.get("mean_image_bgr" if normalize == "caffe" else "mean_image")
     mean_side = int(mean.shape[0]) if mean is not None and mean.ndim == 3 else None
     size = int(pre.get("size") or mean_side or 256)
-    return {"crop": int(pre.get("crop") or default_crop), "normalize": normalize, "resize": resize,
-            "size": size, "stats": stats}
+    return {
+        "crop": int(pre.get("crop") or default_crop),
+        "normalize": normalize,
+        "resize": resize,
+        "size": size,
+        "stats": stats,
+    }
 
 
 def check_preprocess(pre: dict, where: str) -> None:
@@ -161,20 +172,24 @@ def check_preprocess(pre: dict, where: str) -> None:
     the images it gets: a checkpoint without `preprocess` may only be used on the data's size)."""
     for options in NEEDS[pre["normalize"]]:
         if not any(k in pre["stats"] for k in options):
-            raise UserError(f"{where}: lacks the statistics {' or '.join(options)} its {pre['normalize']} "
-                            "normalisation needs; re-save it with `alexnet train`")
+            raise UserError(
+                f"{where}: lacks the statistics {' or '.join(options)} its {pre['normalize']} "
+                "normalisation needs; re-save it with `alexnet train`"
+            )
     bgr = pre["stats"].get("mean_image_bgr")
     if pre["normalize"] == "caffe" and bgr is not None and (bgr.ndim != 3 or bgr.shape[0] < pre["size"]):
-        raise UserError(f"{where}: its BGR mean image {tuple(bgr.shape)} is smaller than its "
-                        f"{pre['size']}-px images")
+        raise UserError(f"{where}: its BGR mean image {tuple(bgr.shape)} is smaller than its {pre['size']}-px images")
 
 
 def same_preprocess(a: dict, b: dict) -> bool:
     """Whether two nets turn the same uint8 images into the same inputs (crop, modes, statistics)."""
     if tuple(a[k] for k in ("crop", "normalize", "resize")) != tuple(b[k] for k in ("crop", "normalize", "resize")):
         return False
-    keys = {"mean_image": ("mean_image",), "channel": ("channel_mean", "channel_std"),
-            "caffe": ("caffe_mean_bgr", "mean_image_bgr")}[a["normalize"]]
+    keys = {
+        "mean_image": ("mean_image",),
+        "channel": ("channel_mean", "channel_std"),
+        "caffe": ("caffe_mean_bgr", "mean_image_bgr"),
+    }[a["normalize"]]
     for k in keys:
         x, y = a["stats"].get(k), b["stats"].get(k)
         if (x is None) != (y is None) or (x is not None and (x.shape != y.shape or not np.allclose(x, y, atol=1e-4))):
@@ -196,8 +211,10 @@ def check_classes(state: dict, class_ids: Sequence[str], data_root: str) -> None
         else:
             first = next(i for i, (a, b) in enumerate(zip(ids, class_ids)) if a != b)
             detail = f"class {first} is {ids[first]!r} vs {class_ids[first]!r}"
-        raise UserError(f"{where} was trained on other classes than {data_root} ({detail}); "
-                        "evaluate it on the prepared set it was trained on")
+        raise UserError(
+            f"{where} was trained on other classes than {data_root} ({detail}); "
+            "evaluate it on the prepared set it was trained on"
+        )
 
 
 def check_image_size(state: dict, pre: dict, prepared) -> None:
@@ -206,12 +223,16 @@ def check_image_size(state: dict, pre: dict, prepared) -> None:
     key = "mean_image_bgr" if pre["normalize"] == "caffe" else "mean_image"
     mean = pre["stats"].get(key) if pre["normalize"] in ("mean_image", "caffe") else None
     if mean is not None and mean.ndim == 3 and mean.shape[0] != prepared.size:
-        raise UserError(f"{where} subtracts a {mean.shape[0]}-px mean image but {prepared.root} holds "
-                        f"{prepared.size}-px images; use data prepared with "
-                        f"`alexnet prepare --size {mean.shape[0]}`")
+        raise UserError(
+            f"{where} subtracts a {mean.shape[0]}-px mean image but {prepared.root} holds "
+            f"{prepared.size}-px images; use data prepared with "
+            f"`alexnet prepare --size {mean.shape[0]}`"
+        )
     if pre["crop"] > prepared.size:
-        raise UserError(f"{where} takes {pre['crop']}-px crops but {prepared.root} holds {prepared.size}-px "
-                        f"images; prepare the data with `alexnet prepare --size {pre['crop']}` or larger")
+        raise UserError(
+            f"{where} takes {pre['crop']}-px crops but {prepared.root} holds {prepared.size}-px "
+            f"images; prepare the data with `alexnet prepare --size {pre['crop']}` or larger"
+        )
 
 
 def num_outputs(model: nn.Module) -> int | None:
@@ -280,8 +301,11 @@ class TrainedNet:
         self.class_ids, self.class_names = class_names(state)
         self._stats = Stats(pre["stats"]).to(device)  # mean image and channel statistics as tensors
         mean = pre["stats"].get("mean_image_bgr")
-        mean = torch.from_numpy(mean).permute(2, 0, 1) if mean is not None else \
-            torch.from_numpy(pre["stats"].get("caffe_mean_bgr", np.zeros(3, np.float32)))
+        mean = (
+            torch.from_numpy(mean).permute(2, 0, 1)
+            if mean is not None
+            else torch.from_numpy(pre["stats"].get("caffe_mean_bgr", np.zeros(3, np.float32)))
+        )
         self._mean_bgr = mean.contiguous().to(device)
 
     def prepare(self, image) -> torch.Tensor:
@@ -310,15 +334,16 @@ class TrainedNet:
         """uint8 (N, 3, S, S) -> float32 model input (N, 3, crop, crop) or (N, 10, 3, crop, crop)."""
         pre = self.preprocess
         if not 1 <= pre["crop"] <= x.shape[-1]:
-            raise UserError(f"{self.path}: its crop {pre['crop']} does not fit {x.shape[-1]}-px images; "
-                            "re-save it with `alexnet train`, or give images of its prepared size")
+            raise UserError(
+                f"{self.path}: its crop {pre['crop']} does not fit {x.shape[-1]}-px images; "
+                "re-save it with `alexnet train`, or give images of its prepared size"
+            )
         x = x.to(self.device, non_blocking=True)
         if pre["normalize"] == "caffe":
             return caffe_batch(x, mean_bgr=self._mean_bgr, crop=pre["crop"], crops=crops)
         mean = pre["stats"].get("mean_image")
         if pre["normalize"] == "mean_image" and mean is not None and mean.shape[0] != x.shape[-1]:
-            raise UserError(f"{self.path} subtracts a {mean.shape[0]}-px mean image but got "
-                            f"{x.shape[-1]}-px images")
+            raise UserError(f"{self.path} subtracts a {mean.shape[0]}-px mean image but got {x.shape[-1]}-px images")
         return eval_batch(x, stats=self._stats, crop=pre["crop"], crops=crops, normalize=pre["normalize"])
 
     def inputs(self, images, crops: int = 1) -> torch.Tensor:
@@ -337,8 +362,15 @@ class TrainedNet:
             raise UserError(f"topk {topk}: must be at least 1")
         probs = self.probabilities(images, crops)
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        return [{"class_ids": [self.class_ids[i] for i in idx], "class_names": [self.class_names[i] for i in idx],
-                 "probabilities": val, "indices": idx} for val, idx in zip(values.tolist(), indices.tolist())]
+        return [
+            {
+                "class_ids": [self.class_ids[i] for i in idx],
+                "class_names": [self.class_names[i] for i in idx],
+                "probabilities": val,
+                "indices": idx,
+            }
+            for val, idx in zip(values.tolist(), indices.tolist())
+        ]
 
     @torch.inference_mode()
     def features(self, images, crops: int = 1) -> torch.Tensor:

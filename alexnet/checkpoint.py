@@ -32,8 +32,10 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
             candidate = path / "checkpoints" / name
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{path}: a directory without checkpoints/best.pt or checkpoints/last.pt; "
-                        "give a checkpoint file or a run directory written by `alexnet train`")
+        raise UserError(
+            f"{path}: a directory without checkpoints/best.pt or checkpoints/last.pt; "
+            "give a checkpoint file or a run directory written by `alexnet train`"
+        )
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint file")
     return path
@@ -44,18 +46,21 @@ def load_checkpoint(path: str | Path) -> dict:
     path = resolve_checkpoint_path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle with code in it, not a checkpoint at all
+    except Exception as exc:  # noqa: BLE001  truncated zip, pickle with code in it, not a checkpoint at all
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in reason:  # torch's text goes on to suggest weights_only=False: never
             reason = "it holds pickled Python objects other than tensors and plain values (possibly code), refused"
         reason = reason.split(". ")[0]  # the cause, without torch's advice that follows
         if not isinstance(exc, (RuntimeError, OSError)) and len(reason) < 12:  # e.g. KeyError(101) on random bytes
             reason = "not a file written by torch.save"
-        raise UserError(f"{path}: not a readable alexnet checkpoint (truncated, tampered or another "
-                        f"format): {reason[:200]}") from None
+        raise UserError(
+            f"{path}: not a readable alexnet checkpoint (truncated, tampered or another format): {reason[:200]}"
+        ) from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise UserError(f"{path}: not an alexnet checkpoint (missing {', '.join(REQUIRED_KEYS)}); "
-                        "checkpoints come from `alexnet train` or `alexnet import-torchvision`")
+        raise UserError(
+            f"{path}: not an alexnet checkpoint (missing {', '.join(REQUIRED_KEYS)}); "
+            "checkpoints come from `alexnet train` or `alexnet import-torchvision`"
+        )
     state["path"] = str(path)
     return state
 
@@ -66,7 +71,7 @@ def clean_state_dict(state_dict: dict) -> dict:
     for key, value in state_dict.items():
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -79,8 +84,10 @@ def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> nn
     try:
         model.load_state_dict(clean_state_dict(state["model"]))
     except RuntimeError as exc:
-        raise UserError(f"{state.get('path', 'checkpoint')}: weights do not fit model "
-                        f"{state['model_name']}: {state_dict_error(exc)}") from None
+        raise UserError(
+            f"{state.get('path', 'checkpoint')}: weights do not fit model "
+            f"{state['model_name']}: {state_dict_error(exc)}"
+        ) from None
     return model.to(device).eval()
 
 

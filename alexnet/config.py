@@ -67,8 +67,7 @@ def merge(config: T, values: dict, *, source: str = "config") -> T:
         section_kwargs = {}
         for key, value in section_values.items():
             if key not in fields:
-                raise UserError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: "
-                                f"{', '.join(fields)}")
+                raise UserError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}")
             section_kwargs[key] = _coerce(value, _resolve(section_cls, fields[key]), f"{name}.{key}", source)
         section = dataclasses.replace(getattr(config, name), **section_kwargs)
         config = dataclasses.replace(config, **{name: section})
@@ -84,13 +83,11 @@ def apply_override(config: T, item: str, *, check: bool = True) -> T:
     section_name, key = dotted.strip().split(".", 1)
     sections = {f.name: f for f in dataclasses.fields(config)}
     if section_name not in sections:
-        raise UserError(f"--set {item!r}: unknown section {section_name!r}; valid sections: "
-                        f"{', '.join(sections)}")
+        raise UserError(f"--set {item!r}: unknown section {section_name!r}; valid sections: {', '.join(sections)}")
     section = getattr(config, section_name)
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
-        raise UserError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: "
-                        f"{', '.join(fields)}")
+        raise UserError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: {', '.join(fields)}")
     value = _coerce(_parse_literal(raw.strip()), _resolve(type(section), fields[key]), dotted, "--set")
     config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{key: value})})
     return _validated(config, "--set") if check else config
@@ -126,6 +123,7 @@ def describe(cls) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 def _validated(config, source: str):
     for section in dataclasses.fields(config):
@@ -176,8 +174,7 @@ def _coerce(value, kind, name: str, source: str):
         raise UserError(errors[0])
     if origin is typing.Literal:
         if value not in args:
-            raise UserError(f"{source}: {name} = {value!r} is not valid; choose one of: "
-                            f"{', '.join(map(str, args))}")
+            raise UserError(f"{source}: {name} = {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value
     if origin in (list, tuple):
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]

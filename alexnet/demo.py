@@ -33,12 +33,12 @@ from alexnet.train import TrainConfig, train
 DATA = {"classes": 10, "per_class": 100, "val_per_class": 20, "size": 256, "seed": 0}
 OVERRIDES = [
     "model.name=alexnet",
-    "model.init=kaiming",        # the robust init (the paper's stalls on a run this short)
-    "data.normalize=channel",    # unit-variance inputs, which Kaiming's init assumes
-    "data.batch_size=32",        # more steps in the budget than the paper's 128
-    "data.workers=1",            # one decoding process beside the two compute threads
-    "optim.lr=0.01",             # the paper's
-    "schedule.name=cosine",      # too few epochs for the plateau rule; decay to 0 steadies the end
+    "model.init=kaiming",  # the robust init (the paper's stalls on a run this short)
+    "data.normalize=channel",  # unit-variance inputs, which Kaiming's init assumes
+    "data.batch_size=32",  # more steps in the budget than the paper's 128
+    "data.workers=1",  # one decoding process beside the two compute threads
+    "optim.lr=0.01",  # the paper's
+    "schedule.name=cosine",  # too few epochs for the plateau rule; decay to 0 steadies the end
     "schedule.warmup_epochs=1",
     "train.epochs=6",
     "train.log_every=10",
@@ -63,10 +63,18 @@ def _prepared(out: Path, quiet: bool) -> Path:
         if path.exists():
             shutil.rmtree(path)
     marker.unlink(missing_ok=True)
-    _say(f"drawing {DATA['classes']} classes x {DATA['per_class']} + {DATA['val_per_class']} images "
-         f"into {images} ...", quiet)
-    make_shapes(images, classes=DATA["classes"], per_class=DATA["per_class"], size=DATA["size"],
-                seed=DATA["seed"], val_per_class=DATA["val_per_class"])
+    _say(
+        f"drawing {DATA['classes']} classes x {DATA['per_class']} + {DATA['val_per_class']} images into {images} ...",
+        quiet,
+    )
+    make_shapes(
+        images,
+        classes=DATA["classes"],
+        per_class=DATA["per_class"],
+        size=DATA["size"],
+        seed=DATA["seed"],
+        val_per_class=DATA["val_per_class"],
+    )
     _say(f"preparing {data} ...", quiet)
     prepare(str(images), str(data), force=True)  # force: an interrupted demo's prepare starts over
     write_text(marker, json.dumps(DATA) + "\n")  # last: marks the set complete
@@ -104,15 +112,23 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
     # The paper's test protocol on the last weights: centre crop, then 10 crops (4 corners + centre,
     # mirrored), through `alexnet evaluate`'s library side: eval.json is a list of its results
     last = str(run / "checkpoints" / "last.pt")
-    results = {crops: evaluate_checkpoints([last], data, "val", crops, batch_size=32 if crops == 1 else 8,
-                                           workers=config.data.workers, device=None)
-               for crops in (1, 10)}
+    results = {
+        crops: evaluate_checkpoints(
+            [last], data, "val", crops, batch_size=32 if crops == 1 else 8, workers=config.data.workers, device=None
+        )
+        for crops in (1, 10)
+    }
     write_json(run / "eval.json", [results[1], results[10]], indent=2)  # atomically
     _say("writing the report ...", quiet)
     report = write_report(run, data=data, out=run / "report")
     return {
-        "run": str(run), "data": str(data), "report": str(report),
-        "top1_error": results[1]["top1_error"], "top5_error": results[1]["top5_error"],
-        "top1_error_10crop": results[10]["top1_error"], "top5_error_10crop": results[10]["top5_error"],
-        "seconds": time.perf_counter() - start, "settings": list(OVERRIDES) + list(overrides),
+        "run": str(run),
+        "data": str(data),
+        "report": str(report),
+        "top1_error": results[1]["top1_error"],
+        "top5_error": results[1]["top5_error"],
+        "top1_error_10crop": results[10]["top1_error"],
+        "top5_error_10crop": results[10]["top5_error"],
+        "seconds": time.perf_counter() - start,
+        "settings": list(OVERRIDES) + list(overrides),
     }

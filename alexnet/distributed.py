@@ -34,7 +34,7 @@ class Dist:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0, option: str = "train.device") -> torch.device:
-    """"auto" -> cuda (this process's GPU) -> mps -> cpu; or an explicit "cpu", "cuda", "cuda:1", "mps".
+    """ "auto" -> cuda (this process's GPU) -> mps -> cpu; or an explicit "cpu", "cuda", "cuda:1", "mps".
 
     A bad or unavailable device is a UserError naming `option` (the setting it came from)."""
     if name == "auto":

@@ -31,8 +31,16 @@ from alexnet.data.prepare import default_workers
 from alexnet.errors import UserError
 from alexnet.metrics import Tally, average_probabilities, topk_correct
 
-__all__ = ["PAPER_RESULTS", "average_probabilities", "evaluate", "evaluate_checkpoints", "format_table",
-           "is_imagenet", "prepared_batches", "topk_correct"]  # topk_correct: alexnet.metrics's, re-exported
+__all__ = [
+    "PAPER_RESULTS",
+    "average_probabilities",
+    "evaluate",
+    "evaluate_checkpoints",
+    "format_table",
+    "is_imagenet",
+    "prepared_batches",
+    "topk_correct",
+]  # topk_correct: alexnet.metrics's, re-exported
 
 
 @torch.inference_mode()
@@ -107,8 +115,13 @@ def prepared_batches(dataset: PackedDataset, rows: Sequence[int] | np.ndarray, *
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     workers = default_workers() if workers is None else max(0, int(workers))
-    return DataLoader(Subset(dataset, [int(r) for r in rows]), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory)
+    return DataLoader(
+        Subset(dataset, [int(r) for r in rows]),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+    )
 
 
 def _shard(n: int) -> range:
@@ -153,22 +166,29 @@ def evaluate_checkpoints(
         check_image_size(net.state, net.preprocess, prepared)
         if nets and not same_preprocess(nets[0].preprocess, net.preprocess):
             pre = net.preprocess
-            raise UserError(f"{net.path}: preprocessing (crop {pre['crop']}, {pre['normalize']} normalisation, "
-                            f"statistics) differs from {nets[0].path}'s; an ensemble needs nets trained with "
-                            "the same preprocessing")
+            raise UserError(
+                f"{net.path}: preprocessing (crop {pre['crop']}, {pre['normalize']} normalisation, "
+                f"statistics) differs from {nets[0].path}'s; an ensemble needs nets trained with "
+                "the same preprocessing"
+            )
         out = num_outputs(net.model)
         if out is not None and out != prepared.num_classes:
-            raise UserError(f"{net.path}: the net has {out} outputs but {prepared.root} has "
-                            f"{prepared.num_classes} classes")
+            raise UserError(
+                f"{net.path}: the net has {out} outputs but {prepared.root} has {prepared.num_classes} classes"
+            )
         nets.append(net)
     dataset = PackedDataset(prepared, split)
-    batches = prepared_batches(dataset, _shard(len(dataset)), batch_size=batch_size, workers=workers,
-                               pin_memory=nets[0].device.type == "cuda")
+    batches = prepared_batches(
+        dataset, _shard(len(dataset)), batch_size=batch_size, workers=workers, pin_memory=nets[0].device.type == "cuda"
+    )
     inputs = ((nets[0].normalize(x, crops), y) for x, y in batches)  # one normalisation for the ensemble
-    result = evaluate([n.model for n in nets], inputs, device=nets[0].device, num_classes=prepared.num_classes,
-                      progress=progress)
-    per_class = {cid: (None if e != e else e)  # NaN (no images of the class) -> null in JSON
-                 for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])}
+    result = evaluate(
+        [n.model for n in nets], inputs, device=nets[0].device, num_classes=prepared.num_classes, progress=progress
+    )
+    per_class = {
+        cid: (None if e != e else e)  # NaN (no images of the class) -> null in JSON
+        for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])
+    }
     pre = nets[0].preprocess
     return {
         "models": [n.path for n in nets],
@@ -197,8 +217,11 @@ def is_imagenet(class_ids: Sequence[str]) -> bool:
 def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
     """A table like the paper's Table 2: a row per net, one for the ensemble; errors in %."""
     crops = CROPS_NAME[result["crops"]]
-    lines = [f"{result['split']} split of {result['data']}: {result['n']} images, {crops}, "
-             f"crop {result['crop']}, {result['normalize']} normalisation", ""]
+    lines = [
+        f"{result['split']} split of {result['data']}: {result['n']} images, {crops}, "
+        f"crop {result['crop']}, {result['normalize']} normalisation",
+        "",
+    ]
     rows = [(_short(r["model"]), r) for r in result["per_model"]]
     if len(rows) > 1:
         rows.append((f"ensemble of {len(rows)} (softmax averaged)", result))
@@ -206,8 +229,10 @@ def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
     protocol = "10 crops" if result["crops"] == 10 else "centre crop"  # on every row: the two differ by ~2%
     lines.append(f"{'model':<{width}}  {'top-1 err':>9}  {'top-5 err':>9}  {'loss':>7}  crops")
     for name, r in rows:
-        lines.append(f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
-                     f"{r['loss']:7.4f}  {protocol}")
+        lines.append(
+            f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
+            f"{r['loss']:7.4f}  {protocol}"
+        )
     if class_ids is not None and is_imagenet(class_ids):
         lines += ["", "for comparison (ILSVRC-2012 val; the paper's Table 2, Caffe, torchvision):"]
         lines += [f"{name:<{width}}  {t1:8.2f}%  {t5:8.2f}%" for name, t1, t5 in PAPER_RESULTS]

@@ -50,8 +50,9 @@ def _meta_of(state: dict) -> dict:
             "format": FORMAT,
             "model_name": str(state["model_name"]),
             "model_kwargs": json.dumps(kwargs),
-            "variant": str(kwargs.get("variant") or state["model_name"].replace("alexnet_", "")
-                           .replace("alexnet", "paper")),
+            "variant": str(
+                kwargs.get("variant") or state["model_name"].replace("alexnet_", "").replace("alexnet", "paper")
+            ),
             "num_classes": str(len(ids)),
             "class_ids": json.dumps(ids),
             "class_names": json.dumps(names),
@@ -75,13 +76,18 @@ def export_safetensors(state: dict, out: str) -> dict:
     for key, value in info["pre"]["stats"].items():
         tensors[STATS_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
     atomic_write_path(out, lambda tmp: save_file(tensors, tmp, metadata=info["meta"]))
-    return {"out": os.path.abspath(out), "format": "safetensors", "tensors": len(tensors),
-            "bytes": os.path.getsize(out)}
+    return {
+        "out": os.path.abspath(out),
+        "format": "safetensors",
+        "tensors": len(tensors),
+        "bytes": os.path.getsize(out),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # ONNX
 # ----------------------------------------------------------------------------------------------
+
 
 def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     """Make a model exportable, same maths, in place: the fused LRN (a custom autograd Function,
@@ -92,8 +98,10 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
         for name, child in parent.named_children():
             if isinstance(child, LocalResponseNorm):
                 if child.groups != 1:  # torch's module has no per-tower window: refuse rather than differ
-                    raise UserError("ONNX export of a per-tower LRN (model.lrn_scope=tower) is not supported; "
-                                    "export a net with lrn_scope=layer, or use the safetensors export")
+                    raise UserError(
+                        "ONNX export of a per-tower LRN (model.lrn_scope=tower) is not supported; "
+                        "export a net with lrn_scope=layer, or use the safetensors export"
+                    )
                 setattr(parent, name, nn.LocalResponseNorm(child.size, child.alpha * child.size, child.beta, child.k))
     pool = getattr(model, "avgpool", None)
     if isinstance(pool, nn.AdaptiveAvgPool2d) and hasattr(model, "features"):
@@ -148,9 +156,16 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
     def write(tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notes
-            torch.onnx.export(exportable, (x,), tmp, dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                exportable,
+                (x,),
+                tmp,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
         proto = onnx.load(tmp)
         for key, value in info["meta"].items():
             entry = proto.metadata_props.add()
@@ -163,13 +178,20 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported, not tracebacks
-        raise UserError(f"ONNX export of {state.get('path', 'checkpoint')} failed: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(
+            f"ONNX export of {state.get('path', 'checkpoint')} failed: {str(exc).splitlines()[0][:200]}"
+        ) from None
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"images": x.numpy()})[0]
     with torch.inference_mode():
         want = reference(x).numpy()
-    return {"out": os.path.abspath(out), "format": "onnx", "opset": opset,
-            "max_abs_diff": float(np.abs(got - want).max()), "bytes": os.path.getsize(out)}
+    return {
+        "out": os.path.abspath(out),
+        "format": "onnx",
+        "opset": opset,
+        "max_abs_diff": float(np.abs(got - want).max()),
+        "bytes": os.path.getsize(out),
+    }
 
 
 def export(path: str, fmt: str, out: str) -> dict:
@@ -184,6 +206,7 @@ def export(path: str, fmt: str, out: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # torchvision's AlexNet weights -> our checkpoint
 # ----------------------------------------------------------------------------------------------
+
 
 def torchvision_weights_file(weights: str = "IMAGENET1K_V1") -> str:
     """Where torch keeps torchvision's published AlexNet weights once downloaded:
@@ -207,9 +230,11 @@ def download_torchvision(weights: str = "IMAGENET1K_V1", *, progress: bool = Tru
         return entry.get_state_dict(progress=progress)
     except OSError as exc:  # urllib's URLError is an OSError: no network, DNS, refused, timeout
         reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:100]
-        raise UserError(f"could not download {entry.url} ({reason}); put that file at "
-                        f"{torchvision_weights_file(weights)}, or pass its path: "
-                        "alexnet import-torchvision FILE.pth --out CKPT") from None
+        raise UserError(
+            f"could not download {entry.url} ({reason}); put that file at "
+            f"{torchvision_weights_file(weights)}, or pass its path: "
+            "alexnet import-torchvision FILE.pth --out CKPT"
+        ) from None
 
 
 def _read_state_dict(path: str) -> dict:
@@ -246,8 +271,10 @@ def import_torchvision(path: str | None, out: str, *, weights: str | None = None
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
-        raise UserError(f"{source}: weights do not fit torchvision's AlexNet ({state_dict_error(exc)}); give "
-                        "the state dict of torchvision.models.alexnet") from None
+        raise UserError(
+            f"{source}: weights do not fit torchvision's AlexNet ({state_dict_error(exc)}); give "
+            "the state dict of torchvision.models.alexnet"
+        ) from None
     if num_classes == len(imagenet_classes()):
         ids, names = [w for w, _ in imagenet_classes()], [n for _, n in imagenet_classes()]
     else:
@@ -262,5 +289,9 @@ def import_torchvision(path: str | None, out: str, *, weights: str | None = None
         "config": {"imported_from": os.path.abspath(path) if path is not None else source, "source": "torchvision"},
     }
     save_checkpoint(out, state)
-    return {"out": os.path.abspath(out), "num_classes": num_classes, "source": source,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "out": os.path.abspath(out),
+        "num_classes": num_classes,
+        "source": source,
+        "params": sum(p.numel() for p in model.parameters()),
+    }

@@ -57,8 +57,14 @@ class LoopState:
             self._meters(loss.device)
         n = labels.numel()
         top1, top5 = topk_correct(logits, labels, (1, 5))
-        row = torch.stack([torch.tensor(float(n), dtype=torch.float64, device=loss.device), loss.double() * n,
-                           top1.double().sum(), top5.double().sum()])
+        row = torch.stack(
+            [
+                torch.tensor(float(n), dtype=torch.float64, device=loss.device),
+                loss.double() * n,
+                top1.double().sum(),
+                top5.double().sum(),
+            ]
+        )
         self.interval += row
         self.epoch_sums += row
         self.nonfinite += (~torch.isfinite(loss)).float()
@@ -69,9 +75,18 @@ class LoopState:
         """The step record for the interval since the last one (summed over ranks), then reset."""
         elapsed = max(time.perf_counter() - self.t_interval, 1e-9)
         n, loss, top1, top5 = all_reduce_sum(self.interval.clone(), info).tolist()
-        record = {"kind": "step", "step": self.step, "epoch": epoch + 1, "loss": loss / max(n, 1), "lr": lr,
-                  "img_s": n / elapsed, "data_frac": min(1.0, self.waited / elapsed), "time": time.time(),
-                  "top1_error": 1 - top1 / max(n, 1), "top5_error": 1 - top5 / max(n, 1)}
+        record = {
+            "kind": "step",
+            "step": self.step,
+            "epoch": epoch + 1,
+            "loss": loss / max(n, 1),
+            "lr": lr,
+            "img_s": n / elapsed,
+            "data_frac": min(1.0, self.waited / elapsed),
+            "time": time.time(),
+            "top1_error": 1 - top1 / max(n, 1),
+            "top5_error": 1 - top5 / max(n, 1),
+        }
         self.interval.zero_()
         self.waited, self.t_interval = 0.0, time.perf_counter()
         return record
@@ -104,10 +119,18 @@ class LoopState:
             sums = [self.interval.tolist(), self.epoch_sums.tolist()]
         else:
             sums = self._saved_sums or [[0.0] * 4, [0.0] * 4]
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "best_val_top1_error": self.best_val_top1_error,
-                "loop": {"interval_sums": sums[0], "epoch_sums": sums[1], "stalled": self.stalled,
-                         "recent": [float(x) for x in self.recent]}}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best_val_top1_error": self.best_val_top1_error,
+            "loop": {
+                "interval_sums": sums[0],
+                "epoch_sums": sums[1],
+                "stalled": self.stalled,
+                "recent": [float(x) for x in self.recent],
+            },
+        }
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
@@ -174,8 +197,14 @@ class Printer:
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.epochs = epochs
         if self.mode == "bar":
-            self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                            leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=steps,
+                initial=done,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def tick(self) -> None:
         if self.bar is not None:
@@ -183,12 +212,16 @@ class Printer:
 
     def step(self, record: dict) -> None:
         if self.mode == "bar" and self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}",
-                                 img_s=f"{record['img_s']:.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}", img_s=f"{record['img_s']:.0f}", refresh=False
+            )
         elif self.mode == "lines":
-            print(f"epoch {record['epoch']} step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.3g}, "
-                  f"{record['img_s']:.1f} img/s, waiting for data {100 * record['data_frac']:.0f}%",
-                  file=sys.stderr, flush=True)
+            print(
+                f"epoch {record['epoch']} step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.3g}, "
+                f"{record['img_s']:.1f} img/s, waiting for data {100 * record['data_frac']:.0f}%",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def epoch_end(self) -> None:
         if self.bar is not None:
@@ -200,11 +233,17 @@ class Printer:
             return
         val = ""
         if r["val_top1_error"] is not None:
-            val = (f" | val loss {r['val_loss']:.4f}, top-1 error {r['val_top1_error']:.3f}, "
-                   f"top-5 error {r['val_top5_error']:.3f}")
-        print(f"epoch {r['epoch']}/{self.epochs} (step {r['step']}): train loss {r['train_loss']:.4f}, "
-              f"top-1 error {r['train_top1_error']:.3f}{val} | {r['seconds']:.0f} s"
-              + (" | lr divided" if r.get("lr_dropped") else ""), file=sys.stderr, flush=True)
+            val = (
+                f" | val loss {r['val_loss']:.4f}, top-1 error {r['val_top1_error']:.3f}, "
+                f"top-5 error {r['val_top5_error']:.3f}"
+            )
+        print(
+            f"epoch {r['epoch']}/{self.epochs} (step {r['step']}): train loss {r['train_loss']:.4f}, "
+            f"top-1 error {r['train_top1_error']:.3f}{val} | {r['seconds']:.0f} s"
+            + (" | lr divided" if r.get("lr_dropped") else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def say(self, message: str) -> None:
         """One line on stderr from rank 0 (even with progress off: warnings and resume notes)."""

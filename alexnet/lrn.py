@@ -42,6 +42,7 @@ BLOCK_ELEMENTS = 1 << 19
 # The arithmetic, on one block (B, C, H, W) of any size
 # ----------------------------------------------------------------------------------------------
 
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -57,9 +58,9 @@ def _grouped_empty(a: torch.Tensor, groups: int, channels: int, dtype: torch.dty
 def _window_sum(padded: torch.Tensor, size: int, out: torch.Tensor) -> torch.Tensor:
     """out[:, :, i] = sum of padded[:, :, i : i + size] (dim 2 carries size - 1 channels of padding)."""
     c = out.shape[2]
-    torch.add(padded[:, :, 0:c], padded[:, :, 1:c + 1], out=out)
+    torch.add(padded[:, :, 0:c], padded[:, :, 1 : c + 1], out=out)
     for shift in range(2, size):
-        out.add_(padded[:, :, shift:shift + c])
+        out.add_(padded[:, :, shift : shift + c])
     return out
 
 
@@ -68,10 +69,10 @@ def _scale(a: torch.Tensor, size: int, alpha: float, k: float, groups: int) -> t
     c, half = a.shape[1] // groups, size // 2
     padded = _grouped_empty(a, groups, c + 2 * half, a.dtype)
     padded[:, :, :half].fill_(k / size)
-    padded[:, :, c + half:].fill_(k / size)
+    padded[:, :, c + half :].fill_(k / size)
     ag = a.unflatten(1, (groups, c))
     # k/size + alpha * a^2 in one pass: the window of `size` such entries sums to k + alpha * sum a^2
-    torch.addcmul(a.new_full((), k / size), ag, ag, value=alpha, out=padded[:, :, half:half + c])
+    torch.addcmul(a.new_full((), k / size), ag, ag, value=alpha, out=padded[:, :, half : half + c])
     return _window_sum(padded, size, _grouped_empty(a, groups, c, a.dtype)).flatten(1, 2)
 
 
@@ -100,8 +101,8 @@ def _backward_block(a: torch.Tensor, g: torch.Tensor, grad: torch.Tensor, size, 
     c, half = a.shape[1] // groups, size // 2
     padded = _grouped_empty(a, groups, c + 2 * half, dtype)
     padded[:, :, :half].zero_()
-    padded[:, :, c + half:].zero_()
-    inner = padded[:, :, half:half + c]
+    padded[:, :, c + half :].zero_()
+    inner = padded[:, :, half : half + c]
     torch.mul(g.unflatten(1, (groups, c)), a.unflatten(1, (groups, c)), out=inner)
     inner.mul_(torch.div(d, s, out=s).unflatten(1, (groups, c)))  # g a d / s, s no longer needed
     t = _window_sum(padded, size, _grouped_empty(a, groups, c, dtype)).flatten(1, 2)
@@ -111,6 +112,7 @@ def _backward_block(a: torch.Tensor, g: torch.Tensor, grad: torch.Tensor, size, 
 # ----------------------------------------------------------------------------------------------
 # Blocks, and the worker threads that run them
 # ----------------------------------------------------------------------------------------------
+
 
 def _blocks(shape: torch.Size, target: int = BLOCK_ELEMENTS) -> list[tuple[slice, slice]]:
     """(images, rows) slices of about `target` elements: whole images, or bands of an image's rows.
@@ -172,6 +174,7 @@ def _workers() -> _Workers | None:
 # Forward, backward, module
 # ----------------------------------------------------------------------------------------------
 
+
 def _run_blocks(fn, tensors: tuple[torch.Tensor, ...]) -> None:
     """fn(*block views of tensors) over the whole (N, C, H, W) tensors: at once on a GPU or while
     torch.compile traces, else block by block on the worker threads."""
@@ -193,8 +196,9 @@ def _run_blocks(fn, tensors: tuple[torch.Tensor, ...]) -> None:
     workers.run(one, blocks)
 
 
-def lrn(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1,
-        out: torch.Tensor | None = None) -> torch.Tensor:
+def lrn(
+    a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The forward alone, no autograd: (N, C, H, W) -> (N, C, H, W) in a's dtype (out may be a)."""
     out = torch.empty_like(a) if out is None else out
     _run_blocks(lambda x, y: _forward_block(x, y, size, alpha, beta, k, groups), (a, out))

@@ -73,10 +73,14 @@ class Tally:
     def add(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         """probs (N, C) probabilities, target (N,) class indices."""
         top1, top5 = topk_correct(probs, target, (1, 5))
-        self.sums += torch.stack([
-            torch.tensor(float(target.numel()), device=probs.device, dtype=torch.float64),
-            nll(probs, target).double().sum(), top1.double().sum(), top5.double().sum(),
-        ])
+        self.sums += torch.stack(
+            [
+                torch.tensor(float(target.numel()), device=probs.device, dtype=torch.float64),
+                nll(probs, target).double().sum(),
+                top1.double().sum(),
+                top5.double().sum(),
+            ]
+        )
         self.class_total.index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
         self.class_top1.index_add_(0, target, top1.double())
 
@@ -90,8 +94,11 @@ class Tally:
         """{"n", "loss", "top1_error", "top5_error", "per_class_top1_error" (NaN: no images)}."""
         n, loss, top1, top5 = self.sums.tolist()
         n = max(n, 1.0)
-        per_class = torch.where(self.class_total > 0, 1 - self.class_top1 / self.class_total.clamp_min(1),
-                                torch.full_like(self.class_total, float("nan")))
+        per_class = torch.where(
+            self.class_total > 0,
+            1 - self.class_top1 / self.class_total.clamp_min(1),
+            torch.full_like(self.class_total, float("nan")),
+        )
         return {
             "n": int(self.sums[0].item()),
             "loss": loss / n,

@@ -104,8 +104,16 @@ class AlexNet(nn.Module):
         if num_classes < 1:
             raise UserError(f"num_classes must be at least 1, got {num_classes}")
         self.config = dict(
-            variant=variant, num_classes=num_classes, input_size=input_size, activation=activation,
-            lrn=lrn, **lrn_options, pool=pool, dropout=dropout, dropout_placement=dropout_placement, init=init,
+            variant=variant,
+            num_classes=num_classes,
+            input_size=input_size,
+            activation=activation,
+            lrn=lrn,
+            **lrn_options,
+            pool=pool,
+            dropout=dropout,
+            dropout_placement=dropout_placement,
+            init=init,
         )
         self.variant, self.input_size = variant, input_size
 
@@ -140,13 +148,25 @@ class AlexNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         drop = lambda: nn.Dropout(dropout)  # noqa: E731
         if dropout_placement == "paper":
-            classifier = [nn.Linear(256 * 6 * 6, 4096), act(), drop(),
-                          nn.Linear(4096, 4096), act(), drop(),
-                          nn.Linear(4096, num_classes)]
+            classifier = [
+                nn.Linear(256 * 6 * 6, 4096),
+                act(),
+                drop(),
+                nn.Linear(4096, 4096),
+                act(),
+                drop(),
+                nn.Linear(4096, num_classes),
+            ]
         else:
-            classifier = [drop(), nn.Linear(256 * 6 * 6, 4096), act(),
-                          drop(), nn.Linear(4096, 4096), act(),
-                          nn.Linear(4096, num_classes)]
+            classifier = [
+                drop(),
+                nn.Linear(256 * 6 * 6, 4096),
+                act(),
+                drop(),
+                nn.Linear(4096, 4096),
+                act(),
+                nn.Linear(4096, num_classes),
+            ]
         self.classifier = nn.Sequential(*classifier)
         init_weights(self, init)
 
@@ -178,8 +198,10 @@ def _lrn_options(variant: str, lrn: bool, scope: str, k: float, alpha_per_size: 
     """The LRN switches to record in the model's config: only those applied (none without LRN)."""
     _check_choice("lrn_scope", scope, ("layer", "tower"))
     if variant == "torchvision" and (lrn or scope != "layer" or k != 2.0 or alpha_per_size):
-        raise UserError("the torchvision variant has no LRN layers: drop lrn / lrn_scope / lrn_k / "
-                        "lrn_alpha_per_size, or use the paper or ungrouped variant")
+        raise UserError(
+            "the torchvision variant has no LRN layers: drop lrn / lrn_scope / lrn_k / "
+            "lrn_alpha_per_size, or use the paper or ungrouped variant"
+        )
     if not lrn:
         return {}
     if not k > 0:
@@ -199,8 +221,11 @@ def _warn_resampled(input_size: int, pool_k: int, pool_s: int) -> None:
     pool = (pool_k, pool_s, 0)
     for kernel, stride, pad in (pool, (5, 1, 2), pool, (3, 1, 1), (3, 1, 1), (3, 1, 1), pool):
         n = (n - kernel + 2 * pad) // stride + 1
-    warnings.warn(f"input size {input_size} px: conv5's pooled map is {n}x{n}, resampled to 6x6 by adaptive "
-                  "average pooling before fc6 (the paper's net has none; use 227 or 224 px)", stacklevel=3)
+    warnings.warn(
+        f"input size {input_size} px: conv5's pooled map is {n}x{n}, resampled to 6x6 by adaptive "
+        "average pooling before fc6 (the paper's net has none; use 227 or 224 px)",
+        stacklevel=3,
+    )
 
 
 def init_weights(model: AlexNet, init: str) -> None:
@@ -232,6 +257,7 @@ def _check_choice(option: str, value, choices) -> None:
 # Registry
 # ----------------------------------------------------------------------------------------------
 
+
 def _torchvision_builder(name: str):
     def build(*, num_classes: int = 1000, **kwargs) -> nn.Module:
         import torchvision.models as tvm
@@ -247,8 +273,10 @@ def _torchvision_builder(name: str):
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "alexnet": (lambda **kw: AlexNet("paper", **kw), "the paper's two-tower net (default)"),
     "alexnet_ungrouped": (lambda **kw: AlexNet("ungrouped", **kw), "paper widths, groups=1 (one GPU)"),
-    "alexnet_torchvision": (lambda **kw: AlexNet("torchvision", **kw),
-                            "torchvision's 'one weird trick' AlexNet; loads its weights"),
+    "alexnet_torchvision": (
+        lambda **kw: AlexNet("torchvision", **kw),
+        "torchvision's 'one weird trick' AlexNet; loads its weights",
+    ),
     "vgg16": (_torchvision_builder("vgg16"), "VGG-16 (torchvision), for comparison"),
     "googlenet": (_torchvision_builder("googlenet"), "GoogLeNet (torchvision, no aux heads)"),
     "resnet18": (_torchvision_builder("resnet18"), "ResNet-18 (torchvision)"),
@@ -274,4 +302,3 @@ def build_model(name: str = "alexnet", **kwargs) -> nn.Module:
 def model_input_size(model: nn.Module, default: int = 224) -> int:
     """The input size a model expects: AlexNet's own, torchvision's 224 otherwise."""
     return int(getattr(model, "input_size", default))
-

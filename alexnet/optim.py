@@ -65,17 +65,20 @@ class PaperSGD(Optimizer):
         return loss
 
 
-def build_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float,
-                    decay_biases: bool = True) -> Optimizer:
-    """"paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters.
+def build_optimizer(
+    name: str, params, *, lr: float, momentum: float, weight_decay: float, decay_biases: bool = True
+) -> Optimizer:
+    """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters.
 
     decay_biases=False: two parameter groups, the weights with `weight_decay` and the 1-D
     parameters (biases; also normalisation scales in the torchvision nets) without it.
     """
     if not decay_biases:
         params = list(params)
-        params = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        params = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
     if name == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
@@ -100,9 +103,21 @@ class Schedule:
         threshold: an epoch "improves" when its error is below best - threshold.
     """
 
-    def __init__(self, name: str, lr: float, *, epochs: int, steps_per_epoch: int, factor: float = 0.1,
-                 patience: int = 3, max_drops: int = 3, milestones=(), warmup_epochs: float = 0.0,
-                 min_lr: float = 0.0, threshold: float = 1e-4):
+    def __init__(
+        self,
+        name: str,
+        lr: float,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        factor: float = 0.1,
+        patience: int = 3,
+        max_drops: int = 3,
+        milestones=(),
+        warmup_epochs: float = 0.0,
+        min_lr: float = 0.0,
+        threshold: float = 1e-4,
+    ):
         if name not in ("plateau", "step", "cosine", "constant"):
             raise ValueError(f"unknown schedule {name!r}")
         self.name, self.base_lr = name, lr
@@ -119,7 +134,7 @@ class Schedule:
         """The learning rate of global step `step` (0-based)."""
         epoch = step // self.steps_per_epoch
         if self.name == "plateau":
-            lr = self.base_lr * self.factor ** self.drops
+            lr = self.base_lr * self.factor**self.drops
         elif self.name == "step":
             lr = self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
         elif self.name == "cosine":
@@ -155,8 +170,12 @@ class Schedule:
         return False
 
     def state_dict(self) -> dict:
-        return {"drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs,
-                "drop_epochs": list(self.drop_epochs)}
+        return {
+            "drops": self.drops,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "drop_epochs": list(self.drop_epochs),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.drops, self.best = int(state["drops"]), float(state["best"])

@@ -36,8 +36,19 @@ from alexnet.evaluate import prepared_batches
 from alexnet.io import atomic_write_bytes
 from alexnet.metrics import average_probabilities
 
-__all__ = ["FEATURES_KEYS", "Predictor", "class_names", "extract_features", "features_of_split", "format_prediction",
-           "imagenet_classes", "list_inputs", "load_features", "load_image", "save_features"]
+__all__ = [
+    "FEATURES_KEYS",
+    "Predictor",
+    "class_names",
+    "extract_features",
+    "features_of_split",
+    "format_prediction",
+    "imagenet_classes",
+    "list_inputs",
+    "load_features",
+    "load_image",
+    "save_features",
+]
 
 FEATURES_KEYS = ("features", "labels", "indices", "class_ids", "class_names", "meta")
 
@@ -103,8 +114,10 @@ class Predictor:
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:
         """One image's probabilities (C,) -> the k most probable [{"class", "name", "index", "prob"}]."""
         values, indices = probs.topk(min(k, probs.numel()))
-        return [{"class": self.ids[i], "name": self.names[i], "index": i, "prob": float(p)}
-                for p, i in zip(values.tolist(), indices.tolist())]
+        return [
+            {"class": self.ids[i], "name": self.names[i], "index": i, "prob": float(p)}
+            for p, i in zip(values.tolist(), indices.tolist())
+        ]
 
     def predict(self, inputs: Sequence[str], *, topk: int = 5, batch_size: int = 16,
                 recursive: bool = False) -> Iterable[dict]:  # fmt: skip
@@ -117,8 +130,11 @@ class Predictor:
             ready = [x for _, x, _ in pending if x is not None]
             probs = iter(self.probabilities(self.net.normalize(torch.stack(ready), self.crops))) if ready else iter(())
             for path, x, error in pending:
-                yield {"path": path, "error": error} if x is None else \
-                    {"path": path, "predictions": self.top(next(probs), topk)}
+                yield (
+                    {"path": path, "error": error}
+                    if x is None
+                    else {"path": path, "predictions": self.top(next(probs), topk)}
+                )
             pending.clear()
 
         for path, error in list_inputs(inputs, recursive=recursive):
@@ -148,6 +164,7 @@ def format_prediction(entry: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # fc7 features of a split (the paper's Figure 4 right: nearest neighbours in fc7 space)
 # ----------------------------------------------------------------------------------------------
+
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
@@ -228,11 +245,22 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     check_image_size(net.state, net.preprocess, prepared)
     dataset = PackedDataset(prepared, split)
     batches = prepared_batches(dataset, range(len(dataset)), batch_size=batch_size, workers=workers)
-    feats = extract_features(net.model, ((net.normalize(x), y) for x, y in batches), device=net.device,
-                             progress=progress)
+    feats = extract_features(
+        net.model, ((net.normalize(x), y) for x, y in batches), device=net.device, progress=progress
+    )
     pre = net.preprocess
-    meta = {"checkpoint": net.path, "data": prepared.root, "split": split, "layer": "fc7",
-            "crop": pre["crop"], "normalize": pre["normalize"]}
+    meta = {
+        "checkpoint": net.path,
+        "data": prepared.root,
+        "split": split,
+        "layer": "fc7",
+        "crop": pre["crop"],
+        "normalize": pre["normalize"],
+    }
     save_features(out, feats, class_ids=prepared.class_ids, class_names=prepared.class_names, meta=meta)
-    return {"out": os.path.abspath(out), "n": int(len(feats["labels"])), "dim": int(feats["features"].shape[1]),
-            **{k: meta[k] for k in ("split", "data", "checkpoint")}}
+    return {
+        "out": os.path.abspath(out),
+        "n": int(len(feats["labels"])),
+        "dim": int(feats["features"].shape[1]),
+        **{k: meta[k] for k in ("split", "data", "checkpoint")},
+    }

@@ -41,8 +41,16 @@ class Progress:
     Lines read `evaluate: 1200/50000 img (2.4%), 310.5 img/s, ETA 2:37` and one closes the job.
     """
 
-    def __init__(self, desc: str, total: int | None, *, unit: str = "img", mode: str = "auto",
-                 every: float = LINE_EVERY, initial: int = 0):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None,
+        *,
+        unit: str = "img",
+        mode: str = "auto",
+        every: float = LINE_EVERY,
+        initial: int = 0,
+    ):
         self.desc, self.total, self.unit = desc, total, unit
         self.mode = resolve_mode(mode)
         self.every = every
@@ -51,8 +59,9 @@ class Progress:
         self._t0 = self._last = time.monotonic()
         self._bar = None
         if self.mode == "bar":
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-                             leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True
+            )
 
     def __enter__(self) -> Progress:
         return self

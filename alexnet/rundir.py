@@ -79,11 +79,17 @@ class RunDir:
         self.write_config(config)
         info = self.info
         env = {
-            "alexnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "device": str(info.device), "device_name": _device_name(info.device),
-            "world_size": info.world, "cpu_threads": torch.get_num_threads(),
-            "data": prepared.root, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "alexnet": __version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "device": str(info.device),
+            "device_name": _device_name(info.device),
+            "world_size": info.world,
+            "cpu_threads": torch.get_num_threads(),
+            "data": prepared.root,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": list(command) if command is not None else sys.argv,
         }
         write_json(self.root / "env.json", env)
@@ -142,8 +148,10 @@ class RunDir:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - the tensorboard package is optional
-            print("alexnet train: warning: train.tensorboard needs `pip install tensorboard`; not writing it",
-                  file=sys.stderr)
+            print(
+                "alexnet train: warning: train.tensorboard needs `pip install tensorboard`; not writing it",
+                file=sys.stderr,
+            )
             return None
         return Board(SummaryWriter(str(self.root / "tensorboard")))
 
@@ -157,8 +165,11 @@ class Board:
     def add_scalars_from(self, record: dict) -> None:
         kind, step = record["kind"], record["step"]
         for key, value in record.items():
-            if key not in ("kind", "step", "epoch", "time") and isinstance(value, (int, float)) \
-                    and not isinstance(value, bool):
+            if (
+                key not in ("kind", "step", "epoch", "time")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self):

@@ -26,8 +26,16 @@ from alexnet.errors import UserError
 from alexnet.model import LocalResponseNorm, build_model, model_input_size
 
 # Layers that make a new tensor (counted in activation memory); see the module docstring.
-_STORED = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-           nn.LocalResponseNorm, LocalResponseNorm, nn.BatchNorm2d)
+_STORED = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.LocalResponseNorm,
+    LocalResponseNorm,
+    nn.BatchNorm2d,
+)
 
 
 @dataclass
@@ -77,10 +85,20 @@ class Summary:
             "macs": self.macs,
             "activation_bytes": self.activation_bytes,
             "layers": [
-                {"name": l.name, "kind": l.kind, "output_shape": list(l.output_shape), "params": l.params,
-                 "macs": l.macs, "activation_bytes": l.activation_bytes, "kernel": l.kernel,
-                 "stride": l.stride, "padding": l.padding, "groups": l.groups, "formula": l.formula}
-                for l in self.layers
+                {
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "output_shape": list(layer.output_shape),
+                    "params": layer.params,
+                    "macs": layer.macs,
+                    "activation_bytes": layer.activation_bytes,
+                    "kernel": layer.kernel,
+                    "stride": layer.stride,
+                    "padding": layer.padding,
+                    "groups": layer.groups,
+                    "formula": layer.formula,
+                }
+                for layer in self.layers
             ],
             "conv_param_share": self.share("params"),
             "conv_macs_share": self.share("macs"),
@@ -89,9 +107,17 @@ class Summary:
 
 def _kind(module: nn.Module) -> str:
     return {
-        nn.Conv2d: "conv", nn.Linear: "fc", nn.ReLU: "relu", nn.Tanh: "tanh", nn.Dropout: "dropout",
-        nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "pool",
-        LocalResponseNorm: "lrn", nn.LocalResponseNorm: "lrn", nn.BatchNorm2d: "bn",
+        nn.Conv2d: "conv",
+        nn.Linear: "fc",
+        nn.ReLU: "relu",
+        nn.Tanh: "tanh",
+        nn.Dropout: "dropout",
+        nn.MaxPool2d: "pool",
+        nn.AvgPool2d: "pool",
+        nn.AdaptiveAvgPool2d: "pool",
+        LocalResponseNorm: "lrn",
+        nn.LocalResponseNorm: "lrn",
+        nn.BatchNorm2d: "bn",
         nn.Identity: "identity",
     }.get(type(module), type(module).__name__.lower())
 
@@ -104,8 +130,14 @@ def _paper_names(model: nn.Module) -> dict[nn.Module, str]:
         kind = _kind(module)
         if kind == "conv":
             block += 1
-        names[module] = {"conv": "conv", "relu": "relu", "tanh": "tanh", "lrn": "norm", "pool": "pool",
-                         "identity": "skip"}.get(kind, kind) + str(block)
+        names[module] = {
+            "conv": "conv",
+            "relu": "relu",
+            "tanh": "tanh",
+            "lrn": "norm",
+            "pool": "pool",
+            "identity": "skip",
+        }.get(kind, kind) + str(block)
     if hasattr(model, "avgpool"):
         names[model.avgpool] = "avgpool"
     fc = 5
@@ -147,12 +179,24 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
         if any(dim <= 0 for dim in out_shape):
             raise _EmptyMap(paper.get(module) or qualified[module])
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        layer = Layer(name=paper.get(module) or qualified[module], kind=_kind(module), input_shape=in_shape,
-                      output_shape=out_shape, params=params, macs=0, activation_bytes=0)
+        layer = Layer(
+            name=paper.get(module) or qualified[module],
+            kind=_kind(module),
+            input_shape=in_shape,
+            output_shape=out_shape,
+            params=params,
+            macs=0,
+            activation_bytes=0,
+        )
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             layer.macs = output.shape[1:].numel() * (module.in_channels // module.groups) * kh * kw
-            layer.kernel, layer.stride, layer.padding, layer.groups = kh, module.stride[0], module.padding[0], module.groups
+            layer.kernel, layer.stride, layer.padding, layer.groups = (
+                kh,
+                module.stride[0],
+                module.padding[0],
+                module.groups,
+            )
         elif isinstance(module, nn.Linear):
             layer.macs = module.in_features * module.out_features
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
@@ -180,8 +224,9 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
             last = summary.layers[-1].name if summary.layers else "the input"
             where = f"the layer after {last} gets a feature map smaller than its kernel"
         smallest = smallest_input(name, **kwargs)
-        raise UserError(f"input {size} px is too small for {name}: {where}; the smallest valid input "
-                        f"is {smallest} px") from None
+        raise UserError(
+            f"input {size} px is too small for {name}: {where}; the smallest valid input is {smallest} px"
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -227,24 +272,30 @@ def _first(value):
 def format_table(summary: Summary) -> str:
     """The per-layer table, totals and conv/fc shares, as plain text."""
     rows = [("layer", "kernel", "stride", "pad", "groups", "output", "output size", "params", "MACs", "act. mem")]
-    for l in summary.layers:
-        if l.kind in ("identity",) or (l.kind == "pool" and l.formula == "" and not l.params and not l.activation_bytes):
+    for layer in summary.layers:
+        if layer.kind in ("identity",) or (
+            layer.kind == "pool" and layer.formula == "" and not layer.params and not layer.activation_bytes
+        ):
             continue
-        rows.append((
-            l.name,
-            f"{l.kernel}x{l.kernel}" if l.kernel else "",
-            str(l.stride or ""),
-            "" if l.padding is None else str(l.padding),
-            str(l.groups or ""),
-            "x".join(map(str, _hwc(l.output_shape))),
-            l.formula,
-            f"{l.params:,}" if l.params else "",
-            f"{l.macs:,}" if l.macs else "",
-            _bytes(l.activation_bytes) if l.activation_bytes else "",
-        ))
+        rows.append(
+            (
+                layer.name,
+                f"{layer.kernel}x{layer.kernel}" if layer.kernel else "",
+                str(layer.stride or ""),
+                "" if layer.padding is None else str(layer.padding),
+                str(layer.groups or ""),
+                "x".join(map(str, _hwc(layer.output_shape))),
+                layer.formula,
+                f"{layer.params:,}" if layer.params else "",
+                f"{layer.macs:,}" if layer.macs else "",
+                _bytes(layer.activation_bytes) if layer.activation_bytes else "",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 5, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i in (0, 5, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     conv_p, conv_m = summary.share("params"), summary.share("macs")
     lines += [
@@ -267,8 +318,8 @@ def format_table(summary: Summary) -> str:
 # Where course notes quote a figure this count does not reproduce, the table says why.
 SEED_NOTES = {
     "vgg16": "note: the course notes' VGG-16 total, 'about 24 M activations = ~96 MB per image', does "
-             "not follow from its own per-layer lines (input, every conv, pool and fc output, counted as "
-             "here), which sum to 15,237,608 values = 60.95 MB",
+    "not follow from its own per-layer lines (input, every conv, pool and fc output, counted as "
+    "here), which sum to 15,237,608 values = 60.95 MB",
 }
 
 

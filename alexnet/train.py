@@ -275,15 +275,28 @@ class Loop:
         """One training step (train_step) of the model to train; see compiled_first_step."""
         if self.compile_pending:
             return compiled_first_step(self, images, labels)
-        return train_step(self.model, self.optimizer, images, labels, autocast_dtype=self.amp,
-                          channels_last=self.config.train.channels_last, scaler=self.extra_states.get("scaler"))
+        return train_step(
+            self.model,
+            self.optimizer,
+            images,
+            labels,
+            autocast_dtype=self.amp,
+            channels_last=self.config.train.channels_last,
+            scaler=self.extra_states.get("scaler"),
+        )
 
 
 def checkpoint_payload(loop: Loop, rng: dict) -> dict:
     """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds."""
-    return {**loop.meta, "model": unwrap(loop.raw).state_dict(), "optimizer": loop.optimizer.state_dict(),
-            "scheduler": loop.schedule.state_dict(), "rng": rng, **loop.state.state_dict(),
-            **{key: obj.state_dict() for key, obj in loop.extra_states.items()}}
+    return {
+        **loop.meta,
+        "model": unwrap(loop.raw).state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.schedule.state_dict(),
+        "rng": rng,
+        **loop.state.state_dict(),
+        **{key: obj.state_dict() for key, obj in loop.extra_states.items()},
+    }
 
 
 def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
@@ -312,12 +325,16 @@ def restore(loop: Loop) -> None:
         loop.state.load_state_dict(ckpt)
         set_rng(ckpt["rng"], loop.info.rank, loop.info.device)
     except KeyError as exc:
-        raise UserError(f"{loop.run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
-                        "the last.pt that `alexnet train` wrote; start a new run instead") from None
+        raise UserError(
+            f"{loop.run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
+            "the last.pt that `alexnet train` wrote; start a new run instead"
+        ) from None
     except (RuntimeError, ValueError) as exc:
-        raise UserError(f"{loop.run.last}: does not fit this run's model or optimizer "
-                        f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
-                        "optim.name; start a new run for those") from None
+        raise UserError(
+            f"{loop.run.last}: does not fit this run's model or optimizer "
+            f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
+            "optim.name; start a new run for those"
+        ) from None
     loop.run.trim_log(loop.state.step)
     loop.run.write_config(config)  # --set overrides given with --resume
 
@@ -331,7 +348,8 @@ def check_finite(loop: Loop) -> None:
         raise NonFiniteLoss(
             f"step {state.step}: the training loss became NaN or infinite, so training stopped; "
             f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint. Lower the learning "
-            f"rate (optim.lr is {loop.config.optim.lr:g}) or use --set model.init=kaiming.")
+            f"rate (optim.lr is {loop.config.optim.lr:g}) or use --set model.init=kaiming."
+        )
 
 
 def log_record(loop: Loop, record: dict) -> None:
@@ -354,15 +372,21 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     """Data, run directory, model, optimizer and schedule of a run (nothing resumed or written yet)."""
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
     if config.data.crop > ps.size:
-        raise UserError(f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
-                        f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more")
+        raise UserError(
+            f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
+            f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
+        )
     if config.data.batch_size % info.world:
-        raise UserError(f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
-                        "processes; the global batch is split evenly")
+        raise UserError(
+            f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
+            "processes; the global batch is split evenly"
+        )
     if config.schedule.name == "plateau" and "val" not in ps.splits:
-        raise UserError(f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
-                        "learning rate; prepare it with `alexnet prepare --val-fraction 0.02`, or use "
-                        "--set schedule.name=step --set schedule.milestones=[30,60,80]")
+        raise UserError(
+            f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
+            "learning rate; prepare it with `alexnet prepare --val-fraction 0.02`, or use "
+            "--set schedule.name=step --set schedule.milestones=[30,60,80]"
+        )
     train_loader, val_loader = _loaders(ps, config, info)
     if len(train_loader) == 0:
         raise UserError(f"{ps.root}: the training split is empty")
@@ -374,18 +398,32 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
-    optimizer = build_optimizer(o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                decay_biases=o.decay_biases)
-    schedule = Schedule(sc.name, o.lr, epochs=config.train.epochs, steps_per_epoch=len(train_loader),
-                        factor=sc.factor, patience=sc.patience, max_drops=sc.max_drops,
-                        milestones=[m - 1 for m in sc.milestones], warmup_epochs=sc.warmup_epochs, min_lr=sc.min_lr)
-    meta = {"model_name": config.model.name, "model_kwargs": kwargs,
-            "classes": {"ids": list(ps.class_ids), "names": list(ps.class_names)},
-            "stats": {k: v.tolist() for k, v in ps.stats.items()},
-            "preprocess": {"crop": config.data.crop, "normalize": config.data.normalize},
-            "config": cfg.to_dict(config)}
-    loop = Loop(config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta,
-                Printer(info, progress))
+    optimizer = build_optimizer(
+        o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, decay_biases=o.decay_biases
+    )
+    schedule = Schedule(
+        sc.name,
+        o.lr,
+        epochs=config.train.epochs,
+        steps_per_epoch=len(train_loader),
+        factor=sc.factor,
+        patience=sc.patience,
+        max_drops=sc.max_drops,
+        milestones=[m - 1 for m in sc.milestones],
+        warmup_epochs=sc.warmup_epochs,
+        min_lr=sc.min_lr,
+    )
+    meta = {
+        "model_name": config.model.name,
+        "model_kwargs": kwargs,
+        "classes": {"ids": list(ps.class_ids), "names": list(ps.class_names)},
+        "stats": {k: v.tolist() for k, v in ps.stats.items()},
+        "preprocess": {"crop": config.data.crop, "normalize": config.data.normalize},
+        "config": cfg.to_dict(config),
+    }
+    loop = Loop(
+        config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta, Printer(info, progress)
+    )
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
     return loop
@@ -394,15 +432,26 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
 def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
     """(training loader, validation loader or None), each process taking its share of the batch."""
     d = config.data
-    common = dict(crop=d.crop, normalize=d.normalize, workers=d.workers, seed=config.train.seed,
-                  distributed=info.enabled, pin_memory=info.device.type == "cuda")
+    common = dict(
+        crop=d.crop,
+        normalize=d.normalize,
+        workers=d.workers,
+        seed=config.train.seed,
+        distributed=info.enabled,
+        pin_memory=info.device.type == "cuda",
+    )
     pipeline = resolve_pipeline(d.pipeline, info.device)
     make = make_loader
     if pipeline != "host":  # the same batches, augmented where the model is (alexnet/data/device.py)
-        make = functools.partial(make_device_loader, device=info.device, channels_last=config.train.channels_last,
-                                 decode="device" if pipeline == "nvjpeg" else "host")
-    train_loader = make(ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca, flip=d.flip,
-                        **common)
+        make = functools.partial(
+            make_device_loader,
+            device=info.device,
+            channels_last=config.train.channels_last,
+            decode="device" if pipeline == "nvjpeg" else "host",
+        )
+    train_loader = make(
+        ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca, flip=d.flip, **common
+    )
     eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
     val_loader = make(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
     return train_loader, val_loader
@@ -440,8 +489,10 @@ def compiled_first_step(loop: Loop, images, labels):
         return loop.step(images, labels)
     except Exception as exc:  # noqa: BLE001 - torch.compile needs a working toolchain; anything can fail
         text = str(exc).strip()
-        loop.printer.warn(f"torch.compile failed ({type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}); "
-                          "continuing without it")
+        loop.printer.warn(
+            f"torch.compile failed ({type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}); "
+            "continuing without it"
+        )
         torch.random.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, loop.info.device)
@@ -510,8 +561,16 @@ def check_stall(loop: Loop) -> None:
         return
     state.stalled = True
     message = _stall_message(mean, num_classes, state.step, loop.config)
-    loop.run.log({"kind": "stall", "step": state.step, "epoch": state.epoch + 1, "loss": mean,
-                  "ln_num_classes": chance, "message": message})
+    loop.run.log(
+        {
+            "kind": "stall",
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "loss": mean,
+            "ln_num_classes": chance,
+            "message": message,
+        }
+    )
     loop.printer.warn(message)
 
 
@@ -522,18 +581,32 @@ def end_epoch(loop: Loop) -> None:
     t0 = time.perf_counter()
     val = None
     if loop.val_loader is not None:
-        val = evaluate(loop.evaluator, loop.val_loader, device=info.device, num_classes=loop.data.num_classes,
-                       autocast_dtype=loop.amp, channels_last=loop.config.train.channels_last)
+        val = evaluate(
+            loop.evaluator,
+            loop.val_loader,
+            device=info.device,
+            num_classes=loop.data.num_classes,
+            autocast_dtype=loop.amp,
+            channels_last=loop.config.train.channels_last,
+        )
     kill_point("validation")
     dropped = loop.schedule.epoch_end(state.epoch, val["top1_error"] if val else None)
     improved = val is not None and val["top1_error"] < state.best_val_top1_error
     if improved:
         state.best_val_top1_error = val["top1_error"]
-    record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step,
-              "lr": loop.schedule.lr_at(state.step - 1), **state.epoch_metrics(info),
-              "val_loss": val["loss"] if val else None, "val_top1_error": val["top1_error"] if val else None,
-              "val_top5_error": val["top5_error"] if val else None, "seconds": time.perf_counter() - state.epoch_t0,
-              "val_seconds": time.perf_counter() - t0, "lr_dropped": dropped}
+    record = {
+        "kind": "epoch",
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "lr": loop.schedule.lr_at(state.step - 1),
+        **state.epoch_metrics(info),
+        "val_loss": val["loss"] if val else None,
+        "val_top1_error": val["top1_error"] if val else None,
+        "val_top5_error": val["top5_error"] if val else None,
+        "seconds": time.perf_counter() - state.epoch_t0,
+        "val_seconds": time.perf_counter() - t0,
+        "lr_dropped": dropped,
+    }
     log_record(loop, record)
     kill_point("epoch-end")
     state.next_epoch()
@@ -576,8 +649,15 @@ def stop_on_ctrl_c(loop: Loop):
         signal.signal(signal.SIGINT, previous)
 
 
-def train(data, out, config: TrainConfig | None = None, *, resume: bool = False, progress: str = "auto",
-          command: list[str] | None = None) -> dict:
+def train(
+    data,
+    out,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: str = "auto",
+    command: list[str] | None = None,
+) -> dict:
     """Train per `config` on the prepared set `data`, writing the run directory `out`.
 
     Args:
@@ -615,14 +695,22 @@ def train(data, out, config: TrainConfig | None = None, *, resume: bool = False,
                 loop.tb.close()
         state = loop.state
         if loop.interrupted:
-            loop.printer.say(f"interrupted at step {state.step}; saved {loop.run.last}. Resume with: "
-                             f"alexnet train {loop.data.root} --out {loop.run.root} --resume")
+            loop.printer.say(
+                f"interrupted at step {state.step}; saved {loop.run.last}. Resume with: "
+                f"alexnet train {loop.data.root} --out {loop.run.root} --resume"
+            )
             raise KeyboardInterrupt
         best = state.best_val_top1_error
-        return {"run": str(loop.run.root), "epoch": state.epoch, "step": state.step,
-                "best_val_top1_error": best if best < math.inf else None,
-                "last_epoch": loop.run.last_epoch_record, "stalled": state.stalled,
-                "seconds": time.perf_counter() - start, "checkpoint": str(loop.run.last)}
+        return {
+            "run": str(loop.run.root),
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_val_top1_error": best if best < math.inf else None,
+            "last_epoch": loop.run.last_epoch_record,
+            "stalled": state.stalled,
+            "seconds": time.perf_counter() - start,
+            "checkpoint": str(loop.run.last),
+        }
     finally:
         teardown(info)
 

@@ -40,11 +40,19 @@ def _state(weights: dict | None = None, **overrides) -> dict:
             model.classifier[-1].weight.mul_(0.05)  # moderate logits
         weights = model.state_dict()
     rng = np.random.default_rng(0)
-    state = {"model": weights, "model_name": "alexnet", "model_kwargs": {"num_classes": 3},
-             "classes": {"ids": IDS, "names": NAMES},
-             "stats": {"mean_image": torch.from_numpy(rng.uniform(80, 160, (256, 256, 3)).astype(np.float32)),
-                       "channel_mean": [0.5, 0.45, 0.4], "channel_std": [0.25, 0.24, 0.26]},
-             "preprocess": {"crop": 227, "normalize": "mean_image"}, "config": {}}
+    state = {
+        "model": weights,
+        "model_name": "alexnet",
+        "model_kwargs": {"num_classes": 3},
+        "classes": {"ids": IDS, "names": NAMES},
+        "stats": {
+            "mean_image": torch.from_numpy(rng.uniform(80, 160, (256, 256, 3)).astype(np.float32)),
+            "channel_mean": [0.5, 0.45, 0.4],
+            "channel_std": [0.25, 0.24, 0.26],
+        },
+        "preprocess": {"crop": 227, "normalize": "mean_image"},
+        "config": {},
+    }
     state.update(overrides)
     return state
 
@@ -65,10 +73,14 @@ def torchvision_net():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(1)
     tv = torchvision.models.alexnet(weights=None, num_classes=3).eval()
-    state = {"model": tv.state_dict(), "model_name": "alexnet_torchvision", "model_kwargs": {"num_classes": 3},
-             "classes": {"ids": IDS, "names": NAMES},
-             "stats": {"channel_mean": list(TORCHVISION_MEAN), "channel_std": list(TORCHVISION_STD)},
-             "preprocess": {"crop": 224, "normalize": "channel"}}
+    state = {
+        "model": tv.state_dict(),
+        "model_name": "alexnet_torchvision",
+        "model_kwargs": {"num_classes": 3},
+        "classes": {"ids": IDS, "names": NAMES},
+        "stats": {"channel_mean": list(TORCHVISION_MEAN), "channel_std": list(TORCHVISION_STD)},
+        "preprocess": {"crop": 224, "normalize": "channel"},
+    }
     return open_artifact(state, "cpu"), tv
 
 
@@ -96,8 +108,15 @@ def test_every_image_form_gives_the_same_input(paper, tmp_path):
     image = _photo(320, 240, seed=2)
     image.save(tmp_path / "x.png")
     pixels = np.array(image)
-    forms = [str(tmp_path / "x.png"), tmp_path / "x.png", image, pixels, torch.from_numpy(pixels).permute(2, 0, 1),
-             torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, [image]]
+    forms = [
+        str(tmp_path / "x.png"),
+        tmp_path / "x.png",
+        image,
+        pixels,
+        torch.from_numpy(pixels).permute(2, 0, 1),
+        torch.from_numpy(pixels).permute(2, 0, 1).float() / 255,
+        [image],
+    ]
     want = net.inputs(image)
     assert want.shape == (1, 3, 227, 227)
     for form in forms:
@@ -141,8 +160,12 @@ def test_predict_and_features_against_the_model(paper):
 def test_bad_inputs_are_one_line_errors(paper, tmp_path):
     net = open_artifact(paper[0], "cpu")
     (tmp_path / "junk.jpg").write_text("not an image")
-    for bad, words in ((str(tmp_path / "junk.jpg"), "not an image"), (np.zeros((4, 4)), "uint8 (H, W, 3)"),
-                       (42, "not an image"), ([], "no images")):
+    for bad, words in (
+        (str(tmp_path / "junk.jpg"), "not an image"),
+        (np.zeros((4, 4)), "uint8 (H, W, 3)"),
+        (42, "not an image"),
+        ([], "no images"),
+    ):
         with pytest.raises(UserError, match=re.escape(words)) as err:
             net.inputs(bad)
         assert "\n" not in str(err.value)
@@ -157,8 +180,11 @@ def test_bad_inputs_are_one_line_errors(paper, tmp_path):
 # ---------------------------------------------------------------- torchvision's preset, pixel for pixel
 
 
-SIZES = ([(w, 256) for w in range(257, 701, 37)] + [(256, h) for h in range(257, 701, 41)]
-         + [(300, 500), (333, 517), (517, 333), (640, 480), (225, 300), (1000, 257)])
+SIZES = (
+    [(w, 256) for w in range(257, 701, 37)]
+    + [(256, h) for h in range(257, 701, 41)]
+    + [(300, 500), (333, 517), (517, 333), (640, 480), (225, 300), (1000, 257)]
+)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -203,7 +229,7 @@ def _caffe_numpy(image: Image.Image, mean: np.ndarray, *, size: int = 256, crop:
     bgr = a[:, :, ::-1] - mean
     e, c = size - crop, (size - crop) // 2
     corners = [(0, 0), (0, e), (e, 0), (e, e), (c, c)] if ten else [(c, c)]
-    views = [bgr[y:y + crop, x:x + crop].transpose(2, 0, 1) for y, x in corners]
+    views = [bgr[y : y + crop, x : x + crop].transpose(2, 0, 1) for y, x in corners]
     if ten:
         views += [v[:, :, ::-1] for v in views]
     return np.stack(views)
@@ -218,8 +244,9 @@ def test_caffe_preprocessing_matches_numpy(ten, mean_kind):
     else:
         mean = rng.uniform(90, 130, (256, 256, 3)).astype(np.float32)
         stats = {"mean_image_bgr": mean}
-    net = open_artifact(_state(stats=stats, preprocess={"crop": 227, "normalize": "caffe", "resize": "warp",
-                                                        "size": 256}), "cpu")
+    net = open_artifact(
+        _state(stats=stats, preprocess={"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256}), "cpu"
+    )
     for size in ((320, 240), (200, 300), (256, 256)):
         image = _photo(*size, seed=size[0])
         want = _caffe_numpy(image, mean, ten=ten)
@@ -278,10 +305,14 @@ def test_caffe_preprocessing_survives_a_safetensors_export(tmp_path):
     """resize "warp", size and the BGR mean image go through `alexnet export` and back."""
     torch.manual_seed(0)
     mean = np.random.default_rng(4).uniform(90, 130, (256, 256, 3)).astype(np.float32)
-    state = {"model": build_model("resnet18", num_classes=3).state_dict(), "model_name": "resnet18",
-             "model_kwargs": {"num_classes": 3}, "classes": {"ids": IDS, "names": NAMES},
-             "stats": {"mean_image_bgr": torch.from_numpy(mean)},
-             "preprocess": {"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256}}
+    state = {
+        "model": build_model("resnet18", num_classes=3).state_dict(),
+        "model_name": "resnet18",
+        "model_kwargs": {"num_classes": 3},
+        "classes": {"ids": IDS, "names": NAMES},
+        "stats": {"mean_image_bgr": torch.from_numpy(mean)},
+        "preprocess": {"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256},
+    }
     export_safetensors(state, str(tmp_path / "net.safetensors"))
     direct, back = open_artifact(state, "cpu"), open_artifact(tmp_path / "net.safetensors", "cpu")
     for key in ("crop", "normalize", "resize", "size"):

@@ -24,11 +24,35 @@ def test_bench_model_cpu_json(capsys):
 
 def test_bench_model_cuda_config_on_cpu(capsys):
     """The fast path's pieces that run on a CPU (bf16 autocast, channels_last, PaperSGD foreach)."""
-    assert main(["bench", "model", "--batch", "2", "--warmup", "1", "--repeats", "1", "--amp", "bf16",
-                 "--channels-last", "--optimizer", "paper", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "model",
+                "--batch",
+                "2",
+                "--warmup",
+                "1",
+                "--repeats",
+                "1",
+                "--amp",
+                "bf16",
+                "--channels-last",
+                "--optimizer",
+                "paper",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out["config"] == {"amp": "bf16", "channels_last": True, "compile": False, "compile_mode": None,
-                             "optimizer": "paper"}
+    assert out["config"] == {
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": False,
+        "compile_mode": None,
+        "optimizer": "paper",
+    }
     assert "speedup_vs_torchvision_bf16" not in out  # a CUDA-only baseline
     assert out["ours_img_s"] == pytest.approx(2 / out["ours_step_s"])
     assert out["ours_step_s"] == pytest.approx(out["step_times_s"]["ours"][0])  # the median of one round

@@ -77,7 +77,11 @@ def test_to_device_batches_channels_last(prepared):
         assert xb.is_contiguous(memory_format=torch.channels_last) and torch.equal(xa, xb) and torch.equal(ya, yb)
     augment = DeviceAugment(prepared.stats, device="cpu", crop=CROP)
     images, labels, draws = next(iter(host))
-    assert images.dtype == torch.uint8 and images.shape == (2, 3, SIZE, SIZE) and set(draws) == {"y0", "x0", "flip", "alpha"}
+    assert (
+        images.dtype == torch.uint8
+        and images.shape == (2, 3, SIZE, SIZE)
+        and set(draws) == {"y0", "x0", "flip", "alpha"}
+    )
     assert augment((images, labels, draws))[0].shape == (2, 3, CROP, CROP)
 
 
@@ -117,7 +121,9 @@ def test_bench_pipeline_generates_a_set(capsys):
 def test_bench_pipeline_errors(prepared, capsys):
     assert main(["bench", "pipeline", "--data", prepared.root, "--crop", "40"]) == 2
     assert "at least 67" in capsys.readouterr().err
-    assert main(["bench", "pipeline", "--data", prepared.root, "--crop", str(CROP), "--batch", "2", "--paths", "gpu"]) == 2
+    assert (
+        main(["bench", "pipeline", "--data", prepared.root, "--crop", str(CROP), "--batch", "2", "--paths", "gpu"]) == 2
+    )
     assert "--paths 'gpu'" in capsys.readouterr().err
 
 
@@ -133,9 +139,17 @@ def test_bench_infer_cpu_json(capsys):
     assert out["load_threads"] == 0
 
 
-@pytest.mark.parametrize("args", [
-    ["infer", "--batch", "0"], ["pipeline", "--batch", "0"], ["pipeline", "--steps", "0"], ["pipeline", "--n", "0"],
-    ["pipeline", "--crop", "60"], ["pipeline", "--size", "64", "--crop", "72"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["infer", "--batch", "0"],
+        ["pipeline", "--batch", "0"],
+        ["pipeline", "--steps", "0"],
+        ["pipeline", "--n", "0"],
+        ["pipeline", "--crop", "60"],
+        ["pipeline", "--size", "64", "--crop", "72"],
+    ],
+)
 def test_bench_zero_or_unfit_sizes_are_one_line_errors(capsys, args, tmp_path):
     """0 is not "unset": it is refused at once (it used to run the default size), before any set is generated."""
     tempfile_dir = tmp_path / "tmp"

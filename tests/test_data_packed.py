@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DistributedSampler
 
 from alexnet.data import EvalTransform, PackedDataset, PreparedSet, TrainTransform, make_loader
-from alexnet.data.augment import eval_batch, pca_shift, sample_draws, train_batch, train_one, Stats
+from alexnet.data.augment import Stats, eval_batch, pca_shift, sample_draws, train_batch, train_one
 from alexnet.data.packed import _Sampler
 from alexnet.errors import UserError
 
@@ -114,7 +114,9 @@ def test_train_transform_crop_positions_and_flip():
         flipped = left > right
         x0 = right if flipped else left
         assert 0 <= y0 <= S - 227 and 0 <= x0 <= S - 227 and abs(left - right) == 226
-        assert torch.equal(out[1, 0], torch.arange(x0, x0 + 227).flip(0).float() if flipped else torch.arange(x0, x0 + 227).float())
+        assert torch.equal(
+            out[1, 0], torch.arange(x0, x0 + 227).flip(0).float() if flipped else torch.arange(x0, x0 + 227).float()
+        )
         tops.append(y0)
         flips.append(flipped)
     assert 0.42 < np.mean(flips) < 0.58
@@ -130,8 +132,14 @@ def test_train_transform_pca_and_mean_image():
     d = sample_draws(1, torch.Generator().manual_seed(4), crop=224, size=S)
     out = TrainTransform(stats=stats, crop=224, pca="paper")(x, generator=g)
     y0, x0 = int(d["y0"][0]), int(d["x0"][0])
-    ref = x[:, y0 : y0 + 224, x0 : x0 + 224].double() - torch.from_numpy(stats["mean_image"]).permute(2, 0, 1)[:, y0 : y0 + 224, x0 : x0 + 224].double()
-    shift = (torch.from_numpy(stats["eigvec"]).double() @ (d["alpha"][0].double() * torch.from_numpy(stats["eigval"]).double())) * 255
+    ref = (
+        x[:, y0 : y0 + 224, x0 : x0 + 224].double()
+        - torch.from_numpy(stats["mean_image"]).permute(2, 0, 1)[:, y0 : y0 + 224, x0 : x0 + 224].double()
+    )
+    shift = (
+        torch.from_numpy(stats["eigvec"]).double()
+        @ (d["alpha"][0].double() * torch.from_numpy(stats["eigval"]).double())
+    ) * 255
     ref = ref + shift[:, None, None]
     if d["flip"][0]:
         ref = ref.flip(-1)
@@ -142,7 +150,9 @@ def test_train_transform_pca_and_mean_image():
     t = TrainTransform(stats=stats, crop=224, pca="off", flip=False, normalize="channel")
     out = t(x, generator=torch.Generator().manual_seed(4))
     ref = x[:, y0 : y0 + 224, x0 : x0 + 224].double() / 255
-    ref = (ref - torch.tensor([0.4, 0.5, 0.6]).double()[:, None, None]) / torch.tensor([0.2, 0.25, 0.3]).double()[:, None, None]
+    ref = (ref - torch.tensor([0.4, 0.5, 0.6]).double()[:, None, None]) / torch.tensor([0.2, 0.25, 0.3]).double()[
+        :, None, None
+    ]
     assert torch.allclose(out.double(), ref, atol=1e-5)
 
 
@@ -176,7 +186,10 @@ def test_ten_crop_geometry_matches_torchvision():
     centre = EvalTransform(stats=_zero_stats(), crop=227)(x)
     assert torch.equal(centre, TF.center_crop(x.float(), [227, 227]))
     xb = torch.stack([x, x.flip(-1)])
-    assert torch.equal(eval_batch(xb, stats=_zero_stats(), crop=227, crops=10)[1, :5], torch.stack(TF.five_crop(x.flip(-1).float(), [227, 227])))
+    assert torch.equal(
+        eval_batch(xb, stats=_zero_stats(), crop=227, crops=10)[1, :5],
+        torch.stack(TF.five_crop(x.flip(-1).float(), [227, 227])),
+    )
     with pytest.raises(UserError):
         EvalTransform(stats=_zero_stats(), crops=5)
 

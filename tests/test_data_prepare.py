@@ -264,7 +264,7 @@ def test_imagenet_layout_flat_val_with_csv_and_devkit(tmp_path):
         for k in range(3):
             _save(_photo(rng, 80, 60), str(root / "train" / w / f"{w}_{k}.JPEG"), "JPEG")
     truth = [0, 2, 1, 1, 0]
-    for n, c in enumerate(truth, start=1):
+    for n, _ in enumerate(truth, start=1):
         _save(_photo(rng, 70, 90), str(root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG"), "JPEG")
     with open(root / "LOC_val_solution.csv", "w", newline="") as f:
         wr = csv.writer(f)

@@ -13,8 +13,16 @@ KEYS = {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop"
 def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DATA", {"classes": 3, "per_class": 6, "val_per_class": 2, "size": 256, "seed": 0})
     out = tmp_path / "demo"
-    shrink = ["--set", "train.epochs=1", "--set", "data.crop=67", "--set", "data.batch_size=6",
-              "--set", "data.workers=0"]
+    shrink = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.crop=67",
+        "--set",
+        "data.batch_size=6",
+        "--set",
+        "data.workers=0",
+    ]
     assert main(["demo", "--out", str(out), "--json", *shrink]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)  # nothing but the JSON on stdout

@@ -160,7 +160,11 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
     monkeypatch.setattr(distributed, "pick_device", lambda *a, **k: torch.device("cuda", 0))
     fast = cli_train._fast(args, mine, plain)
     assert (fast.data.pipeline, fast.train.amp, fast.train.channels_last, fast.train.compile) == (
-        "device", "fp16", True, True)  # --amp fp16 given with --fast wins over its bf16
+        "device",
+        "fp16",
+        True,
+        True,
+    )  # --amp fp16 given with --fast wins over its bf16
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and "data.pipeline=device, amp=fp16, channels_last=True, compile=True" in line
     assert {o.split("=")[0] for o in cli_train.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",

@@ -25,22 +25,48 @@ FORBIDDEN = [
     (re.compile(r"PAPER\.md|\bPAPER\b(?!_)"), "a file the repository does not contain; cite docs/paper.md"),
     (re.compile(r"\bissues? #?\d+", re.IGNORECASE), "a private tracker item; say what it asks for"),
     (re.compile(r"\bthe issue'?s?\b", re.IGNORECASE), "a private tracker item; say what it asks for"),
-    (re.compile(r"\bthe seed's\b|\bthe seeds'(?!\])|\b(lecture|course|original) seeds?\b|\bseed (file|notes?)\b",
-                re.IGNORECASE), "private notes; name the public source (the paper, course notes)"),
-    (re.compile(r"\b(a|one|two|the|some) seeds? (says?|quotes?|places?|gives?|lists?|compares?)\b",
-                re.IGNORECASE), "private notes; name the public source (the paper, course notes)"),
+    (
+        re.compile(
+            r"\bthe seed's\b|\bthe seeds'(?!\])|\b(lecture|course|original) seeds?\b|\bseed (file|notes?)\b",
+            re.IGNORECASE,
+        ),
+        "private notes; name the public source (the paper, course notes)",
+    ),
+    (
+        re.compile(r"\b(a|one|two|the|some) seeds? (says?|quotes?|places?|gives?|lists?|compares?)\b", re.IGNORECASE),
+        "private notes; name the public source (the paper, course notes)",
+    ),
 ]
 
 
 def test_forbidden_patterns_are_caught():
     """The patterns themselves: they catch the phrasings they are for and spare random seeds."""
-    caught = ["see PAPER.md §3", "PAPER facts in the docstring", "goal (issue 8)", "as the issue's goals", "the seeds' comparison nets",
-              "the seed's line items", "the lecture seed", "one seed places LRN before the ReLU"]
-    spared = ["--set train.seed=1", "same seed, same batches", "mean ± std over seeds",
-              "per-(seed, epoch, index) generators", "a fixed seed", "seeds 0..K-1", "seed-0 run",
-              "rapeseed", "one seed fitted into the time", "paired by seed",
-              "{s['seeds']} seed(s)", "PAPER_RESULTS",
-              "trains just the third seed's nets", "each seed's curve"]
+    caught = [
+        "see PAPER.md §3",
+        "PAPER facts in the docstring",
+        "goal (issue 8)",
+        "as the issue's goals",
+        "the seeds' comparison nets",
+        "the seed's line items",
+        "the lecture seed",
+        "one seed places LRN before the ReLU",
+    ]
+    spared = [
+        "--set train.seed=1",
+        "same seed, same batches",
+        "mean ± std over seeds",
+        "per-(seed, epoch, index) generators",
+        "a fixed seed",
+        "seeds 0..K-1",
+        "seed-0 run",
+        "rapeseed",
+        "one seed fitted into the time",
+        "paired by seed",
+        "{s['seeds']} seed(s)",
+        "PAPER_RESULTS",
+        "trains just the third seed's nets",
+        "each seed's curve",
+    ]
     for text in caught:
         assert any(rx.search(text) for rx, _ in FORBIDDEN), text
     for text in spared:
@@ -83,8 +109,11 @@ def test_readme_links_every_docs_page_it_names_and_they_exist():
 def test_paths_named_in_the_docs_exist():
     """Every alexnet/... or tests/... path named in README.md or docs/*.md is in the tree."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    named = {m for page in pages
-             for m in re.findall(r"(?<![\w/.-])((?:alexnet|tests)/[\w/]*\w(?:\.py)?)", page.read_text(encoding="utf-8"))}
+    named = {
+        m
+        for page in pages
+        for m in re.findall(r"(?<![\w/.-])((?:alexnet|tests)/[\w/]*\w(?:\.py)?)", page.read_text(encoding="utf-8"))
+    }
     missing = sorted(n for n in named if not (ROOT / n).exists())
     assert not missing, f"named in the docs but not in the tree: {missing}"
 
@@ -96,5 +125,7 @@ def test_architecture_names_every_module():
     modules = [p for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
     for folder in ("data", "bench", "report", "experiments"):
         modules += [p for p in (package / folder).glob("*.py") if p.name != "__init__.py"]
-    missing = sorted(str(p.relative_to(package)) for p in modules if f"{p.name}`" not in text and f"{p.name}," not in text)
+    missing = sorted(
+        str(p.relative_to(package)) for p in modules if f"{p.name}`" not in text and f"{p.name}," not in text
+    )
     assert not missing, f"docs/architecture.md does not name: {missing}"

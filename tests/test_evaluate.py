@@ -86,7 +86,7 @@ def _hand_crops(image_u8: torch.Tensor, mean_image: np.ndarray, crop: int) -> li
     x = image_u8.float() - torch.from_numpy(mean_image).permute(2, 0, 1)
     s = x.shape[-1]
     e, c = s - crop, (s - crop) // 2
-    views = [x[:, y:y + crop, z:z + crop] for y, z in ((0, 0), (0, e), (e, 0), (e, e), (c, c))]
+    views = [x[:, y : y + crop, z : z + crop] for y, z in ((0, 0), (0, e), (e, 0), (e, e), (c, c))]
     return views + [v.flip(-1) for v in views]
 
 
@@ -119,7 +119,9 @@ def test_ten_crops_equal_mean_of_ten_single_crop_passes(setup):
 def test_ensemble_of_a_model_with_itself_equals_the_model(setup):
     prepared = setup["prepared"]
     one = setup["single"]
-    two = evaluate_checkpoints([setup["a"], setup["a"]], prepared, "val", crops=1, batch_size=2, workers=0, device="cpu")
+    two = evaluate_checkpoints(
+        [setup["a"], setup["a"]], prepared, "val", crops=1, batch_size=2, workers=0, device="cpu"
+    )
     for key in ("n", "top1_error", "top5_error"):
         assert two[key] == one[key]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
@@ -175,8 +177,9 @@ def test_ensemble_averages_softmax_over_nets(setup, cli_json, capsys):
 
 def test_class_mismatch_is_a_one_line_error_naming_both(setup, capsys):
     prepared = setup["prepared"]
-    other = make_checkpoint(setup["root"] / "other.pt", prepared, seed=3,
-                            classes={"ids": ["x", "y", "z"], "names": ["x", "y", "z"]})
+    other = make_checkpoint(
+        setup["root"] / "other.pt", prepared, seed=3, classes={"ids": ["x", "y", "z"], "names": ["x", "y", "z"]}
+    )
     with pytest.raises(UserError) as err:
         evaluate_checkpoints([other], prepared, "val", workers=0, device="cpu")
     message = str(err.value)
@@ -199,8 +202,10 @@ def test_checkpoint_of_other_sized_images_is_a_one_line_error(setup, capsys):
     stats["mean_image"] = stats["mean_image"][:72, :72]
     small = make_checkpoint(setup["root"] / "small.pt", prepared, seed=5, stats={k: v.tolist() for k, v in stats.items()},
                             preprocess={"crop": 67, "normalize": "mean_image"})  # fmt: skip
-    for args in (["evaluate", small, "--data", prepared.root],
-                 ["features", small, "--data", prepared.root, "--out", str(setup["root"] / "f.npz")]):
+    for args in (
+        ["evaluate", small, "--data", prepared.root],
+        ["features", small, "--data", prepared.root, "--out", str(setup["root"] / "f.npz")],
+    ):
         assert main(args + ["--workers", "0", "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip()
         assert "72-px mean image" in err and "--size 72" in err and "\n" not in err
@@ -222,9 +227,11 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
 @pytest.mark.parametrize("command", ["evaluate", "predict", "features"])
 def test_bad_device_is_a_one_line_error(setup, command, capsys, tmp_path):
     prepared = setup["prepared"]
-    args = {"evaluate": ["evaluate", setup["a"], "--data", prepared.root],
-            "predict": ["predict", setup["a"], str(tmp_path)],
-            "features": ["features", setup["a"], "--data", prepared.root, "--out", str(tmp_path / "f.npz")]}[command]
+    args = {
+        "evaluate": ["evaluate", setup["a"], "--data", prepared.root],
+        "predict": ["predict", setup["a"], str(tmp_path)],
+        "features": ["features", setup["a"], "--data", prepared.root, "--out", str(tmp_path / "f.npz")],
+    }[command]
     assert main(args + ["--device", "tpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"alexnet {command}: error: --device 'tpu'") and "cpu" in err and "\n" not in err
@@ -235,9 +242,18 @@ def test_paper_rows_only_for_imagenet():
 
     ids = [w for w, _ in imagenet_classes()]
     assert is_imagenet(ids) and not is_imagenet(ids[:3])
-    result = {"split": "val", "data": "d", "n": 1, "crops": 10, "crop": 227, "normalize": "mean_image",
-              "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0,
-              "per_model": [{"model": "r/checkpoints/best.pt", "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0}]}
+    result = {
+        "split": "val",
+        "data": "d",
+        "n": 1,
+        "crops": 10,
+        "crop": 227,
+        "normalize": "mean_image",
+        "top1_error": 0.5,
+        "top5_error": 0.1,
+        "loss": 1.0,
+        "per_model": [{"model": "r/checkpoints/best.pt", "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0}],
+    }
     table = format_table(result, ids)
     assert "40.70%" in table and "r/best.pt" in table and "10 crops" in table
     assert next(line for line in table.splitlines() if line.startswith("r/best.pt")).endswith("10 crops")
@@ -277,7 +293,19 @@ def test_distributed_two_gloo_processes_equal_one_process(setup, tmp_path):
 def test_cli_progress_lines_on_stderr(setup, capsys):
     """--progress lines: a closing line with the count on stderr (stdout keeps the JSON alone); off: none."""
     prepared = setup["prepared"]
-    base = ["evaluate", setup["a"], "--data", prepared.root, "--workers", "0", "--device", "cpu", "--crops", "1", "--json"]
+    base = [
+        "evaluate",
+        setup["a"],
+        "--data",
+        prepared.root,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--crops",
+        "1",
+        "--json",
+    ]
     assert main(base + ["--progress", "lines"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 3

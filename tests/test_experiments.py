@@ -76,8 +76,25 @@ def test_load_cifar10_reads_the_pickles(cifar):
 
 def test_relu_vs_tanh_end_to_end(cifar, tmp_path, capsys):
     out = tmp_path / "rt"
-    rc = main(["experiment", "relu-vs-tanh", "--data", str(cifar), "--epochs", "2", "--seeds", "2",
-               "--batch-size", "32", "--target", "0.85", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "experiment",
+            "relu-vs-tanh",
+            "--data",
+            str(cifar),
+            "--epochs",
+            "2",
+            "--seeds",
+            "2",
+            "--batch-size",
+            "32",
+            "--target",
+            "0.85",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     result = json.loads(captured.out)  # stdout holds only the JSON
@@ -181,9 +198,13 @@ def test_each_variant_switches_exactly_one_setting():
     config = AblationConfig()
     base = run_config("paper", 0, config, 99)
     flat = lambda c: {f"{s}.{k}": v for s, sec in cfg.to_dict(c).items() for k, v in sec.items()}  # noqa: E731
-    expected = {"no-lrn": {"model.lrn": False}, "no-pca": {"data.pca": "off"}, "no-dropout": {"model.dropout": 0.0},
-                "non-overlapping-pool": {"model.pool": "non-overlapping"},
-                "no-bias-decay": {"optim.decay_biases": False}}
+    expected = {
+        "no-lrn": {"model.lrn": False},
+        "no-pca": {"data.pca": "off"},
+        "no-dropout": {"model.dropout": 0.0},
+        "non-overlapping-pool": {"model.pool": "non-overlapping"},
+        "no-bias-decay": {"optim.decay_biases": False},
+    }
     for variant in ABLATIONS + EXTRA_VARIANTS:
         c = run_config(variant, 0, config, 99)
         diff = {k: v for k, v in flat(c).items() if flat(base)[k] != v}
@@ -204,8 +225,7 @@ def test_summarise_pairs_differences_by_seed():
     def row(seed, top1, top5):
         return {"seed": seed, "top1_error": top1, "top5_error": top5, "train_top1_error": None, "seconds": 1.0}
 
-    runs = {"paper": [row(0, 0.40, 0.20), row(1, 0.50, 0.30)],
-            "no-lrn": [row(0, 0.45, 0.20), row(1, 0.52, 0.35)]}
+    runs = {"paper": [row(0, 0.40, 0.20), row(1, 0.50, 0.30)], "no-lrn": [row(0, 0.45, 0.20), row(1, 0.52, 0.35)]}
     r = summarise(runs)
     assert r["paper"]["top1_error"] == pytest.approx(0.45)
     assert r["paper"]["top1_error_std"] == pytest.approx(np.std([0.40, 0.50], ddof=1))
@@ -218,9 +238,27 @@ def test_summarise_pairs_differences_by_seed():
 
 def test_ablations_end_to_end(shapes, tmp_path, capsys):
     out = tmp_path / "abl"
-    rc = main(["experiment", "ablations", "--data", str(shapes), "--epochs", "1", "--seeds", "1",
-               "--variants", "non-overlapping-pool", "--workers", "0", "--set", "data.batch_size=10",
-               "--out", str(out), "--json"])
+    rc = main(
+        [
+            "experiment",
+            "ablations",
+            "--data",
+            str(shapes),
+            "--epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--variants",
+            "non-overlapping-pool",
+            "--workers",
+            "0",
+            "--set",
+            "data.batch_size=10",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     result = json.loads(captured.out)
@@ -243,9 +281,11 @@ def test_ablations_end_to_end(shapes, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "not-prepared", "crop"])
 def test_ablations_bad_data_is_one_line(shapes, tmp_path, capsys, case):
-    args = {"missing": ["--data", str(tmp_path / "nope")],
-            "not-prepared": ["--data", str(tmp_path)],
-            "crop": ["--data", str(shapes), "--crop", "60"]}[case]
+    args = {
+        "missing": ["--data", str(tmp_path / "nope")],
+        "not-prepared": ["--data", str(tmp_path)],
+        "crop": ["--data", str(shapes), "--crop", "60"],
+    }[case]
     rc = main(["experiment", "ablations", *args, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("alexnet experiment: error:"), err
@@ -266,8 +306,22 @@ def test_relu_vs_tanh_text_output_without_a_crossing(cifar, tmp_path, monkeypatc
         return {"train_error": [0.9, 0.8], "seconds": [0.0, 1.0], "loss": [1.0], "test_error": 0.5, "lr": 0.01}
 
     monkeypatch.setattr(relu_tanh, "train_curve", fake_curve)
-    assert main(["experiment", "relu-vs-tanh", "--data", str(cifar), "--epochs", "1", "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "relu-vs-tanh",
+                "--data",
+                str(cifar),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "speed-up (epochs): n/a " in out and "n/a×" not in out
 
@@ -337,8 +391,11 @@ def test_ablations_restart_reuses_finished_runs_and_equals_uninterrupted(shapes,
     calls.clear()
     again = ablations.run_ablations(shapes, tmp_path / "again", config, progress="off")
     assert calls == ["no-dropout"]  # the paper net's run was reused
-    strip = lambda r: json.loads(json.dumps(_without_timings(r)).replace(str(tmp_path / "again"), "OUT")  # noqa: E731
-                                 .replace(str(tmp_path / "full"), "OUT"))
+    strip = lambda r: json.loads(
+        json.dumps(_without_timings(r))
+        .replace(str(tmp_path / "again"), "OUT")  # noqa: E731
+        .replace(str(tmp_path / "full"), "OUT")
+    )
     assert strip(again) == strip(full)
 
 
@@ -352,17 +409,50 @@ def test_ablations_killed_inside_a_run_resumes_it_exactly(shapes, tmp_path):
 
     from alexnet.rundir import KILL_ENV
 
-    args = [sys.executable, "-m", "alexnet", "experiment", "ablations", "--data", str(shapes), "--epochs", "1",
-            "--variants", "no-dropout", "--workers", "0", "--set", "data.batch_size=10", "--set",
-            "train.checkpoint_every=1", "--keep-checkpoints", "--json", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "alexnet",
+        "experiment",
+        "ablations",
+        "--data",
+        str(shapes),
+        "--epochs",
+        "1",
+        "--variants",
+        "no-dropout",
+        "--workers",
+        "0",
+        "--set",
+        "data.batch_size=10",
+        "--set",
+        "train.checkpoint_every=1",
+        "--keep-checkpoints",
+        "--json",
+        "--quiet",
+    ]
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    full = json.loads(subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, capture_output=True,
-                                     text=True, check=True, timeout=600).stdout)
-    killed = subprocess.run(args + ["--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=600,
-                            env={**env, KILL_ENV: "phase:checkpoint-write:5"})
+    full = json.loads(
+        subprocess.run(
+            args + ["--out", str(tmp_path / "full")], env=env, capture_output=True, text=True, check=True, timeout=600
+        ).stdout
+    )
+    killed = subprocess.run(
+        args + ["--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, KILL_ENV: "phase:checkpoint-write:5"},
+    )
     assert killed.returncode == -signal.SIGKILL
-    again = json.loads(subprocess.run(args + ["--out", str(tmp_path / "again")], env=env, capture_output=True,
-                                      text=True, check=True, timeout=600).stdout)
-    strip = lambda r: json.loads(json.dumps(_without_timings(r)).replace(str(tmp_path / "again"), "OUT")  # noqa: E731
-                                 .replace(str(tmp_path / "full"), "OUT"))
+    again = json.loads(
+        subprocess.run(
+            args + ["--out", str(tmp_path / "again")], env=env, capture_output=True, text=True, check=True, timeout=600
+        ).stdout
+    )
+    strip = lambda r: json.loads(
+        json.dumps(_without_timings(r))
+        .replace(str(tmp_path / "again"), "OUT")  # noqa: E731
+        .replace(str(tmp_path / "full"), "OUT")
+    )
     assert strip(again) == strip(full)

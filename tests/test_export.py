@@ -134,7 +134,8 @@ def test_onnx_of_a_small_crop_net_matches_pytorch(tmp_path):
     assert result["max_abs_diff"] < 1e-4
     x = torch.randn(3, 3, 67, 67, generator=torch.Generator().manual_seed(6))
     got = ort.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"images": x.numpy()})[0]
+        ["logits"], {"images": x.numpy()}
+    )[0]
     with torch.no_grad():
         want = model.eval()(x).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=1e-4)

@@ -13,8 +13,9 @@ from alexnet.errors import UserError
 from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, build_model
 
 
-def reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                  k: float = 2.0) -> torch.Tensor:
+def reference_lrn(
+    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> torch.Tensor:
     """The paper's LRN through torch's own module (which divides alpha by size): the oracle."""
     return F.local_response_norm(x, size, alpha=alpha * size, beta=beta, k=k)
 
@@ -60,7 +61,12 @@ def test_groups_are_the_two_towers():
     convs = AlexNet("paper").convs()
     assert [c.groups for c in convs] == [1, 2, 1, 2, 2]  # conv3 crosses towers, paper §3.5
     assert [tuple(c.weight.shape) for c in convs] == [
-        (96, 3, 11, 11), (256, 48, 5, 5), (384, 256, 3, 3), (384, 192, 3, 3), (256, 192, 3, 3)]
+        (96, 3, 11, 11),
+        (256, 48, 5, 5),
+        (384, 256, 3, 3),
+        (384, 192, 3, 3),
+        (256, 192, 3, 3),
+    ]
     assert all(c.groups == 1 for c in AlexNet("ungrouped").convs())
 
 
@@ -77,8 +83,9 @@ def formula_params(widths, groups, classes=1000):
     return total + (256 * 36 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * classes + classes)
 
 
-@pytest.mark.parametrize("variant,expected", [("paper", 60_965_224), ("ungrouped", 62_378_344),
-                                              ("torchvision", 61_100_840)])
+@pytest.mark.parametrize(
+    "variant,expected", [("paper", 60_965_224), ("ungrouped", 62_378_344), ("torchvision", 61_100_840)]
+)
 def test_param_counts(variant, expected):
     model = AlexNet(variant)
     widths = [c.out_channels for c in model.convs()]
@@ -137,7 +144,7 @@ def lrn_naive(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
     channels = a.shape[1]
     for i in range(channels):
         lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
-        s = (a[:, lo:hi + 1] ** 2).sum(dim=1)
+        s = (a[:, lo : hi + 1] ** 2).sum(dim=1)
         out[:, i] = a[:, i] / (k + alpha * s) ** beta
     return out
 
@@ -204,7 +211,14 @@ def test_each_ablation_switch_changes_exactly_what_it_names():
     kinds = lambda m: [type(x).__name__ for x in m.classifier]  # noqa: E731
     assert kinds(base) == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     assert kinds(AlexNet(dropout_placement="torchvision")) == [
-        "Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     # non-overlapping pooling keeps every output size (paper §3.4)
     x = torch.randn(1, 3, 227, 227)
     assert AlexNet(pool="non-overlapping").eval()(x).shape == (1, 1000)
@@ -220,8 +234,16 @@ def test_fc7_features():
 
 
 def test_registry():
-    assert set(MODEL_NAMES) >= {"alexnet", "alexnet_ungrouped", "alexnet_torchvision", "vgg16", "googlenet",
-                                "resnet18", "resnet50", "resnet152"}
+    assert set(MODEL_NAMES) >= {
+        "alexnet",
+        "alexnet_ungrouped",
+        "alexnet_torchvision",
+        "vgg16",
+        "googlenet",
+        "resnet18",
+        "resnet50",
+        "resnet152",
+    }
     assert build_model("alexnet").variant == "paper"
     with pytest.raises(UserError, match="choose one of: alexnet"):
         build_model("alexnet_v2")
@@ -286,7 +308,7 @@ def test_lrn_caffe_convention_against_the_formula():
     lrn = lrn_modules(model)[0]
     expected = torch.empty_like(a)
     for i in range(9):
-        window = (a[:, max(0, i - 2):min(8, i + 2) + 1] ** 2).sum(dim=1)
+        window = (a[:, max(0, i - 2) : min(8, i + 2) + 1] ** 2).sum(dim=1)
         expected[:, i] = a[:, i] / (1.0 + (1e-4 / 5) * window) ** 0.75
     assert torch.allclose(lrn(a.clone()), expected, rtol=1e-12, atol=1e-12)  # the net's LRN works in place
     assert torch.allclose(lrn(a.clone()), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(a), rtol=1e-12)
@@ -298,7 +320,11 @@ def test_lrn_caffe_convention_against_the_formula():
 
 def test_lrn_switches_recorded_only_when_applied():
     assert {k: v for k, v in meta_net().config.items() if k.startswith("lrn")} == {
-        "lrn": True, "lrn_scope": "layer", "lrn_k": 2.0, "lrn_alpha_per_size": False}
+        "lrn": True,
+        "lrn_scope": "layer",
+        "lrn_k": 2.0,
+        "lrn_alpha_per_size": False,
+    }
     off = meta_net(lrn=False, lrn_scope="tower")
     assert not lrn_modules(off) and off.config["lrn"] is False
     assert not any(k.startswith("lrn_") for k in off.config)  # nothing recorded that was not applied
@@ -308,8 +334,9 @@ def test_lrn_switches_recorded_only_when_applied():
     assert rebuilt.config == meta_net(lrn_scope="tower", lrn_k=1.0).config
 
 
-@pytest.mark.parametrize("kwargs", [{"lrn": True}, {"lrn_scope": "tower"}, {"lrn_k": 1.0},
-                                    {"lrn_alpha_per_size": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{"lrn": True}, {"lrn_scope": "tower"}, {"lrn_k": 1.0}, {"lrn_alpha_per_size": True}]
+)
 def test_torchvision_variant_refuses_lrn_options(kwargs):
     with pytest.raises(UserError, match="torchvision variant has no LRN") as info:
         meta_net("torchvision", **kwargs)

@@ -59,8 +59,11 @@ def test_decay_biases_switch_matches_the_hand_computed_update(name, decay_biases
     """A weight (3, 4) and a bias (5,): with decay_biases=False only the weight decays."""
     m, wd, lr = 0.9, 0.05, 0.1  # a large wd, so that a decayed bias is far from an undecayed one
     shapes = ((3, 4), (5,))
-    ours = _run(lambda p: build_optimizer(name, p, lr=lr, momentum=m, weight_decay=wd, decay_biases=decay_biases),
-                [lr] * 3, shapes)
+    ours = _run(
+        lambda p: build_optimizer(name, p, lr=lr, momentum=m, weight_decay=wd, decay_biases=decay_biases),
+        [lr] * 3,
+        shapes,
+    )
     g = torch.Generator().manual_seed(0)
     w = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     v = [torch.zeros_like(x) for x in w]
@@ -110,12 +113,15 @@ def test_paper_sgd_state_dict_resumes_exactly():
         assert torch.equal(x.detach(), y)
 
 
-@pytest.mark.parametrize("errors, drop_epochs", [
-    ([0.9, 0.8, 0.7, 0.6], []),                       # always improving
-    ([0.9, 0.9, 0.9, 0.9, 0.9], [3]),                 # patience 3: 3 epochs without improvement after the first
-    ([0.9] + [0.95] * 12, [3, 6, 9]),                 # at most 3 drops
-    ([0.9, 0.8, 0.85, 0.85, 0.85, 0.7, 0.75], [4]),   # a bad streak resets on improvement
-])
+@pytest.mark.parametrize(
+    "errors, drop_epochs",
+    [
+        ([0.9, 0.8, 0.7, 0.6], []),  # always improving
+        ([0.9, 0.9, 0.9, 0.9, 0.9], [3]),  # patience 3: 3 epochs without improvement after the first
+        ([0.9] + [0.95] * 12, [3, 6, 9]),  # at most 3 drops
+        ([0.9, 0.8, 0.85, 0.85, 0.85, 0.7, 0.75], [4]),  # a bad streak resets on improvement
+    ],
+)
 def test_plateau_drops_at_the_right_epochs(errors, drop_epochs):
     s = Schedule("plateau", 0.01, epochs=100, steps_per_epoch=10, patience=3, max_drops=3)
     dropped = [e for e, err in enumerate(errors) if s.epoch_end(e, err)]

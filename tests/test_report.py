@@ -31,9 +31,20 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     make_shapes(root / "src", classes=3, per_class=4, val_per_class=3, seed=0)
     prepare(str(root / "src"), str(root / "prep"), workers=1)
-    config = cfg.load_config(TrainConfig, None, [
-        "data.batch_size=6", "data.workers=0", "train.epochs=1", "train.log_every=1", "model.init=kaiming",
-        "data.normalize=channel", "train.stall_steps=0", "schedule.name=constant"])
+    config = cfg.load_config(
+        TrainConfig,
+        None,
+        [
+            "data.batch_size=6",
+            "data.workers=0",
+            "train.epochs=1",
+            "train.log_every=1",
+            "model.init=kaiming",
+            "data.normalize=channel",
+            "train.stall_steps=0",
+            "schedule.name=constant",
+        ],
+    )
     train(root / "prep", root / "run", config, progress="off")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(analysis, "MAX_TEN_CROP", 2)  # exercises the cap (and keeps the test fast)
@@ -57,8 +68,16 @@ def test_page_and_figures_from_a_tiny_run(tiny):
     assert sources == FIGURES
     for name in sources:
         _not_blank(index.parent / name)
-    for title in ("Training curves", "Evaluation", "Figure 3", "Figure 4 (left)", "Figure 4 (right)",
-                  "Confusion matrix", "Architecture", "Config and environment"):
+    for title in (
+        "Training curves",
+        "Evaluation",
+        "Figure 3",
+        "Figure 4 (left)",
+        "Figure 4 (right)",
+        "Confusion matrix",
+        "Architecture",
+        "Config and environment",
+    ):
         assert title in html, title
     # nothing fetched from elsewhere: no URLs, no scripts
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html
@@ -86,9 +105,18 @@ def oracle(tiny):
     from alexnet.data import make_loader
 
     state = load_checkpoint(tiny["run"] / "checkpoints" / "last.pt")
-    loaders = {split: make_loader(tiny["data"], split, train=False, batch_size=4, workers=0,
-                                  normalize=state["preprocess"]["normalize"], crop=state["preprocess"]["crop"])
-               for split in ("train", "val")}
+    loaders = {
+        split: make_loader(
+            tiny["data"],
+            split,
+            train=False,
+            batch_size=4,
+            workers=0,
+            normalize=state["preprocess"]["normalize"],
+            crop=state["preprocess"]["crop"],
+        )
+        for split in ("train", "val")
+    }
     return {"model": model_from_checkpoint(state), "loaders": loaders}
 
 
@@ -126,7 +154,7 @@ def test_kernel_mosaic_scales_each_kernel():
     assert mosaic.shape == (2 * 5 - 1, 3 * 5 - 1, 3)
     for i in range(4):
         r, c = divmod(i, 3)
-        tile = mosaic[r * 5: r * 5 + 4, c * 5: c * 5 + 4]
+        tile = mosaic[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4]
         expect = ((w[i] - w[i].min()) / (w[i].max() - w[i].min())).transpose(1, 2, 0)
         np.testing.assert_allclose(tile, expect)
     np.testing.assert_allclose(mosaic[5:9, 5:9], 0.5)
@@ -149,7 +177,9 @@ def test_figures_take_odd_class_names(tmp_path):
 
 
 def test_lr_drops_and_epoch_length():
-    steps = [{"step": s, "epoch": (s - 1) // 10 + 1, "lr": 0.01 if s <= 10 else 0.001, "loss": 1.0} for s in range(1, 21)]
+    steps = [
+        {"step": s, "epoch": (s - 1) // 10 + 1, "lr": 0.01 if s <= 10 else 0.001, "loss": 1.0} for s in range(1, 21)
+    ]
     epochs = [{"epoch": 1, "step": 10, "lr": 0.01}, {"epoch": 2, "step": 20, "lr": 0.001}]
     assert figures.lr_drops(steps, epochs, "step") == [10.0]
     assert figures.lr_drops(steps, epochs, None) == [10.0]
@@ -173,13 +203,47 @@ def _hand_run(root, *, steps=(), epochs=(), config=None, env=None):
 
 @pytest.mark.parametrize("logged", ["nothing", "steps", "epochs"])
 def test_run_without_checkpoint_gets_curves_only(tmp_path, logged):
-    steps = [{"step": s, "epoch": 1, "loss": 2.3 - 0.1 * s, "lr": 0.01, "img_s": 50.0, "time": 1.7e9 + s,
-              "top1_error": 0.9, "top5_error": 0.5} for s in range(1, 6)] if logged != "nothing" else []
-    epochs = [{"epoch": 1, "step": 5, "lr": 0.01, "train_loss": 2.0, "train_top1_error": 0.8, "train_top5_error": 0.4,
-               "val_loss": None, "val_top1_error": None, "val_top5_error": None, "seconds": 12.0}] \
-        if logged == "epochs" else []
-    run = _hand_run(tmp_path / "run", steps=steps, epochs=epochs,
-                    config={"model": {"name": "alexnet"}, "note": "<script>alert(1)</script> & co"})
+    steps = (
+        [
+            {
+                "step": s,
+                "epoch": 1,
+                "loss": 2.3 - 0.1 * s,
+                "lr": 0.01,
+                "img_s": 50.0,
+                "time": 1.7e9 + s,
+                "top1_error": 0.9,
+                "top5_error": 0.5,
+            }
+            for s in range(1, 6)
+        ]
+        if logged != "nothing"
+        else []
+    )
+    epochs = (
+        [
+            {
+                "epoch": 1,
+                "step": 5,
+                "lr": 0.01,
+                "train_loss": 2.0,
+                "train_top1_error": 0.8,
+                "train_top5_error": 0.4,
+                "val_loss": None,
+                "val_top1_error": None,
+                "val_top5_error": None,
+                "seconds": 12.0,
+            }
+        ]
+        if logged == "epochs"
+        else []
+    )
+    run = _hand_run(
+        tmp_path / "run",
+        steps=steps,
+        epochs=epochs,
+        config={"model": {"name": "alexnet"}, "note": "<script>alert(1)</script> & co"},
+    )
     with open(run / "log.jsonl", "a") as f:
         f.write('{"kind": "step", "ste')  # a line cut by a kill
     index = write_report(run, out=tmp_path / "out")
@@ -240,8 +304,22 @@ def test_cli_and_no_val_split(tiny, tmp_path, capsys):
     make_shapes(tmp_path / "src", classes=3, per_class=2, seed=1)
     prepare(str(tmp_path / "src"), str(tmp_path / "noval"), val_fraction=0, workers=1)
     out = tmp_path / "rep"
-    assert main(["report", str(tiny["run"]), "--data", str(tmp_path / "noval"), "--out", str(out), "--quiet",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tiny["run"]),
+                "--data",
+                str(tmp_path / "noval"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out / "index.html")
     html = (out / "index.html").read_text()
     assert "has no val (or test) split" in html
@@ -262,12 +340,22 @@ def test_other_model_and_many_classes(tmp_path):
     ps = PreparedSet(tmp_path / "prep")
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=31)
-    run = _hand_run(tmp_path / "run", env={"device": "cpu", "data": ps.root},
-                    config={"model": {"name": "resnet18"}, "train": {"epochs": 1}})
-    save_checkpoint(run / "checkpoints" / "last.pt", {
-        "model": model.state_dict(), "model_name": "resnet18", "model_kwargs": {"num_classes": 31},
-        "classes": {"ids": ps.class_ids, "names": ps.class_names},
-        "stats": {k: v.tolist() for k, v in ps.stats.items()}, "preprocess": {"crop": 32, "normalize": "channel"}})
+    run = _hand_run(
+        tmp_path / "run",
+        env={"device": "cpu", "data": ps.root},
+        config={"model": {"name": "resnet18"}, "train": {"epochs": 1}},
+    )
+    save_checkpoint(
+        run / "checkpoints" / "last.pt",
+        {
+            "model": model.state_dict(),
+            "model_name": "resnet18",
+            "model_kwargs": {"num_classes": 31},
+            "classes": {"ids": ps.class_ids, "names": ps.class_names},
+            "stats": {k: v.tolist() for k, v in ps.stats.items()},
+            "preprocess": {"crop": 32, "normalize": "channel"},
+        },
+    )
     index = write_report(run, device="cpu")
     html = index.read_text()
     assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png", "top5.png"}
@@ -285,8 +373,14 @@ def test_other_model_and_many_classes(tmp_path):
             assert summary[key][metric] == pytest.approx(oracle[metric], rel=1e-4, abs=1e-6), (key, metric)
     # a checkpoint without class names whose outputs do not match the data's classes
     other = _hand_run(tmp_path / "run5", env={"device": "cpu", "data": ps.root})
-    save_checkpoint(other / "checkpoints" / "last.pt", {"model": build_model("resnet18", num_classes=5).state_dict(),
-                                                        "model_name": "resnet18", "model_kwargs": {"num_classes": 5}})
+    save_checkpoint(
+        other / "checkpoints" / "last.pt",
+        {
+            "model": build_model("resnet18", num_classes=5).state_dict(),
+            "model_name": "resnet18",
+            "model_kwargs": {"num_classes": 5},
+        },
+    )
     with pytest.raises(UserError, match="5 outputs but"):
         write_report(other, device="cpu")
 
@@ -307,9 +401,17 @@ def test_page_renders_in_chromium(tiny, tmp_path):
     if browser is None:
         pytest.skip("no chromium on PATH (Debian/Ubuntu: apt-get install chromium)")
     shot = tmp_path / "page.png"
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-               tiny["index"].resolve().as_uri()]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        tiny["index"].resolve().as_uri(),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert shot.is_file(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
@@ -326,8 +428,20 @@ def test_eval_json_is_read_in_the_one_evaluation_schema(tmp_path):
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")
     records = analysis.RunRecords(tmp_path, {}, {})
-    ten = {"models": [str(ckpt)], "data": "d", "split": "val", "crops": 10, "crop": 227, "normalize": "mean_image",
-           "n": 7, "loss": 1.5, "top1_error": 0.25, "top5_error": 0.0, "per_model": [], "per_class_top1_error": {}}
+    ten = {
+        "models": [str(ckpt)],
+        "data": "d",
+        "split": "val",
+        "crops": 10,
+        "crop": 227,
+        "normalize": "mean_image",
+        "n": 7,
+        "loss": 1.5,
+        "top1_error": 0.25,
+        "top5_error": 0.0,
+        "per_model": [],
+        "per_class_top1_error": {},
+    }
     centre = dict(ten, crops=1, top1_error=0.5)
     want = {"loss": 1.5, "top1_error": 0.25, "top5_error": 0.0, "n": 7}
     for doc in (ten, [centre, ten]):

@@ -12,11 +12,14 @@ from alexnet.model import build_model
 from alexnet.summary import smallest_input, summarize
 
 
-@pytest.mark.parametrize("name,params,macs", [
-    ("alexnet", 60_965_224, 724_406_816),
-    ("alexnet_ungrouped", 62_378_344, 1_135_256_096),
-    ("alexnet_torchvision", 61_100_840, 714_188_480),
-])
+@pytest.mark.parametrize(
+    "name,params,macs",
+    [
+        ("alexnet", 60_965_224, 724_406_816),
+        ("alexnet_ungrouped", 62_378_344, 1_135_256_096),
+        ("alexnet_torchvision", 61_100_840, 714_188_480),
+    ],
+)
 def test_alexnet_counts(name, params, macs):
     s = summarize(name)
     assert s.params == params and s.macs == macs
@@ -33,7 +36,7 @@ def test_macs_against_a_hand_loop():
         if isinstance(layer, nn.Conv2d):
             total += y[0].numel() * layer.weight[0].numel()
         x = y
-    total += sum(l.in_features * l.out_features for l in model.linears())
+    total += sum(layer.in_features * layer.out_features for layer in model.linears())
     assert summarize("alexnet").macs == total
 
 
@@ -46,14 +49,25 @@ def test_vgg16_params_and_memory_the_seeds_way():
     s = summarize("vgg16")
     assert s.params == 138_357_544
     # the seed's line items: input + every conv, pool and fc output, one image
-    sizes = [224 * 224 * 3] + [224 * 224 * 64] * 2 + [112 * 112 * 64] + [112 * 112 * 128] * 2 + [56 * 56 * 128] \
-        + [56 * 56 * 256] * 3 + [28 * 28 * 256] + [28 * 28 * 512] * 3 + [14 * 14 * 512] + [14 * 14 * 512] * 3 \
-        + [7 * 7 * 512] + [4096, 4096, 1000]
+    sizes = (
+        [224 * 224 * 3]
+        + [224 * 224 * 64] * 2
+        + [112 * 112 * 64]
+        + [112 * 112 * 128] * 2
+        + [56 * 56 * 128]
+        + [56 * 56 * 256] * 3
+        + [28 * 28 * 256]
+        + [28 * 28 * 512] * 3
+        + [14 * 14 * 512]
+        + [14 * 14 * 512] * 3
+        + [7 * 7 * 512]
+        + [4096, 4096, 1000]
+    )
     assert s.activation_bytes == 4 * sum(sizes)
 
 
 def test_formula_column():
-    layers = {l.name: l for l in summarize("alexnet").layers}
+    layers = {layer.name: layer for layer in summarize("alexnet").layers}
     assert layers["conv1"].formula == "(227 - 11 + 2*0)/4 + 1 = 55"
     assert layers["conv5"].formula == "(13 - 3 + 2*1)/1 + 1 = 13"
     assert layers["pool5"].output_shape == (256, 6, 6)
@@ -70,8 +84,16 @@ def test_too_small_input_is_one_line_with_the_smallest_size():
 def test_cli_json(capsys):
     assert main(["summary", "--model", "alexnet", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"model", "input", "params", "macs", "activation_bytes", "layers", "conv_param_share",
-            "conv_macs_share"} <= set(out)
+    assert {
+        "model",
+        "input",
+        "params",
+        "macs",
+        "activation_bytes",
+        "layers",
+        "conv_param_share",
+        "conv_macs_share",
+    } <= set(out)
     assert out["params"] == 60_965_224 and out["input"] == 227
     assert {"name", "output_shape", "params", "macs"} <= set(out["layers"][0])
 

@@ -14,10 +14,33 @@ from alexnet.model import MODEL_NAMES, build_model
 from alexnet.train import NonFiniteLoss, TrainConfig, model_kwargs, resolve_config, train, train_step
 
 STEP_KEYS = {"step", "epoch", "loss", "lr", "img_s", "data_frac", "time"}
-EPOCH_KEYS = {"epoch", "step", "lr", "train_loss", "train_top1_error", "train_top5_error", "val_loss",
-              "val_top1_error", "val_top5_error", "seconds"}
-CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "classes", "stats", "preprocess", "config",
-                   "optimizer", "scheduler", "epoch", "step", "rng", "best_val_top1_error"}
+EPOCH_KEYS = {
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_top1_error",
+    "train_top5_error",
+    "val_loss",
+    "val_top1_error",
+    "val_top5_error",
+    "seconds",
+}
+CHECKPOINT_KEYS = {
+    "model",
+    "model_name",
+    "model_kwargs",
+    "classes",
+    "stats",
+    "preprocess",
+    "config",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "step",
+    "rng",
+    "best_val_top1_error",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +57,16 @@ def tiny(tmp_path_factory):
 
 def _config(*overrides):
     """The mechanics tests' recipe: the paper's AlexNet at a small input (67 px: conv1 -> 15 x 15) to be quick."""
-    base = ["data.batch_size=6", "data.workers=0", "train.epochs=2", "train.log_every=1", "data.crop=67",
-            "model.init=kaiming", "data.normalize=channel", "train.stall_steps=0"]
+    base = [
+        "data.batch_size=6",
+        "data.workers=0",
+        "train.epochs=2",
+        "train.log_every=1",
+        "data.crop=67",
+        "model.init=kaiming",
+        "data.normalize=channel",
+        "train.stall_steps=0",
+    ]
     return cfg.load_config(TrainConfig, None, base + list(overrides))
 
 
@@ -54,8 +85,10 @@ def test_tiny_end_to_end(tiny, tmp_path):
     assert all(STEP_KEYS <= set(r) for r in steps)
     assert [r["epoch"] for r in epochs] == [1, 2] and all(EPOCH_KEYS <= set(r) for r in epochs)
     # 6 val images: the error is a multiple of 1/6 in [0, 1]
-    assert all(0 <= r["val_top1_error"] <= 1 and abs(6 * r["val_top1_error"] - round(6 * r["val_top1_error"])) < 1e-9
-               for r in epochs)
+    assert all(
+        0 <= r["val_top1_error"] <= 1 and abs(6 * r["val_top1_error"] - round(6 * r["val_top1_error"])) < 1e-9
+        for r in epochs
+    )
     assert all(r["val_top5_error"] == 0 for r in epochs)  # 3 classes: the truth is always in the top 5
 
     state = load_checkpoint(run)
@@ -112,9 +145,19 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tiny, tmp_path):
 def test_stall_detector_fires_on_a_stalled_run(tiny, tmp_path, capsys):
     # Caffe's init (fc std 0.005-0.01, biases 0.1) gives near-zero logits; at lr 0 they stay there
     run = tmp_path / "run"
-    summary = train(tiny, run, _config("optim.lr=0", "model.init=caffe", "train.stall_steps=3",
-                                       "train.stall_window=3", "train.stall_tolerance=0.05", "train.epochs=1"),
-                    progress="off")
+    summary = train(
+        tiny,
+        run,
+        _config(
+            "optim.lr=0",
+            "model.init=caffe",
+            "train.stall_steps=3",
+            "train.stall_window=3",
+            "train.stall_tolerance=0.05",
+            "train.epochs=1",
+        ),
+        progress="off",
+    )
     assert summary["stalled"]
     stall = _records(run, "stall")
     assert len(stall) == 1 and stall[0]["step"] == 3
@@ -146,8 +189,12 @@ def solid(tmp_path_factory):
 
 def test_stall_detector_quiet_on_a_healthy_run(solid, tmp_path, capsys):
     run = tmp_path / "run"
-    summary = train(solid, run, _config("optim.lr=0.003", "train.epochs=3", "train.stall_steps=10",
-                                        "train.stall_window=5"), progress="off")
+    summary = train(
+        solid,
+        run,
+        _config("optim.lr=0.003", "train.epochs=3", "train.stall_steps=10", "train.stall_window=5"),
+        progress="off",
+    )
     assert not summary["stalled"] and not _records(run, "stall")
     losses = [r["loss"] for r in _records(run, "step")]
     assert sum(losses[5:10]) / 5 < 0.8 * math.log(3)  # the window the detector looked at: learning
@@ -155,15 +202,18 @@ def test_stall_detector_quiet_on_a_healthy_run(solid, tmp_path, capsys):
     assert "stalled" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=0.1", "valid keys in optim: name, lr, momentum, weight_decay"),
-    ("optimizer.lr=0.1", "valid sections: model, data, optim, schedule, train"),
-    ("data.pca=strong", "choose one of: paper, convnet2, off"),
-    ("train.epochs=ten", "not a valid int"),
-    ("model.name=lenet", "choose one of: alexnet"),
-    ("model.init=xavier", "choose one of: paper, kaiming"),
-    ("data.batch_size=0", "batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "valid keys in optim: name, lr, momentum, weight_decay"),
+        ("optimizer.lr=0.1", "valid sections: model, data, optim, schedule, train"),
+        ("data.pca=strong", "choose one of: paper, convnet2, off"),
+        ("train.epochs=ten", "not a valid int"),
+        ("model.name=lenet", "choose one of: alexnet"),
+        ("model.init=xavier", "choose one of: paper, kaiming"),
+        ("data.batch_size=0", "batch_size"),
+    ],
+)
 def test_bad_config_is_a_one_line_error(override, message, tiny, tmp_path, capsys):
     with pytest.raises(UserError) as info:
         resolve_config(tmp_path / "run", None, [override])
@@ -247,10 +297,13 @@ def test_checkpoint_with_code_is_refused_without_advising_weights_only_false(tmp
         load_checkpoint(tmp_path / "junk.pt")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.name=alexnet_ungrouped", "size mismatch"),
-    ("optim.name=sgd", "optim.name was 'paper', now 'sgd'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=alexnet_ungrouped", "size mismatch"),
+        ("optim.name=sgd", "optim.name was 'paper', now 'sgd'"),
+    ],
+)
 def test_resume_with_another_model_or_optimizer_is_a_one_line_error(override, message, tiny, tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny, run, _config("train.max_steps=1"), progress="off")

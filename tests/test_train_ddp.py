@@ -13,8 +13,17 @@ from alexnet.checkpoint import load_checkpoint
 
 # Global batch 8 (4 per process); dropout off and augmentation drawn per sample index, so both runs see
 # the same images and the same arithmetic up to the order of float sums.
-SETTINGS = ["data.crop=67", "data.batch_size=8", "data.workers=0", "train.epochs=2", "train.log_every=1",
-            "model.init=kaiming", "model.dropout=0", "data.normalize=channel", "train.device=cpu"]
+SETTINGS = [
+    "data.crop=67",
+    "data.batch_size=8",
+    "data.workers=0",
+    "train.epochs=2",
+    "train.log_every=1",
+    "model.init=kaiming",
+    "model.dropout=0",
+    "data.normalize=channel",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +48,19 @@ def test_two_gloo_processes_match_one_process(tiny, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "alexnet", "train", str(tiny), "--out", str(one), *sets, "--progress", "off"],
-                   check=True, env=env, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "alexnet", "train", str(tiny), "--out", str(one), *sets, "--progress", "off"],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run([*torchrun, "-m", "alexnet", "train", str(tiny), "--out", str(two), *sets, "--progress", "off"],
-                   check=True, env=env, timeout=300)
+    subprocess.run(
+        [*torchrun, "-m", "alexnet", "train", str(tiny), "--out", str(two), *sets, "--progress", "off"],
+        check=True,
+        env=env,
+        timeout=300,
+    )
 
     a, b = _records(one, "step"), _records(two, "step")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))  # 24 images / 8 = 3 steps x 2

@@ -20,8 +20,16 @@ from alexnet.rundir import KILL_ENV
 
 # The paper's AlexNet (two towers, LRN, dropout 0.5 on, so dropout's RNG stream must resume too) at a
 # 67-px input to be quick; 24 images / batch 4 = 6 steps per epoch, a checkpoint every 2 steps.
-SETTINGS = ["data.crop=67", "data.batch_size=4", "data.workers=0", "train.epochs=2", "train.log_every=1",
-            "model.init=kaiming", "data.normalize=channel", "train.seed=3"]
+SETTINGS = [
+    "data.crop=67",
+    "data.batch_size=4",
+    "data.workers=0",
+    "train.epochs=2",
+    "train.log_every=1",
+    "model.init=kaiming",
+    "data.normalize=channel",
+    "train.seed=3",
+]
 # Saving does not touch any RNG, so only the run to be killed saves mid-epoch (each save is ~0.5 GB).
 EVERY_2 = ("--set", "train.checkpoint_every=2")
 
@@ -125,9 +133,20 @@ TRAINER = Path(__file__).with_name("tiny_trainer.py")  # `alexnet train` with a 
 # 24 training images / batch 4 = 6 steps per epoch, 3 epochs; step records every 2 steps and a
 # checkpoint every 3, so a checkpoint can fall inside a logging interval; the stall check at step 5
 # reads the losses saved with the checkpoint of step 3.
-TINY = ["model.name=tiny", "train.epochs=3", "data.batch_size=4", "data.crop=67", "train.checkpoint_every=3",
-        "train.log_every=2", "data.normalize=channel", "train.seed=5", "train.stall_steps=5", "train.stall_window=3",
-        "train.stall_tolerance=1", "train.device=cpu"]
+TINY = [
+    "model.name=tiny",
+    "train.epochs=3",
+    "data.batch_size=4",
+    "data.crop=67",
+    "train.checkpoint_every=3",
+    "train.log_every=2",
+    "data.normalize=channel",
+    "train.seed=5",
+    "train.stall_steps=5",
+    "train.stall_window=3",
+    "train.stall_tolerance=1",
+    "train.device=cpu",
+]
 VOLATILE = {"time", "img_s", "data_frac", "seconds", "val_seconds"}  # wall-clock figures
 
 
@@ -150,8 +169,18 @@ def _tiny(data, run, workers: int, kill: str | None = None) -> subprocess.Comple
     if kill:
         env[KILL_ENV] = kill
     sets = [arg for item in TINY + [f"data.workers={workers}"] for arg in ("--set", item)]
-    command = [sys.executable, str(TRAINER), "train", str(data), "--out", str(run), *sets, "--progress", "off",
-               "--resume"]
+    command = [
+        sys.executable,
+        str(TRAINER),
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        *sets,
+        "--progress",
+        "off",
+        "--resume",
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -183,8 +212,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert torch.equal(ca["rng"]["ranks"][0]["torch"], cb["rng"]["ranks"][0]["torch"])
     assert _records(a) == _records(b)  # every record once, in order, with the same numbers
     best_a, best_b = load_checkpoint(a / "checkpoints" / "best.pt"), load_checkpoint(b / "checkpoints" / "best.pt")
-    assert best_a["step"] == best_b["step"] and all(torch.equal(best_a["model"][k], best_b["model"][k])
-                                                    for k in best_a["model"])
+    assert best_a["step"] == best_b["step"] and all(
+        torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"]
+    )
     assert not [p.name for p in (b / "checkpoints").iterdir() if p.name.endswith(".tmp")]  # no partial files left
 
 
@@ -192,15 +222,22 @@ def _assert_same_run(a: Path, b: Path) -> None:
 # checkpoints at steps 3, 6 (epoch end), 9, 12 (epoch end), 15, 18.
 KILLS = [
     pytest.param(["step:2", "step:8"], 2, id="before-first-checkpoint-then-after-an-epoch-end-checkpoint"),
-    pytest.param(["phase:checkpoint-write:2", "step:4", "phase:validation:1"], 0,
-                 id="during-a-checkpoint-write-then-first-steps-after-resume-then-validation"),
+    pytest.param(
+        ["phase:checkpoint-write:2", "step:4", "phase:validation:1"],
+        0,
+        id="during-a-checkpoint-write-then-first-steps-after-resume-then-validation",
+    ),
     pytest.param(["step:4"], 0, id="mid-epoch-inside-a-log-interval", marks=pytest.mark.slow),
     pytest.param(["step:7"], 0, id="first-step-after-an-epoch-end-checkpoint", marks=pytest.mark.slow),
     pytest.param(["phase:epoch-end:1"], 2, id="after-the-epoch-record-before-its-checkpoint", marks=pytest.mark.slow),
     pytest.param(["phase:validation:2"], 2, id="during-validation", marks=pytest.mark.slow),
     pytest.param(["phase:checkpoint-best:1"], 0, id="between-best-and-last", marks=pytest.mark.slow),
-    pytest.param(["phase:checkpoint-write:1", "phase:checkpoint-write:1", "phase:checkpoint-write:1"], 2,
-                 id="every-checkpoint-write-once", marks=pytest.mark.slow),
+    pytest.param(
+        ["phase:checkpoint-write:1", "phase:checkpoint-write:1", "phase:checkpoint-write:1"],
+        2,
+        id="every-checkpoint-write-once",
+        marks=pytest.mark.slow,
+    ),
     pytest.param(["step:13", "step:14", "step:16"], 2, id="third-epoch-three-times", marks=pytest.mark.slow),
 ]
 
@@ -231,8 +268,18 @@ def test_external_sigkill_at_random_moments_then_resume_equals_uninterrupted(sma
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     env.pop(KILL_ENV, None)
     sets = [arg for item in TINY + ["data.workers=2"] for arg in ("--set", item)]
-    command = [sys.executable, str(TRAINER), "train", str(small), "--out", str(tmp_path / "run"), *sets,
-               "--progress", "off", "--resume"]
+    command = [
+        sys.executable,
+        str(TRAINER),
+        "train",
+        str(small),
+        "--out",
+        str(tmp_path / "run"),
+        *sets,
+        "--progress",
+        "off",
+        "--resume",
+    ]
     for _ in range(3):
         proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         try:
@@ -254,9 +301,20 @@ def test_unwritable_checkpoint_stops_with_one_line_and_keeps_the_previous(small,
     from alexnet.train import TrainConfig, train
 
     run = tmp_path / "run"
-    config = cfg.load_config(TrainConfig, None, ["data.crop=67", "data.batch_size=12", "data.workers=0",
-                                                 "train.epochs=2", "model.init=kaiming", "data.normalize=channel",
-                                                 "model.dropout=0", "train.stall_steps=0"])
+    config = cfg.load_config(
+        TrainConfig,
+        None,
+        [
+            "data.crop=67",
+            "data.batch_size=12",
+            "data.workers=0",
+            "train.epochs=2",
+            "model.init=kaiming",
+            "data.normalize=channel",
+            "model.dropout=0",
+            "train.stall_steps=0",
+        ],
+    )
     real_save, calls = torch.save, []
 
     def failing_save(obj, f, *args, **kwargs):

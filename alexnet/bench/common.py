@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -79,8 +79,13 @@ def competing_load(threads: int) -> Iterator[int | None]:
         yield None
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.Popen([sys.executable, "-c", _LOAD_SCRIPT, str(threads)], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(threads)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         if proc.stdout.readline().strip() != b"ready":
             raise UserError(f"--load {threads}: the competing process failed to start (exit {proc.wait()})")

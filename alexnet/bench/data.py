@@ -91,7 +91,9 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
                            workers=workers, crop=crop, drop_last=False)  # fmt: skip
         mean = [0.485, 0.456, 0.406]
         std = [0.229, 0.224, 0.225]
-        tf = T.Compose([T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        tf = T.Compose(
+            [T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        )
         # The baseline reads the same files: those prepare skipped (truncated, not images) would crash it.
         bad = {os.path.abspath(item["path"]) for item in manifest["skipped"]}
         base_ds = torchvision.datasets.ImageFolder(

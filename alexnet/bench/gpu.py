@@ -168,8 +168,18 @@ def stage_infer(dev: torch.device, s: Sizes) -> dict:
     r = run_infer_bench(device=str(dev), batch=s.infer_batch, amp=fast_amp(dev), channels_last=True,
                         graphs=dev.type == "cuda", warmup=s.warmup, repeats=s.repeats,
                         latency_repeats=s.latency_repeats)  # fmt: skip
-    keep = ("batch", "config", "ours_img_s", "torchvision_img_s", "throughput_ratio", "ours_latency_ms",
-            "torchvision_latency_ms", "latency_ratio", "torchvision_bf16_cl_img_s", "torchvision_bf16_cl_latency_ms")
+    keep = (
+        "batch",
+        "config",
+        "ours_img_s",
+        "torchvision_img_s",
+        "throughput_ratio",
+        "ours_latency_ms",
+        "torchvision_latency_ms",
+        "latency_ratio",
+        "torchvision_bf16_cl_img_s",
+        "torchvision_bf16_cl_latency_ms",
+    )
     return {k: r[k] for k in keep if k in r}
 
 
@@ -183,9 +193,15 @@ def steady_img_s(records: list[dict]) -> float | None:
 def stage_train_run(dev: torch.device, s: Sizes, data: str, run_dir: Path) -> dict:
     """`python -m alexnet train DATA --fast` for s.train_seconds (Ctrl-C then, as a user would:
     train saves last.pt and exits 130), or until s.train_max_steps."""
-    sets = [f"data.batch_size={s.train_batch}", f"data.crop={s.crop}", f"data.workers={s.workers}",
-            "train.epochs=100000", f"train.log_every={s.log_every}", f"train.device={dev}",
-            "schedule.name=constant"]  # fmt: skip  (the generated set has no val split to plateau on)
+    sets = [
+        f"data.batch_size={s.train_batch}",
+        f"data.crop={s.crop}",
+        f"data.workers={s.workers}",
+        "train.epochs=100000",
+        f"train.log_every={s.log_every}",
+        f"train.device={dev}",
+        "schedule.name=constant",
+    ]  # fmt: skip  (the generated set has no val split to plateau on)
     if s.train_max_steps is not None:
         sets.append(f"train.max_steps={s.train_max_steps}")
     cmd = [sys.executable, "-m", "alexnet", "train", data, "--out", str(run_dir), "--fast", "--progress", "lines"]
@@ -290,8 +306,10 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
     """
     dev = resolve_device(device)
     if dev.type != "cuda" and not quick and sizes is None:
-        raise UserError(f"--device {dev.type} without --quick: the GPU sizes would take hours here; add --quick "
-                        "(toy sizes, a check of the code) or run on a CUDA machine")
+        raise UserError(
+            f"--device {dev.type} without --quick: the GPU sizes would take hours here; add --quick "
+            "(toy sizes, a check of the code) or run on a CUDA machine"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for gpu.json and gpu.md")

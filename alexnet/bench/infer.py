@@ -9,7 +9,7 @@ Inputs are random tensors already on the device.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision

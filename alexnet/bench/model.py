@@ -9,7 +9,7 @@ Inputs are random tensors already on the device: this measures the model only.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -31,9 +31,19 @@ def resolve_device(device: str) -> torch.device:
     return pick_device(device, option="--device")
 
 
-def train_step_fn(model: nn.Module, *, batch: int, input_size: int, num_classes: int, device: torch.device,
-                  amp: str | None = None, channels_last: bool = False, compile: bool = False,
-                  optimizer: str = "sgd", compile_mode: str | None = None) -> Callable[[], None]:
+def train_step_fn(
+    model: nn.Module,
+    *,
+    batch: int,
+    input_size: int,
+    num_classes: int,
+    device: torch.device,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    optimizer: str = "sgd",
+    compile_mode: str | None = None,
+) -> Callable[[], None]:
     """A closure doing one full training step on a fixed random batch.
 
     optimizer: "sgd" (torch SGD, fused on CUDA, foreach elsewhere) or "paper" (PaperSGD, foreach);
@@ -47,8 +57,13 @@ def train_step_fn(model: nn.Module, *, batch: int, input_size: int, num_classes:
         opt = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     elif optimizer == "sgd":
         fused = device.type == "cuda"
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                              **({"fused": True} if fused else {"foreach": True}))
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=5e-4,
+            **({"fused": True} if fused else {"foreach": True}),
+        )
     else:
         raise UserError(f"--optimizer {optimizer!r}: choose sgd or paper")
     step_model = torch.compile(model, mode=compile_mode) if compile else model
@@ -110,16 +125,32 @@ def bench_model(
     ours = build_model(model)
     size = model_input_size(ours)
     contenders = {
-        "ours": train_step_fn(ours, batch=batch, input_size=size, num_classes=1000, device=dev, amp=amp,
-                              channels_last=channels_last, compile=compile, optimizer=optimizer,
-                              compile_mode=compile_mode),
-        "torchvision": train_step_fn(torchvision.models.alexnet(), batch=batch, input_size=224,
-                                     num_classes=1000, device=dev),
+        "ours": train_step_fn(
+            ours,
+            batch=batch,
+            input_size=size,
+            num_classes=1000,
+            device=dev,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            optimizer=optimizer,
+            compile_mode=compile_mode,
+        ),
+        "torchvision": train_step_fn(
+            torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev
+        ),
     }
     if dev.type == "cuda":
         contenders["torchvision_bf16_cl"] = train_step_fn(
-            torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev,
-            amp="bf16", channels_last=True)
+            torchvision.models.alexnet(),
+            batch=batch,
+            input_size=224,
+            num_classes=1000,
+            device=dev,
+            amp="bf16",
+            channels_last=True,
+        )
     if progress:
         beside = f", beside a {load}-thread matmul process" if load else ""
         progress(f"timing {', '.join(contenders)}: {warmup} warm-up + {repeats} timed rounds, batch {batch}{beside}")
@@ -133,8 +164,13 @@ def bench_model(
         "model": model,
         "batch": batch,
         "device": str(dev),
-        "config": {"amp": amp, "channels_last": channels_last, "compile": compile,
-                   "compile_mode": compile_mode if compile else None, "optimizer": optimizer},
+        "config": {
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile,
+            "compile_mode": compile_mode if compile else None,
+            "optimizer": optimizer,
+        },
         "ours_step_s": step_s["ours"],
         "torchvision_step_s": step_s["torchvision"],
         "ours_img_s": img_s["ours"],

@@ -41,8 +41,9 @@ MIN_CROP = 67  # smallest input the paper net's three 3/2 poolings leave 1 pixel
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 
 
-def generate_set(out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256,
-                 workers: int | None = None) -> str:
+def generate_set(
+    out: str, *, n: int, size: int = 256, classes: int = 10, unique: int = 256, workers: int | None = None
+) -> str:
     """A prepared set of n drawn-shape images at `size` px in `out`/set: `unique` distinct images
     (make_shapes), repeated as hard links up to n (decoding cost is what matters, not variety)."""
     src = os.path.join(out, "src")
@@ -193,8 +194,10 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
             n = n or max(512, 16 * batch)
             say(f"no --data: generating {n} images ({min(n, 256)} distinct drawn shapes) at {size} px in {tmp}")
             data = generate_set(tmp, n=n, size=size)
-            source = (f"generated: {PreparedSet(data).split_size('train')} drawn-shape JPEGs at {size} px "
-                      "(alexnet.data.synthetic.make_shapes + prepare)")
+            source = (
+                f"generated: {PreparedSet(data).split_size('train')} drawn-shape JPEGs at {size} px "
+                "(alexnet.data.synthetic.make_shapes + prepare)"
+            )
         else:
             source = os.path.abspath(data)
         ps = PreparedSet(data)
@@ -203,8 +206,10 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
         step = _training_step(ps, dev, crop=crop, amp=amp, channels_last=channels_last, compile=compile)
         contenders, drain = _contenders(ps, dev, step, paths=paths, batch=batch, steps=steps, crop=crop,
                                         workers=workers, channels_last=channels_last)  # fmt: skip
-        say(f"timing {', '.join(['synthetic', *paths])} on {dev}: batch {batch}, {warmup} warm-up + {repeats} rounds "
-            f"of {steps} steps (+{drain} untimed drain steps per real path), {workers} workers")
+        say(
+            f"timing {', '.join(['synthetic', *paths])} on {dev}: batch {batch}, {warmup} warm-up + {repeats} rounds "
+            f"of {steps} steps (+{drain} untimed drain steps per real path), {workers} workers"
+        )
         times = time_alternately(contenders, device=dev, warmup=warmup, repeats=repeats)
         sync(dev)
     finally:
@@ -222,8 +227,14 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
         "steps_per_round": steps,
         "drain_steps": drain,
         "workers": workers,
-        "config": {"amp": amp, "channels_last": channels_last, "compile": compile, "optimizer": "paper",
-                   "crop": crop, "model": "alexnet"},  # fmt: skip
+        "config": {
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile,
+            "optimizer": "paper",
+            "crop": crop,
+            "model": "alexnet",
+        },  # fmt: skip
         "img_s": img_s,
         "synthetic_img_s": img_s["synthetic"],
         "ratios": ratios,

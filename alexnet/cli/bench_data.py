@@ -10,7 +10,8 @@ from alexnet.cli import add_parser, print_json
 
 def register(sub) -> None:
     parser = add_parser(
-        sub, "data",
+        sub,
+        "data",
         "loader img/s vs torchvision ImageFolder + PIL transforms (ratio = ours / baseline)",
         description=(
             "Generates ImageNet-like 500x375 photo-like JPEGs (or uses --images), prepares them, and\n"
@@ -21,14 +22,18 @@ def register(sub) -> None:
             "Also reports the prepare rate (images/s per worker)."
         ),
     )
-    parser.add_argument("--images", default=None, help="folder of class folders of JPEGs to use instead of generated ones")
+    parser.add_argument(
+        "--images", default=None, help="folder of class folders of JPEGs to use instead of generated ones"
+    )
     parser.add_argument("--n", type=int, default=512, help="number of generated images")
     parser.add_argument("--workers", type=int, default=None, help="loader workers for both; unset: min(cores, 8)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch for both")
     parser.add_argument("--crop", type=int, default=227, help="crop size (paper: 227, or 224)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each first")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs of each (the median is reported)")
-    parser.add_argument("--work-dir", default=None, help="where the temporary images and prepared set go; unset: the system temp folder")
+    parser.add_argument(
+        "--work-dir", default=None, help="where the temporary images and prepared set go; unset: the system temp folder"
+    )
     parser.add_argument("--load", type=int, default=0, metavar="N",
                         help="run a competing process doing N-thread matrix products while timing "
                              "(a shared machine's other tenant; 0 = none)")  # fmt: skip
@@ -62,8 +67,10 @@ def run(args) -> int:
     if args.json:
         print_json(r)
         return 0
-    print(f"data loading, {r['images']} images, {r['workers']} workers, batch {r['batch_size']} "
-          f"(torch {r['env']['torch']}, torchvision {r['env']['torchvision']})")
+    print(
+        f"data loading, {r['images']} images, {r['workers']} workers, batch {r['batch_size']} "
+        f"(torch {r['env']['torch']}, torchvision {r['env']['torchvision']})"
+    )
     print(f"  ours      {r['ours_img_s']:8.1f} img/s  {r['ours']}")
     print(f"  baseline  {r['baseline_img_s']:8.1f} img/s  {r['baseline']}")
     print(f"  ratio (ours / baseline) = {r['ratio']:.2f}")

@@ -24,8 +24,11 @@ def register(sub) -> None:
     )  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for gpu.json, gpu.md and the train log")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu: a check of the code, with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="toy sizes and no tests stage: checks every stage's code path in well under a minute")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="toy sizes and no tests stage: checks every stage's code path in well under a minute",
+    )
     parser.add_argument("--skip-tests", action="store_true", help="leave out the pytest -m gpu stage")
     parser.add_argument("--json", action="store_true", help="print gpu.json on stdout at the end")
     parser.set_defaults(func=run)

@@ -10,7 +10,8 @@ from alexnet.model import MODEL_NAMES
 
 def register(sub) -> None:
     parser = add_parser(
-        sub, "infer",
+        sub,
+        "infer",
         "inference img/s at a large batch and batch-1 latency vs torchvision's AlexNet (eager)",
         description=(
             "Times the eval-mode forward of --model and of torchvision.models.alexnet (eager fp32;\n"
@@ -20,25 +21,43 @@ def register(sub) -> None:
             "--fast: on CUDA bf16 autocast + channels_last + a CUDA graph; on the CPU channels_last."
         ),
     )
-    parser.add_argument("--model", default="alexnet", choices=MODEL_NAMES, metavar="NAME",
-                        help="registered model to time against torchvision's AlexNet")
+    parser.add_argument(
+        "--model",
+        default="alexnet",
+        choices=MODEL_NAMES,
+        metavar="NAME",
+        help="registered model to time against torchvision's AlexNet",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="throughput batch (default: 1024 on CUDA; 64 on CPU, where 1024 takes minutes)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="throughput batch (default: 1024 on CUDA; 64 on CPU, where 1024 takes minutes)",
+    )
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype for ours (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for ours")
     parser.add_argument("--graphs", action="store_true", help="replay ours as a CUDA graph (CUDA only)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile ours (with --graphs: mode reduce-overhead)")
-    parser.add_argument("--fast", action="store_true",
-                        help="on CUDA: bf16 + channels_last + CUDA graph; on the CPU: channels_last "
-                             "(oneDNN's NHWC convolutions and pooling)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile ours (with --graphs: mode reduce-overhead)"
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="on CUDA: bf16 + channels_last + CUDA graph; on the CPU: channels_last "
+        "(oneDNN's NHWC convolutions and pooling)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds at --batch (the median is reported)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed rounds at batch 1")
-    parser.add_argument("--load", type=int, default=0, metavar="N",
-                        help="run a competing process doing N-thread matrix products while timing "
-                             "(a shared machine's other tenant; 0 = none)")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a competing process doing N-thread matrix products while timing "
+        "(a shared machine's other tenant; 0 = none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -52,22 +71,40 @@ def run(args) -> int:
         amp, channels_last, graphs = amp or "bf16", True, True
     elif args.fast:
         channels_last = True  # on a CPU fp32 stays (no bf16 units assumed); NHWC is the fast layout
-    r = run_infer_bench(model=args.model, device=args.device, batch=args.batch, amp=amp, channels_last=channels_last,
-                        graphs=graphs, compile=args.compile, warmup=args.warmup, repeats=args.repeats,
-                        latency_repeats=args.latency_repeats, load=args.load,
-                        progress=lambda m: print(m, file=sys.stderr))
+    r = run_infer_bench(
+        model=args.model,
+        device=args.device,
+        batch=args.batch,
+        amp=amp,
+        channels_last=channels_last,
+        graphs=graphs,
+        compile=args.compile,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        latency_repeats=args.latency_repeats,
+        load=args.load,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     if args.json:
         print_json(r)
         return 0
-    print(f"{r['model']} vs torchvision alexnet (eager), inference on {r['device']} "
-          f"({r['env']['cpu_threads']} CPU threads, torch {r['env']['torch']}); config {r['config']}")
-    print(f"  batch {r['batch']}: ours {r['ours_img_s']:9.1f} img/s, torchvision {r['torchvision_img_s']:9.1f} img/s, "
-          f"ratio {r['throughput_ratio']:.2f}")
-    print(f"  batch 1:  ours {r['ours_latency_ms']:8.2f} ms,    torchvision {r['torchvision_latency_ms']:8.2f} ms, "
-          f"ratio {r['latency_ratio']:.2f}")
+    print(
+        f"{r['model']} vs torchvision alexnet (eager), inference on {r['device']} "
+        f"({r['env']['cpu_threads']} CPU threads, torch {r['env']['torch']}); config {r['config']}"
+    )
+    print(
+        f"  batch {r['batch']}: ours {r['ours_img_s']:9.1f} img/s, torchvision {r['torchvision_img_s']:9.1f} img/s, "
+        f"ratio {r['throughput_ratio']:.2f}"
+    )
+    print(
+        f"  batch 1:  ours {r['ours_latency_ms']:8.2f} ms,    torchvision {r['torchvision_latency_ms']:8.2f} ms, "
+        f"ratio {r['latency_ratio']:.2f}"
+    )
     if args.load:
         print(f"  (timed beside a competing process running {args.load}-thread matrix products)")
     if "torchvision_bf16_cl_img_s" in r:
-        print(f"  torchvision eager bf16 + channels_last: {r['torchvision_bf16_cl_img_s']:9.1f} img/s, "
-              f"{r['torchvision_bf16_cl_latency_ms']:.2f} ms; ours / that = {r['throughput_ratio_vs_bf16_cl']:.2f}x")
+        print(
+            f"  torchvision eager bf16 + channels_last: {r['torchvision_bf16_cl_img_s']:9.1f} img/s, "
+            f"{r['torchvision_bf16_cl_latency_ms']:.2f} ms; ours / that = {r['throughput_ratio_vs_bf16_cl']:.2f}x"
+        )
     return 0

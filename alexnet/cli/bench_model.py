@@ -10,7 +10,8 @@ from alexnet.model import MODEL_NAMES
 
 def register(sub) -> None:
     parser = add_parser(
-        sub, "model",
+        sub,
+        "model",
         "training-step img/s of a model vs torchvision's AlexNet (ratio = our step time / theirs)",
         description=(
             "Times a full training step (forward, loss, backward, SGD with momentum) of --model and of\n"
@@ -20,27 +21,52 @@ def register(sub) -> None:
             "Inputs are random tensors already on the device (the data pipeline is `bench pipeline`)."
         ),
     )
-    parser.add_argument("--model", default="alexnet", choices=MODEL_NAMES, metavar="NAME",
-                        help="registered model to time against torchvision's AlexNet")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="images per training step (default: 256 on CUDA, as docs/speed.md; 32 elsewhere)")
+    parser.add_argument(
+        "--model",
+        default="alexnet",
+        choices=MODEL_NAMES,
+        metavar="NAME",
+        help="registered model to time against torchvision's AlexNet",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per training step (default: 256 on CUDA, as docs/speed.md; 32 elsewhere)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--amp", choices=["bf16", "fp16"], default=None,
-                        help="autocast dtype for our model (default: fp32)")
+    parser.add_argument(
+        "--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype for our model (default: fp32)"
+    )
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for our model")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
-    parser.add_argument("--compile-mode", default=None,
-                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-                        help="torch.compile mode with --compile/--fast (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "paper"],
-                        help="ours: torch SGD (fused on CUDA; the paper's update while lr is constant) or PaperSGD")
-    parser.add_argument("--fast", action="store_true",
-                        help="our fastest configuration for the device: on CUDA bf16 + channels_last + compile")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode with --compile/--fast (reduce-overhead: CUDA graphs)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "paper"],
+        help="ours: torch SGD (fused on CUDA; the paper's update while lr is constant) or PaperSGD",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="our fastest configuration for the device: on CUDA bf16 + channels_last + compile",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
-    parser.add_argument("--load", type=int, default=0, metavar="N",
-                        help="run a competing process doing N-thread matrix products while timing "
-                             "(a shared machine's other tenant; 0 = none)")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a competing process doing N-thread matrix products while timing "
+        "(a shared machine's other tenant; 0 = none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -53,24 +79,42 @@ def run(args) -> int:
     batch = args.batch if args.batch is not None else (256 if cuda else 32)
     if args.fast and cuda:
         amp, channels_last, compile = amp or "bf16", True, True
-    result = bench_model(args.model, batch=batch, device=args.device, amp=amp,
-                         channels_last=channels_last, compile=compile, optimizer=args.optimizer,
-                         compile_mode=args.compile_mode, warmup=args.warmup,
-                         repeats=args.repeats, load=args.load, progress=lambda m: print(m, file=sys.stderr))
+    result = bench_model(
+        args.model,
+        batch=batch,
+        device=args.device,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        optimizer=args.optimizer,
+        compile_mode=args.compile_mode,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        load=args.load,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     if args.json:
         print_json(result)
         return 0
-    print(f"{args.model} vs torchvision alexnet, batch {result['batch']} on {result['device']} "
-          f"({result['env']['cpu_threads']} CPU threads, torch {result['env']['torch']})")
+    print(
+        f"{args.model} vs torchvision alexnet, batch {result['batch']} on {result['device']} "
+        f"({result['env']['cpu_threads']} CPU threads, torch {result['env']['torch']})"
+    )
     print(f"  ours         {result['ours_img_s']:8.1f} img/s  ({result['ours_step_s']:.3f} s/step)")
     print(f"  torchvision  {result['torchvision_img_s']:8.1f} img/s  ({result['torchvision_step_s']:.3f} s/step)")
     if "torchvision_bf16_cl_img_s" in result:
-        print(f"  torchvision bf16+channels_last {result['torchvision_bf16_cl_img_s']:8.1f} img/s; "
-              f"ours / that = {result['speedup_vs_torchvision_bf16']:.2f}x")
-        print(f"  model {result['model_tflops']:.1f} TFLOP/s = {result['fraction_of_matmul']:.0%} of a "
-              f"bf16 matmul's {result['matmul_tflops_bf16']:.0f} TFLOP/s")
+        print(
+            f"  torchvision bf16+channels_last {result['torchvision_bf16_cl_img_s']:8.1f} img/s; "
+            f"ours / that = {result['speedup_vs_torchvision_bf16']:.2f}x"
+        )
+        print(
+            f"  model {result['model_tflops']:.1f} TFLOP/s = {result['fraction_of_matmul']:.0%} of a "
+            f"bf16 matmul's {result['matmul_tflops_bf16']:.0f} TFLOP/s"
+        )
     beside = f" (beside a {args.load}-thread matmul process)" if args.load else ""
     print(f"  ratio (our step time / torchvision's) = {result['ratio']:.2f}{beside}")
-    print(f"  at this rate: an ImageNet epoch {result['imagenet_epoch_s'] / 3600:.1f} h, the paper's 90 epochs "
-          f"{result['paper_recipe_hours']:.0f} h (paper: 5-6 days on two GTX 580)")
+    print(
+        f"  at this rate: an ImageNet epoch {result['imagenet_epoch_s'] / 3600:.1f} h, the paper's 90 epochs "
+        f"{result['paper_recipe_hours']:.0f} h (paper: 5-6 days on two GTX 580)"
+    )
     return 0

@@ -19,13 +19,26 @@ normalised inputs, batch 32, one epoch of warm-up, cosine decay over 6 epochs (d
 
 
 def register(sub) -> None:
-    p = add_parser(sub, "demo", "the whole pipeline on generated images in ~10 minutes on a CPU (start here)",
-                   description=DESCRIPTION)
+    p = add_parser(
+        sub,
+        "demo",
+        "the whole pipeline on generated images in ~10 minutes on a CPU (start here)",
+        description=DESCRIPTION,
+    )
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)")
-    p.add_argument("--json", action="store_true",
-                   help="print {run, data, report, top1_error, top5_error, top1_error_10crop, seconds} on stdout")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {run, data, report, top1_error, top5_error, top1_error_10crop, seconds} on stdout",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,8 +47,12 @@ def run(args) -> int:
 
     result = run_demo(args.out, overrides=args.overrides, progress="auto")
     if args.json:
-        print_json({k: result[k] for k in ("run", "data", "report", "top1_error", "top5_error",
-                                           "top1_error_10crop", "seconds")})
+        print_json(
+            {
+                k: result[k]
+                for k in ("run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds")
+            }
+        )
         return 0
     classes = 10
     print(f"demo finished in {result['seconds'] / 60:.1f} min")
@@ -43,6 +60,8 @@ def run(args) -> int:
     print(f"  run:     {result['run']}  (log.jsonl, checkpoints/, eval.json)")
     print(f"  report:  {result['report'] or '(not written: see the message above)'}")
     print(f"  validation error, centre crop: top-1 {result['top1_error']:.3f}, top-5 {result['top5_error']:.3f}")
-    print(f"  validation error, 10 crops:    top-1 {result['top1_error_10crop']:.3f}, "
-          f"top-5 {result['top5_error_10crop']:.3f}   (chance: top-1 {1 - 1 / classes:.1f}, top-5 {1 - 5 / classes:.1f})")
+    print(
+        f"  validation error, 10 crops:    top-1 {result['top1_error_10crop']:.3f}, "
+        f"top-5 {result['top5_error_10crop']:.3f}   (chance: top-1 {1 - 1 / classes:.1f}, top-5 {1 - 5 / classes:.1f})"
+    )
     return 0

@@ -10,7 +10,9 @@ from alexnet.progress import MODES, Progress
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "evaluate", "loss, top-1 and top-5 error of checkpoints (an ensemble) on a prepared split",
+        sub,
+        "evaluate",
+        "loss, top-1 and top-5 error of checkpoints (an ensemble) on a prepared split",
         description=(
             "The paper's test protocol (§4.1, Table 2): by default the 10 crops (4 corners + centre\n"
             "and their mirrors, softmax averaged); --crops 1 = the centre crop only. Training's\n"
@@ -20,19 +22,33 @@ def register(sub) -> None:
             "evaluates a disjoint shard and the counts are summed; rank 0 prints."
         ),
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint file, run directory (its best.pt) or exported .safetensors")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint file, run directory (its best.pt) or exported .safetensors",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared directory (alexnet prepare)")
     p.add_argument("--split", default="val", help="split of the prepared directory")
-    p.add_argument("--crops", type=int, default=10, choices=(1, 10),
-                   help="10 = the paper's test protocol (default), 1 = centre crop (as training's validation)")
+    p.add_argument(
+        "--crops",
+        type=int,
+        default=10,
+        choices=(1, 10),
+        help="10 = the paper's test protocol (default), 1 = centre crop (as training's validation)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--progress", default="auto", choices=MODES,
-                   help="auto: a bar on a terminal, a line every ~30 s otherwise")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="also write the JSON result to FILE (e.g. RUN/eval.json, which `alexnet report` reads)")
+    p.add_argument(
+        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="also write the JSON result to FILE (e.g. RUN/eval.json, which `alexnet report` reads)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -51,8 +67,16 @@ def run(args) -> int:
         total = data.split_size(args.split) if args.split in data.splits else 0
         mode = args.progress if info.main else "off"
         with Progress("evaluate", total // info.world, unit="img", mode=mode) as progress:
-            result = evaluate_checkpoints(args.checkpoints, data, args.split, args.crops, batch_size=args.batch_size,
-                                          workers=args.workers, device=info.device, progress=progress.update)
+            result = evaluate_checkpoints(
+                args.checkpoints,
+                data,
+                args.split,
+                args.crops,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                device=info.device,
+                progress=progress.update,
+            )
     finally:
         teardown(info)
     if not info.main:

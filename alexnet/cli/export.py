@@ -7,7 +7,9 @@ from alexnet.cli import add_parser, print_json
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "export", "write a checkpoint's weights as safetensors (with metadata) or ONNX",
+        sub,
+        "export",
+        "write a checkpoint's weights as safetensors (with metadata) or ONNX",
         description=(
             "safetensors: the weights, the preprocessing statistics (stats.* tensors) and metadata\n"
             "(variant, num_classes, class ids and names, input size, normalisation); `evaluate` and\n"
@@ -30,8 +32,10 @@ def run(args) -> int:
     if args.json:
         print_json(result)
     elif args.format == "onnx":
-        print(f"wrote {result['out']} (opset {result['opset']}); onnxruntime vs PyTorch: "
-              f"max abs difference {result['max_abs_diff']:.3g}")
+        print(
+            f"wrote {result['out']} (opset {result['opset']}); onnxruntime vs PyTorch: "
+            f"max abs difference {result['max_abs_diff']:.3g}"
+        )
     else:
         print(f"wrote {result['out']} ({result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB)")
     return 0

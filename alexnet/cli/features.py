@@ -8,7 +8,9 @@ from alexnet.progress import MODES, Progress
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "features", "fc7 (4096-d) features of a prepared split, with labels and indices, to an .npz",
+        sub,
+        "features",
+        "fc7 (4096-d) features of a prepared split, with labels and indices, to an .npz",
         description=(
             "The last hidden layer (fc7 after its ReLU, no dropout) for every image of a split, centre\n"
             "crop, in the split's order: the paper's Figure 4 (right) retrieves training images by\n"
@@ -23,8 +25,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--progress", default="auto", choices=MODES,
-                   help="auto: a bar on a terminal, a line every ~30 s otherwise")
+    p.add_argument(
+        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -37,8 +40,16 @@ def run(args) -> int:
     data = PreparedSet(args.data)
     total = data.split_size(args.split) if args.split in data.splits else 0
     with Progress("features", total, unit="img", mode=args.progress) as progress:
-        result = features_of_split(args.checkpoint, data, args.split, args.out, batch_size=args.batch_size,
-                                   workers=args.workers, device=args.device, progress=progress.update)
+        result = features_of_split(
+            args.checkpoint,
+            data,
+            args.split,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            progress=progress.update,
+        )
     if args.json:
         print_json(result)
     else:

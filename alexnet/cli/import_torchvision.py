@@ -9,7 +9,9 @@ from alexnet.cli import add_parser, print_json
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "import-torchvision", "turn torchvision's AlexNet weights (a file, or --download) into a checkpoint",
+        sub,
+        "import-torchvision",
+        "turn torchvision's AlexNet weights (a file, or --download) into a checkpoint",
         description=(
             "From a state dict on disk (FILE.pth), or with --download (= --weights IMAGENET1K_V1)\n"
             "torchvision's published ImageNet weights through torchvision's own weights API: read from\n"
@@ -19,13 +21,27 @@ def register(sub) -> None:
             "(0.229, 0.224, 0.225) on [0, 1]), so `predict` and `evaluate` work on it."
         ),
     )
-    p.add_argument("state_dict", nargs="?", default=None, metavar="FILE.pth",
-                   help="state dict saved with torch.save(model.state_dict(), ...); or use --download")
+    p.add_argument(
+        "state_dict",
+        nargs="?",
+        default=None,
+        metavar="FILE.pth",
+        help="state dict saved with torch.save(model.state_dict(), ...); or use --download",
+    )
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
-    p.add_argument("--weights", default=None, metavar="NAME",
-                   help="torchvision's published weights by name (IMAGENET1K_V1), from torch's cache or downloaded")
-    p.add_argument("--download", action="store_const", const="IMAGENET1K_V1", dest="weights",
-                   help="same as --weights IMAGENET1K_V1")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="NAME",
+        help="torchvision's published weights by name (IMAGENET1K_V1), from torch's cache or downloaded",
+    )
+    p.add_argument(
+        "--download",
+        action="store_const",
+        const="IMAGENET1K_V1",
+        dest="weights",
+        help="same as --weights IMAGENET1K_V1",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -37,6 +53,8 @@ def run(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"wrote {result['out']}: torchvision AlexNet from {result['source']}, {result['num_classes']} "
-              f"classes, {result['params']:,} parameters")
+        print(
+            f"wrote {result['out']}: torchvision AlexNet from {result['source']}, {result['num_classes']} "
+            f"classes, {result['params']:,} parameters"
+        )
     return 0

@@ -9,7 +9,9 @@ from alexnet.cli import add_parser, print_json
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "predict", "top-k classes with names and probabilities for image files or folders",
+        sub,
+        "predict",
+        "top-k classes with names and probabilities for image files or folders",
         description=(
             "Any image Pillow reads (JPEG, PNG, grayscale, CMYK, RGBA, palette, EXIF-rotated) gets the\n"
             "net's own preprocessing: shorter side 256 and the central 256x256 (torchvision's Resize +\n"
@@ -26,9 +28,12 @@ def register(sub) -> None:
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders of a folder")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--json", action="store_true",
-                   help='print a JSON list of {"path", "predictions": [{"class", "name", "index", "prob"}]} or '
-                        '{"path", "error"}; index: the class\'s output unit (0-based)')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON list of {"path", "predictions": [{"class", "name", "index", "prob"}]} or '
+        '{"path", "error"}; index: the class\'s output unit (0-based)',
+    )
     p.set_defaults(func=run)
 
 

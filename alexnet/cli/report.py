@@ -9,7 +9,9 @@ from alexnet.cli import add_parser, print_json
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "report", "write a run's HTML report: curves, the paper's Figures 3 and 4, tables",
+        sub,
+        "report",
+        "write a run's HTML report: curves, the paper's Figures 3 and 4, tables",
         description=(
             "Writes RUN/report/index.html (or --out DIR/index.html) with the PNGs beside it; open it in\n"
             "any browser, nothing is fetched from a network. The page shows the training curves (loss,\n"
@@ -21,11 +23,16 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("run", metavar="RUN", help="run directory written by `alexnet train`")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="prepared directory; unset: the one the run recorded in env.json")
+    p.add_argument(
+        "--data", default=None, metavar="DIR", help="prepared directory; unset: the one the run recorded in env.json"
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="report directory; unset: RUN/report")
-    p.add_argument("--checkpoint", default=None, metavar="CKPT",
-                   help="checkpoint file to show; unset: RUN/checkpoints/last.pt, else best.pt")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="checkpoint file to show; unset: RUN/checkpoints/last.pt, else best.pt",
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu; unset: the best available")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help='print {"report": path of index.html} as JSON')
@@ -36,8 +43,9 @@ def run(args) -> int:
     from alexnet.report import write_report  # lazy: torch and matplotlib load only when it runs (fast --help)
 
     say = None if args.quiet else (lambda text: print(f"report: {text}", file=sys.stderr, flush=True))
-    path = write_report(args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint,
-                        device=args.device)
+    path = write_report(
+        args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint, device=args.device
+    )
     if args.json:
         print_json({"report": str(path)})
     else:

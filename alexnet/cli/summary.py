@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from alexnet.cli import add_parser, print_json
-from alexnet.model import MODELS, MODEL_NAMES
+from alexnet.model import MODEL_NAMES, MODELS
 
 
 def register(sub) -> None:
     models = "\n".join(f"  {name:20s} {text}" for name, (_, text) in MODELS.items())
     parser = add_parser(
-        sub, "summary",
+        sub,
+        "summary",
         "per-layer shapes, parameters, multiply-adds and activation memory of a model",
         description=(
             "Per-layer table computed from the real module with forward hooks: kernel, stride, padding,\n"
@@ -21,10 +22,19 @@ def register(sub) -> None:
             f"Models:\n{models}"
         ),
     )
-    parser.add_argument("--model", default="alexnet", choices=MODEL_NAMES, metavar="NAME",
-                        help="registered model name (see the list above)")
-    parser.add_argument("--input", type=int, default=None,
-                        help="input height = width in pixels (default: 227 for the paper's nets, 224 otherwise)")
+    parser.add_argument(
+        "--model",
+        default="alexnet",
+        choices=MODEL_NAMES,
+        metavar="NAME",
+        help="registered model name (see the list above)",
+    )
+    parser.add_argument(
+        "--input",
+        type=int,
+        default=None,
+        help="input height = width in pixels (default: 227 for the paper's nets, 224 otherwise)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 

@@ -36,25 +36,51 @@ def register(sub) -> None:
     from alexnet.train import TrainConfig
 
     keys = "\n".join("  " + line for line in describe(TrainConfig).splitlines())
-    p = add_parser(sub, "train", "train a model with the paper's recipe (resumable; DDP via torchrun)",
-                   description=DESCRIPTION.format(keys=keys))
+    p = add_parser(
+        sub,
+        "train",
+        "train a model with the paper's recipe (resumable; DDP via torchrun)",
+        description=DESCRIPTION.format(keys=keys),
+    )
     p.add_argument("data", metavar="DATA", help="prepared directory (from `alexnet prepare`)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (or to resume)")
-    p.add_argument("--model", default=None, choices=MODEL_NAMES, metavar="NAME",
-                   help=f"registered model (same as --set model.name=NAME): {', '.join(MODEL_NAMES)}")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=MODEL_NAMES,
+        metavar="NAME",
+        help=f"registered model (same as --set model.name=NAME): {', '.join(MODEL_NAMES)}",
+    )
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of [section] key = value settings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)",
+    )
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt (none yet: start)")
-    p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
-                   help="autocast: bf16, or fp16 with a GradScaler saved in checkpoints (same as --set train.amp=...)")
-    p.add_argument("--fast", action="store_true",
-                   help="on CUDA: " + ", ".join(FAST) + " (--amp, --set and the like given too win); "
-                        "ignored with a note on other devices")
+    p.add_argument(
+        "--amp",
+        default=None,
+        choices=["off", "bf16", "fp16"],
+        help="autocast: bf16, or fp16 with a GradScaler saved in checkpoints (same as --set train.amp=...)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="on CUDA: " + ", ".join(FAST) + " (--amp, --set and the like given too win); "
+        "ignored with a note on other devices",
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
-    p.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "off"],
-                   help="progress output on stderr: a bar on a terminal, plain lines otherwise")
+    p.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "lines", "off"],
+        help="progress output on stderr: a bar on a terminal, plain lines otherwise",
+    )
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -71,14 +97,20 @@ def _fast(args, overrides: list[str], config):
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun: rank 0
     device = pick_device(config.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type != "cuda":
-        say(f"alexnet train: --fast ignored on {device.type}: it is the CUDA configuration "
-            "(bf16 autocast and torch.compile are slower than fp32 eager on most CPUs)", file=sys.stderr)
+        say(
+            f"alexnet train: --fast ignored on {device.type}: it is the CUDA configuration "
+            "(bf16 autocast and torch.compile are slower than fp32 eager on most CPUs)",
+            file=sys.stderr,
+        )
         return config
     config = resolve_config(args.out, args.config, list(FAST) + overrides, resume=args.resume)
     d, t = config.data, config.train
     step = "PaperSGD, foreach" if config.optim.name == "paper" else "torch SGD, foreach"
-    say(f"alexnet train: --fast: data.pipeline={d.pipeline}, amp={t.amp}, channels_last={t.channels_last}, "
-        f"compile={t.compile}, optimizer step {step}", file=sys.stderr)
+    say(
+        f"alexnet train: --fast: data.pipeline={d.pipeline}, amp={t.amp}, channels_last={t.channels_last}, "
+        f"compile={t.compile}, optimizer step {step}",
+        file=sys.stderr,
+    )
     return config
 
 
@@ -97,15 +129,19 @@ def run(args) -> int:
     config = resolve_config(args.out, args.config, overrides, resume=args.resume)
     if args.fast:
         config = _fast(args, overrides, config)
-    summary = train(args.data, args.out, config, resume=args.resume, progress=args.progress,
-                    command=["alexnet"] + sys.argv[1:])
+    summary = train(
+        args.data, args.out, config, resume=args.resume, progress=args.progress, command=["alexnet"] + sys.argv[1:]
+    )
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     if args.json:
         print_json(summary)
         return 0
     best = summary["best_val_top1_error"]
-    print(f"run {summary['run']}: {summary['epoch']} epochs, {summary['step']} steps in {summary['seconds']:.0f} s; "
-          f"best val top-1 error {best:.4f}" if best is not None else
-          f"run {summary['run']}: {summary['epoch']} epochs, {summary['step']} steps in {summary['seconds']:.0f} s")
+    print(
+        f"run {summary['run']}: {summary['epoch']} epochs, {summary['step']} steps in {summary['seconds']:.0f} s; "
+        f"best val top-1 error {best:.4f}"
+        if best is not None
+        else f"run {summary['run']}: {summary['epoch']} epochs, {summary['step']} steps in {summary['seconds']:.0f} s"
+    )
     return 0

@@ -42,7 +42,7 @@ class Stats:
             self._mirrored = self.need("mean_image", "mean-image subtraction").flip(-1).contiguous()
         return self._mirrored
 
-    def to(self, device) -> "Stats":
+    def to(self, device) -> Stats:
         out = Stats({})
         for k, v in vars(self).items():
             if not k.startswith("_"):

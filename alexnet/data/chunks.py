@@ -82,7 +82,7 @@ class StatsAccumulator:
         self.pixel_sum += flat.sum(0)
         self.outer_sum += flat.T @ flat
 
-    def merge(self, other: "StatsAccumulator") -> None:
+    def merge(self, other: StatsAccumulator) -> None:
         self.n += other.n
         self.image_sum += other.image_sum
         self.pixel_sum += other.pixel_sum

@@ -56,8 +56,10 @@ class UInt8Dataset(PackedDataset):
         if decode not in DECODE_MODES:
             raise UserError(f"decode {decode!r}: choose host (workers decode) or device (decode where the model is)")
         if decode == "device" and self.format != "jpeg":
-            raise UserError(f"{prepared.root}: decode=device needs a JPEG prepared set (this one is "
-                            f"{self.format!r}); use decode=host")
+            raise UserError(
+                f"{prepared.root}: decode=device needs a JPEG prepared set (this one is "
+                f"{self.format!r}); use decode=host"
+            )
         self.crop, self.train, self.decode = crop, train, decode
 
     def __getitems__(self, keys: list):

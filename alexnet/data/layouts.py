@@ -79,7 +79,7 @@ def _names_for_wnids(wnids: list[str], root: str) -> list[str]:
 def _find_files(root: str, names: tuple[str, ...], depth: int = 2) -> list[str]:
     hits = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if dirpath[len(root):].count(os.sep) >= depth:
+        if dirpath[len(root) :].count(os.sep) >= depth:
             dirnames[:] = []
         # Metadata sits beside the images, never inside them: skip image folders (fast on ImageNet).
         dirnames[:] = [d for d in dirnames if d not in ("train", "val", "test", "jpg") and not WNID.match(d)]
@@ -209,8 +209,9 @@ def _devkit_ids(root: str) -> dict[int, str]:
         try:
             from scipy.io import loadmat  # only the devkit route needs scipy
         except ImportError:
-            raise UserError(f"{path}: reading the devkit's meta.mat needs scipy; "
-                            "pip install scipy (or the alexnet[datasets] extra)") from None
+            raise UserError(
+                f"{path}: reading the devkit's meta.mat needs scipy; pip install scipy (or the alexnet[datasets] extra)"
+            ) from None
         try:
             synsets = loadmat(path, squeeze_me=True)["synsets"]
             return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
@@ -266,8 +267,10 @@ def read_flowers17(root: str) -> Source:
         try:
             from scipy.io import loadmat
         except ImportError:
-            raise UserError(f"{split_files[0]}: reading datasplits.mat needs scipy; "
-                            "pip install scipy (or the alexnet[datasets] extra)") from None
+            raise UserError(
+                f"{split_files[0]}: reading datasplits.mat needs scipy; "
+                "pip install scipy (or the alexnet[datasets] extra)"
+            ) from None
         by_num = dict(numbered)
         splits = {}
         try:

@@ -43,7 +43,9 @@ class PreparedSet:
             with np.load(os.path.join(self.root, "stats.npz")) as z:
                 self.stats = {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{self.root}: damaged prepared directory ({exc}); re-run `alexnet prepare --force`") from None
+            raise UserError(
+                f"{self.root}: damaged prepared directory ({exc}); re-run `alexnet prepare --force`"
+            ) from None
         self.class_ids, self.class_names = list(classes["ids"]), list(classes["names"])
         self.num_classes = len(self.class_ids)
         self.size = int(self.manifest.get("size", 256))
@@ -90,7 +92,9 @@ def _pick_decoder():
     try:
         import simplejpeg
 
-        return "simplejpeg", lambda b: torch.from_numpy(simplejpeg.decode_jpeg(b.numpy(), colorspace="RGB")).permute(2, 0, 1)
+        return "simplejpeg", lambda b: torch.from_numpy(simplejpeg.decode_jpeg(b.numpy(), colorspace="RGB")).permute(
+            2, 0, 1
+        )
     except ImportError:
         pass
     return "pillow", _decode_pil

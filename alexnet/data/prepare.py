@@ -59,7 +59,7 @@ def _check_out(out: str, force: bool) -> None:
     prefix = f".{os.path.basename(out)}{PARTIAL}-"
     for name in os.listdir(parent):
         if name.startswith(prefix):
-            pid = name[len(prefix):].split("-")[0]
+            pid = name[len(prefix) :].split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
@@ -154,7 +154,9 @@ def _splits(source, val_fraction: float, seed: int) -> tuple[dict, str]:
         tr, va = stratified_split([lb for _, lb in train], val_fraction, seed)
         splits["train"], splits["val"] = [train[i] for i in tr], [train[i] for i in va]
         val_note = f"stratified {val_fraction:g} of the source's training images, seed {seed}"
-    order = [s for s in ("train", "val", "test") if s in splits] + [s for s in splits if s not in ("train", "val", "test")]
+    order = [s for s in ("train", "val", "test") if s in splits] + [
+        s for s in splits if s not in ("train", "val", "test")
+    ]
     return {s: splits[s] for s in order}, val_note
 
 

@@ -76,7 +76,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[l
         return [pts([1.0] * 6)]
     if shape == "cross":
         a, b = 1.0, 0.36
-        corners = [(a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b), (-b, -a), (b, -a), (b, -b), (a, -b)]
+        corners = [
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+        ]
         c, s = math.cos(angle), math.sin(angle)
         return [[(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in corners]]
     if shape == "ring":

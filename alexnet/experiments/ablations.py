@@ -42,24 +42,39 @@ VARIANTS = {
     "non-overlapping-pool": (["model.pool=non-overlapping"], "2/2 pooling instead of 3/2 (§3.4)"),
     "no-pca": (["data.pca=off"], "without PCA colour noise (§4.1)"),
     "no-dropout": (["model.dropout=0.0"], "without dropout (§4.2)"),
-    "no-bias-decay": (["optim.decay_biases=false"],
-                      "weight decay on the weights only, as cuda-convnet's layer files (§5's rule decays biases too)"),
+    "no-bias-decay": (
+        ["optim.decay_biases=false"],
+        "weight decay on the weights only, as cuda-convnet's layer files (§5's rule decays biases too)",
+    ),
 }
 ABLATIONS = ("no-lrn", "non-overlapping-pool", "no-pca", "no-dropout")  # the paper's claims: run by default
 EXTRA_VARIANTS = ("no-bias-decay",)  # a fidelity question rather than a claim: run when named in --variants
 # The paper's claims as (variant error - paper net error) in percentage points, ImageNet, 1 net.
 PAPER_CLAIMS = {
     "no-lrn": {"top1": 1.4, "top5": 1.2, "text": "LRN reduces top-1/top-5 error by 1.4% / 1.2%"},
-    "non-overlapping-pool": {"top1": 0.4, "top5": 0.3,
-                             "text": "overlapping pooling reduces top-1/top-5 error by 0.4% / 0.3%"},
+    "non-overlapping-pool": {
+        "top1": 0.4,
+        "top5": 0.3,
+        "text": "overlapping pooling reduces top-1/top-5 error by 0.4% / 0.3%",
+    },
     "no-pca": {"top1": 1.0, "top5": None, "text": "PCA colour noise reduces top-1 error by over 1%"},
-    "no-dropout": {"top1": None, "top5": None,
-                   "text": "without dropout the net overfits substantially; dropout roughly doubles the "
-                           "iterations needed to converge"},
+    "no-dropout": {
+        "top1": None,
+        "top5": None,
+        "text": "without dropout the net overfits substantially; dropout roughly doubles the "
+        "iterations needed to converge",
+    },
 }
 RECIPES = {
-    "robust": ["model.init=kaiming", "data.normalize=channel", "data.batch_size=32", "optim.lr=0.01",
-               "schedule.name=constant", "schedule.warmup_epochs=1", "train.stall_steps=0"],
+    "robust": [
+        "model.init=kaiming",
+        "data.normalize=channel",
+        "data.batch_size=32",
+        "optim.lr=0.01",
+        "schedule.name=constant",
+        "schedule.warmup_epochs=1",
+        "train.stall_steps=0",
+    ],
     "paper": [],
 }
 DEMO = {"classes": 10, "per_class": 100, "val_per_class": 20, "size": 112, "seed": 0}
@@ -84,8 +99,9 @@ class AblationConfig:
             raise UserError("--epochs and --seeds must be at least 1")
         unknown = [v for v in self.variants if v not in ABLATIONS + EXTRA_VARIANTS]
         if unknown or not self.variants:
-            raise UserError(f"--variants {','.join(unknown) or '(none)'}: choose from "
-                            f"{', '.join(ABLATIONS + EXTRA_VARIANTS)}")
+            raise UserError(
+                f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(ABLATIONS + EXTRA_VARIANTS)}"
+            )
         if self.recipe not in RECIPES:
             raise UserError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -107,11 +123,19 @@ def demo_data(cache: str | os.PathLike | None = None, say=None, **settings) -> P
     if marker.is_file() and (data / "manifest.json").is_file():
         return data
     if say:
-        say(f"drawing and preparing {spec['classes']} x ({spec['per_class']} + {spec['val_per_class']}) "
-            f"generated images at {spec['size']} px in {base} ...")
+        say(
+            f"drawing and preparing {spec['classes']} x ({spec['per_class']} + {spec['val_per_class']}) "
+            f"generated images at {spec['size']} px in {base} ..."
+        )
     shutil.rmtree(base, ignore_errors=True)
-    make_shapes(base / "images", classes=spec["classes"], per_class=spec["per_class"], size=spec["size"],
-                seed=spec["seed"], val_per_class=spec["val_per_class"])
+    make_shapes(
+        base / "images",
+        classes=spec["classes"],
+        per_class=spec["per_class"],
+        size=spec["size"],
+        seed=spec["seed"],
+        val_per_class=spec["val_per_class"],
+    )
     prepare(str(base / "images"), str(data), size=spec["size"])
     shutil.rmtree(base / "images", ignore_errors=True)
     marker.write_text(json.dumps(spec) + "\n")  # last: marks the set complete
@@ -131,8 +155,13 @@ def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
     from alexnet.train import TrainConfig
 
     overrides = list(RECIPES[config.recipe]) + [
-        "model.name=alexnet", f"data.crop={crop}", f"train.epochs={config.epochs}", f"train.seed={seed}",
-        f"train.device={config.device}", "train.log_every=10"]
+        "model.name=alexnet",
+        f"data.crop={crop}",
+        f"train.epochs={config.epochs}",
+        f"train.seed={seed}",
+        f"train.device={config.device}",
+        "train.log_every=10",
+    ]
     if config.max_steps is not None:
         overrides.append(f"train.max_steps={config.max_steps}")
     if config.workers is not None:
@@ -146,8 +175,9 @@ def finished_run(run: Path, train_config) -> dict | None:
     return read_reusable(run / "result.json", cfg.to_dict(train_config))
 
 
-def train_and_evaluate(data, run: Path, variant: str, seed: int, config: AblationConfig, crop: int,
-                       progress: str) -> dict:
+def train_and_evaluate(
+    data, run: Path, variant: str, seed: int, config: AblationConfig, crop: int, progress: str
+) -> dict:
     """Train one (variant, seed) into `run`, evaluate its last weights (centre crop) on val.
 
     A run a previous start left unfinished with the same settings is resumed (exactly: alexnet train's
@@ -167,14 +197,27 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
         if not same:  # left by a start with other settings: redo it
             shutil.rmtree(run)
     t0 = time.perf_counter()
-    summary = train(data, run, train_config, resume=True, progress=progress,
-                    command=["alexnet", "experiment", "ablations", variant, f"seed={seed}"])
+    summary = train(
+        data,
+        run,
+        train_config,
+        resume=True,
+        progress=progress,
+        command=["alexnet", "experiment", "ablations", variant, f"seed={seed}"],
+    )
     seconds = time.perf_counter() - t0
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     device = pick_device(config.device)
     model = model_from_checkpoint(state, device)
-    loader = make_loader(data, "val", train=False, batch_size=64, crop=crop,
-                         normalize=train_config.data.normalize, workers=train_config.data.workers)
+    loader = make_loader(
+        data,
+        "val",
+        train=False,
+        batch_size=64,
+        crop=crop,
+        normalize=train_config.data.normalize,
+        workers=train_config.data.workers,
+    )
     val = evaluate(model, loader, device=device, num_classes=len(state["classes"]["ids"]))
     pool_used = state["model_kwargs"].get("pool")
     del model, state
@@ -182,19 +225,35 @@ def train_and_evaluate(data, run: Path, variant: str, seed: int, config: Ablatio
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     epochs = [r for r in epochs if r.get("kind") == "epoch"]
-    row = {"seed": seed, "top1_error": val["top1_error"], "top5_error": val["top5_error"], "val_loss": val["loss"],
-           "train_top1_error": epochs[-1]["train_top1_error"] if epochs else None,
-           "steps": summary["step"], "epochs": summary["epoch"], "seconds": seconds, "run": str(run),
-           "pool": pool_used, "stalled": summary["stalled"],
-           "curve": [{k: r.get(k) for k in ("epoch", "step", "train_loss", "train_top1_error", "val_top1_error")}
-                     for r in epochs]}
+    row = {
+        "seed": seed,
+        "top1_error": val["top1_error"],
+        "top5_error": val["top5_error"],
+        "val_loss": val["loss"],
+        "train_top1_error": epochs[-1]["train_top1_error"] if epochs else None,
+        "steps": summary["step"],
+        "epochs": summary["epoch"],
+        "seconds": seconds,
+        "run": str(run),
+        "pool": pool_used,
+        "stalled": summary["stalled"],
+        "curve": [
+            {k: r.get(k) for k in ("epoch", "step", "train_loss", "train_top1_error", "val_top1_error")} for r in epochs
+        ],
+    }
     save_reusable(run / "result.json", cfg.to_dict(train_config), row)  # last: marks the run finished
     return row
 
 
-def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike = "experiments/ablations",
-                  config: AblationConfig | None = None, *, cache=None, progress: str = "auto",
-                  demo: dict | None = None) -> dict:
+def run_ablations(
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike = "experiments/ablations",
+    config: AblationConfig | None = None,
+    *,
+    cache=None,
+    progress: str = "auto",
+    demo: dict | None = None,
+) -> dict:
     """Train the paper net and its ablations, evaluate, write OUT/result.json and OUT/ablations.png.
 
     data: a prepared directory; None or "demo" makes the generated set (DEMO, overridden by `demo`).
@@ -214,23 +273,33 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
             raise UserError("--demo-per-class must be at least 1")
         crop = config.crop or default_crop(spec["size"])
         if crop > spec["size"] or crop < MIN_CROP:  # checked before drawing a set that cannot be used
-            raise UserError(f"--demo-size {spec['size']} (crop {crop}): AlexNet needs a crop of at least {MIN_CROP} "
-                            f"and at most the image size; use --demo-size 76 or more (and --crop at most --demo-size)")
+            raise UserError(
+                f"--demo-size {spec['size']} (crop {crop}): AlexNet needs a crop of at least {MIN_CROP} "
+                f"and at most the image size; use --demo-size 76 or more (and --crop at most --demo-size)"
+            )
         data = demo_data(cache, say, **(demo or {}))
     elif not os.path.isdir(data):
-        raise UserError(f"--data {data}: no such directory; give a prepared directory (alexnet prepare SRC DIR) "
-                        "or --data demo for a generated one")
+        raise UserError(
+            f"--data {data}: no such directory; give a prepared directory (alexnet prepare SRC DIR) "
+            "or --data demo for a generated one"
+        )
     ps = PreparedSet(data)
     if "val" not in ps.splits:
-        raise UserError(f"--data {data}: the prepared set has no val split to evaluate on; "
-                        "re-run alexnet prepare with --val-fraction > 0")
+        raise UserError(
+            f"--data {data}: the prepared set has no val split to evaluate on; "
+            "re-run alexnet prepare with --val-fraction > 0"
+        )
     crop = config.crop or default_crop(ps.size)
     if crop > ps.size or crop < MIN_CROP:
-        raise UserError(f"--crop {crop}: must be between {MIN_CROP} (AlexNet's smallest input) and the "
-                        f"prepared size {ps.size}; prepare the data at a larger --size")
+        raise UserError(
+            f"--crop {crop}: must be between {MIN_CROP} (AlexNet's smallest input) and the "
+            f"prepared size {ps.size}; prepare the data at a larger --size"
+        )
     variants = ["paper"] + [v for v in ABLATIONS + EXTRA_VARIANTS if v in config.variants]
-    say(f"{len(variants)} nets x {config.seeds} seed(s), {config.epochs} epochs each, on {ps.root} "
-        f"({ps.split_size('train')} training / {ps.split_size('val')} val images, crop {crop}, recipe {config.recipe})")
+    say(
+        f"{len(variants)} nets x {config.seeds} seed(s), {config.epochs} epochs each, on {ps.root} "
+        f"({ps.split_size('train')} training / {ps.split_size('val')} val images, crop {crop}, recipe {config.recipe})"
+    )
     start = time.perf_counter()
     runs = {v: [] for v in variants}
     plan = [(seed, v, out / "runs" / f"{v}-seed{seed}") for seed in range(config.seeds) for v in variants]
@@ -245,19 +314,34 @@ def run_ablations(data: str | os.PathLike | None = None, out: str | os.PathLike 
             r = train_and_evaluate(ps, path, v, seed, config, crop, progress)
             say.update()
         train_top1 = r["train_top1_error"]
-        say(f"{v} seed {seed}: val top-1 {r['top1_error']:.3f}, top-5 {r['top5_error']:.3f}, train top-1 "
-            f"{train_top1 if train_top1 is None else round(train_top1, 3)} ({r['seconds']:.0f} s)")
+        say(
+            f"{v} seed {seed}: val top-1 {r['top1_error']:.3f}, top-5 {r['top5_error']:.3f}, train top-1 "
+            f"{train_top1 if train_top1 is None else round(train_top1, 3)} ({r['seconds']:.0f} s)"
+        )
         runs[v].append(r)
     say.close()
     results = summarise(runs)
     result = {
-        "experiment": "ablations", "results": results, "variants": variants,
-        "data": {"dir": ps.root, "generated": generated, "classes": ps.num_classes, "size": ps.size,
-                 "train_images": ps.split_size("train"), "val_images": ps.split_size("val"),
-                 "generator": {**DEMO, **(demo or {})} if generated else None},
-        "settings": {**asdict(config), "variants": variants, "crop": crop,
-                     "recipe_overrides": RECIPES[config.recipe], "evaluation": "last weights, centre crop, val split",
-                     "difference": "variant minus paper net, paired by seed, in error fractions"},
+        "experiment": "ablations",
+        "results": results,
+        "variants": variants,
+        "data": {
+            "dir": ps.root,
+            "generated": generated,
+            "classes": ps.num_classes,
+            "size": ps.size,
+            "train_images": ps.split_size("train"),
+            "val_images": ps.split_size("val"),
+            "generator": {**DEMO, **(demo or {})} if generated else None,
+        },
+        "settings": {
+            **asdict(config),
+            "variants": variants,
+            "crop": crop,
+            "recipe_overrides": RECIPES[config.recipe],
+            "evaluation": "last weights, centre crop, val split",
+            "difference": "variant minus paper net, paired by seed, in error fractions",
+        },
         "seconds": time.perf_counter() - start,
     }
     result["plot"] = plot_ablations(result, out / "ablations.png")
@@ -275,8 +359,11 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         for key in ("top1_error", "top5_error", "train_top1_error"):
             entry[key], entry[key + "_std"] = mean_std([r[key] for r in rows])
             if v != "paper":
-                diffs = [r[key] - paper[r["seed"]][key] for r in rows
-                         if r["seed"] in paper and r[key] is not None and paper[r["seed"]][key] is not None]
+                diffs = [
+                    r[key] - paper[r["seed"]][key]
+                    for r in rows
+                    if r["seed"] in paper and r[key] is not None and paper[r["seed"]][key] is not None
+                ]
                 entry["diff_" + key], entry["diff_" + key + "_std"] = mean_std(diffs)
         entry["seconds"] = mean_std([r["seconds"] for r in rows])[0]
         results[v] = entry
@@ -307,15 +394,17 @@ def plot_ablations(result: dict, path: Path) -> str:
         std = [100 * (res[n]["diff_" + key + "_error_std"] or 0) for n in abl]
         claim = [(PAPER_CLAIMS.get(n, {}).get(key) or np.nan) for n in abl]
         ax2.bar(xa + (2 * k - 1.5) * 0.2, meas, 0.2, yerr=std, capsize=3, color=colour, label=f"{key} measured")
-        ax2.bar(xa + (2 * k - 0.5) * 0.2, claim, 0.2, color="white", edgecolor=colour, hatch="//",
-                label=f"{key} paper")
+        ax2.bar(xa + (2 * k - 0.5) * 0.2, claim, 0.2, color="white", edgecolor=colour, hatch="//", label=f"{key} paper")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xticks(xa, abl, rotation=20, ha="right")
     ax2.set_ylabel("variant − paper net (percentage points)")
     ax2.set_title("positive = the feature helps", fontsize=10)
     ax2.legend(fontsize=8)
     d = result["data"]
-    fig.suptitle(f"Ablations: {d['train_images']} training / {d['val_images']} val images"
-                 f"{' (generated)' if d['generated'] else ''}, {result['settings']['epochs']} epochs, "
-                 f"{result['settings']['seeds']} seed(s), crop {result['settings']['crop']}", fontsize=10)
+    fig.suptitle(
+        f"Ablations: {d['train_images']} training / {d['val_images']} val images"
+        f"{' (generated)' if d['generated'] else ''}, {result['settings']['epochs']} epochs, "
+        f"{result['settings']['seeds']} seed(s), crop {result['settings']['crop']}",
+        fontsize=10,
+    )
     return save_figure(fig, path)

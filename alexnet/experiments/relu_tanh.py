@@ -136,19 +136,29 @@ def load_cifar10(data: str | os.PathLike) -> dict:
 
     data = os.fspath(data)
     if not os.path.isdir(data):
-        raise UserError(f"--data {data}: no such directory; give the folder of CIFAR-10's python batches "
-                        "(cifar-10-batches-py) or leave --data out to use a generated set")
-    d = next((c for c in (data, os.path.join(data, "cifar-10-batches-py"))
-              if os.path.isfile(os.path.join(c, "data_batch_1")) and os.path.isfile(os.path.join(c, "batches.meta"))),
-             None)
+        raise UserError(
+            f"--data {data}: no such directory; give the folder of CIFAR-10's python batches "
+            "(cifar-10-batches-py) or leave --data out to use a generated set"
+        )
+    d = next(
+        (
+            c
+            for c in (data, os.path.join(data, "cifar-10-batches-py"))
+            if os.path.isfile(os.path.join(c, "data_batch_1")) and os.path.isfile(os.path.join(c, "batches.meta"))
+        ),
+        None,
+    )
     if d is None:
-        raise UserError(f"--data {data}: not CIFAR-10 python batches (no data_batch_1 and batches.meta); "
-                        "extract cifar-10-python.tar.gz and give its cifar-10-batches-py folder")
+        raise UserError(
+            f"--data {data}: not CIFAR-10 python batches (no data_batch_1 and batches.meta); "
+            "extract cifar-10-python.tar.gz and give its cifar-10-batches-py folder"
+        )
     try:
         source = read_cifar10(d)
     except Exception as exc:  # noqa: BLE001 - unpickling a damaged file can raise almost anything
-        raise UserError(f"--data {data}: damaged CIFAR-10 batch ({type(exc).__name__}: {exc}); "
-                        "extract cifar-10-python.tar.gz again") from None
+        raise UserError(
+            f"--data {data}: damaged CIFAR-10 batch ({type(exc).__name__}: {exc}); extract cifar-10-python.tar.gz again"
+        ) from None
 
     def arrays(samples):
         if not samples:
@@ -168,13 +178,23 @@ def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 
     wrong = 0
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            wrong += (model(x[i:i + batch]).argmax(1) != y[i:i + batch]).sum().item()
+            wrong += (model(x[i : i + batch]).argmax(1) != y[i : i + batch]).sum().item()
     model.train()
     return wrong / max(1, len(x))
 
 
-def train_curve(activation: str, x: torch.Tensor, y: torch.Tensor, config: ReluTanhConfig, seed: int,
-                device: torch.device, *, eval_index: torch.Tensor, test=None, say=None) -> dict:
+def train_curve(
+    activation: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: ReluTanhConfig,
+    seed: int,
+    device: torch.device,
+    *,
+    eval_index: torch.Tensor,
+    test=None,
+    say=None,
+) -> dict:
     """Train one net; x (N, 3, 32, 32) normalised float32 and y (N,) on `device`.
 
     Returns {"train_error": [E+1 values, epoch 0..E], "seconds": [cumulative training seconds, E+1],
@@ -193,7 +213,7 @@ def train_curve(activation: str, x: torch.Tensor, y: torch.Tensor, config: ReluT
         total, steps = torch.zeros((), device=device), 0
         t0 = time.perf_counter()
         for i in range(0, len(x), config.batch_size):
-            idx = perm[i:i + config.batch_size]
+            idx = perm[i : i + config.batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,14 +223,18 @@ def train_curve(activation: str, x: torch.Tensor, y: torch.Tensor, config: ReluT
         mean_loss = (total / steps).item()  # also waits for the device, so the time below is honest
         elapsed += time.perf_counter() - t0
         if not np.isfinite(mean_loss):
-            raise UserError(f"{activation}, seed {seed}: the training loss became {mean_loss} in epoch {epoch}; "
-                            f"lower --lr (now {lr:g})")
+            raise UserError(
+                f"{activation}, seed {seed}: the training loss became {mean_loss} in epoch {epoch}; "
+                f"lower --lr (now {lr:g})"
+            )
         errors.append(error_rate(model, xe, ye))
         seconds.append(elapsed)
         losses.append(mean_loss)
         if say:
-            say(f"seed {seed} {activation:4s} epoch {epoch}/{config.epochs}: loss {mean_loss:.3f}, "
-                f"training error {errors[-1]:.3f} ({elapsed:.0f} s)")
+            say(
+                f"seed {seed} {activation:4s} epoch {epoch}/{config.epochs}: loss {mean_loss:.3f}, "
+                f"training error {errors[-1]:.3f} ({elapsed:.0f} s)"
+            )
     test_error = error_rate(model, *test) if test is not None else None
     return {"train_error": errors, "seconds": seconds, "loss": losses, "test_error": test_error, "lr": lr}
 
@@ -226,8 +250,11 @@ def crossing(errors: list[float], seconds: list[float], target: float) -> dict:
             if k == 0:
                 return {"epochs": 0.0, "seconds": 0.0, "first_epoch": 0}
             frac = (errors[k - 1] - target) / (errors[k - 1] - e)
-            return {"epochs": k - 1 + frac, "seconds": seconds[k - 1] + frac * (seconds[k] - seconds[k - 1]),
-                    "first_epoch": k}
+            return {
+                "epochs": k - 1 + frac,
+                "seconds": seconds[k - 1] + frac * (seconds[k] - seconds[k - 1]),
+                "first_epoch": k,
+            }
     return {"epochs": None, "seconds": None, "first_epoch": None}
 
 
@@ -243,9 +270,14 @@ def _speedup(relu: dict, tanh: dict, key: str, total: float) -> tuple[float | No
 # ---------------------------------------------------------------- the experiment
 
 
-def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLike = "experiments/relu-vs-tanh",
-                     config: ReluTanhConfig | None = None, *, cache: str | os.PathLike | None = None,
-                     progress: bool = True) -> dict:
+def run_relu_vs_tanh(
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike = "experiments/relu-vs-tanh",
+    config: ReluTanhConfig | None = None,
+    *,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
     """Run Figure 1's experiment; write OUT/result.json and OUT/relu-vs-tanh.png; return the result.
 
     data: folder of CIFAR-10 python batches; None generates a stand-in set in the cache (GENERATED).
@@ -264,7 +296,7 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
     sets = load_cifar10(data)
     x, y = sets["train"]
     if config.limit:
-        x, y = x[:config.limit], y[:config.limit]
+        x, y = x[: config.limit], y[: config.limit]
     device = pick_device(config.device)
     # Per-channel standardisation from the training images: both nets see unit-variance inputs.
     xf = x.float().div_(255)
@@ -276,15 +308,24 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
         test = (((sets["test"][0].float() / 255 - mean) / std).to(device), sets["test"][1].to(device))
     eval_index = torch.randperm(len(xf), generator=torch.Generator().manual_seed(1234))[:EVAL_IMAGES].sort().values
     eval_index = eval_index.to(device)
-    say(f"{len(xf)} training images from {data}{' (generated)' if generated else ''}; {config.epochs} epochs "
-        f"x {config.seeds} seed(s) x 2 nets on {device}")
+    say(
+        f"{len(xf)} training images from {data}{' (generated)' if generated else ''}; {config.epochs} epochs "
+        f"x {config.seeds} seed(s) x 2 nets on {device}"
+    )
 
     start = time.perf_counter()
     # what a finished net's curve depends on: a restart with the same OUT reuses those that match
-    key = {"settings": {k: v for k, v in asdict(config).items() if k != "seeds"}, "data": str(sets["dir"]),
-           "train_images": len(xf), "device": str(device)}
-    curves = {(act, seed): read_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]})
-              for seed in range(config.seeds) for act in ACTIVATIONS}
+    key = {
+        "settings": {k: v for k, v in asdict(config).items() if k != "seeds"},
+        "data": str(sets["dir"]),
+        "train_images": len(xf),
+        "device": str(device),
+    }
+    curves = {
+        (act, seed): read_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]})
+        for seed in range(config.seeds)
+        for act in ACTIVATIONS
+    }
     say.count(len(curves), "net", done=sum(c is not None for c in curves.values()))
     runs = {a: [] for a in ACTIVATIONS}
     per_seed = []
@@ -308,18 +349,33 @@ def run_relu_vs_tanh(data: str | os.PathLike | None = None, out: str | os.PathLi
     say.close()
 
     result = {"experiment": "relu-vs-tanh", **_summarise(runs, per_seed, config)}
-    result.update({
-        "data": {"dir": str(sets["dir"]), "generated": generated, "train_images": len(xf),
-                 "eval_images": len(eval_index), "test_images": len(test[1]) if test else 0,
-                 "generator": GENERATED if generated else None},
-        "net": ("conv5x5-32 maxpool3/2, conv5x5-32 avgpool3/2, conv5x5-64 avgpool3/2, fc-10 "
-                "(cuda-convnet layers-80sec, no LRN)"),
-        "settings": {**asdict(config), "optimizer": "SGD with momentum, no weight decay", "init": "PyTorch default",
-                     "input": "per-channel standardised", "device": str(device), "threads": torch.get_num_threads(),
-                     "epochs_to_target": "linear interpolation between per-epoch evaluations"},
-        "paper_speedup": PAPER_SPEEDUP,
-        "seconds": time.perf_counter() - start,
-    })
+    result.update(
+        {
+            "data": {
+                "dir": str(sets["dir"]),
+                "generated": generated,
+                "train_images": len(xf),
+                "eval_images": len(eval_index),
+                "test_images": len(test[1]) if test else 0,
+                "generator": GENERATED if generated else None,
+            },
+            "net": (
+                "conv5x5-32 maxpool3/2, conv5x5-32 avgpool3/2, conv5x5-64 avgpool3/2, fc-10 "
+                "(cuda-convnet layers-80sec, no LRN)"
+            ),
+            "settings": {
+                **asdict(config),
+                "optimizer": "SGD with momentum, no weight decay",
+                "init": "PyTorch default",
+                "input": "per-channel standardised",
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "epochs_to_target": "linear interpolation between per-epoch evaluations",
+            },
+            "paper_speedup": PAPER_SPEEDUP,
+            "seconds": time.perf_counter() - start,
+        }
+    )
     result["plot"] = plot_relu_vs_tanh(result, out / "relu-vs-tanh.png")
     write_json(out / "result.json", result)
     result["json"] = str(out / "result.json")
@@ -337,10 +393,15 @@ def _summarise(runs: dict, per_seed: list, config: ReluTanhConfig) -> dict:
         first[act] = [r["first_epoch"] for r in reached]
         test[act] = mean_std([c["test_error"] for c in curves_])[0]
         errors = np.array([c["train_error"] for c in curves_])
-        curves[act] = {"epoch": list(range(config.epochs + 1)), "train_error": errors.tolist(),
-                       "mean": errors.mean(0).tolist(), "seconds": [c["seconds"] for c in curves_],
-                       "loss": [c["loss"] for c in curves_], "lr": curves_[0]["lr"],
-                       "seeds_reached": sum(r["epochs"] is not None for r in reached)}
+        curves[act] = {
+            "epoch": list(range(config.epochs + 1)),
+            "train_error": errors.tolist(),
+            "mean": errors.mean(0).tolist(),
+            "seconds": [c["seconds"] for c in curves_],
+            "loss": [c["loss"] for c in curves_],
+            "lr": curves_[0]["lr"],
+            "seeds_reached": sum(r["epochs"] is not None for r in reached),
+        }
     speed, speed_std = mean_std([r["speedup"] for r in per_seed])
     lower = any(r["speedup_is_lower_bound"] for r in per_seed)
     missing = any(r["speedup"] is None for r in per_seed)
@@ -349,13 +410,25 @@ def _summarise(runs: dict, per_seed: list, config: ReluTanhConfig) -> dict:
         speed, speed_std = None, None
         note = f"ReLU did not reach {config.target:.0%} training error in {config.epochs} epochs; raise --epochs"
     elif lower:
-        note = (f"tanh did not reach {config.target:.0%} within {config.epochs} epochs in some seed(s): the "
-                "speed-up is a lower bound (epochs run / ReLU's epochs); raise --epochs for the value")
-    return {"target": config.target, "epochs_to_25": epochs_to, "epochs_to_25_std": epochs_std,
-            "seconds_to_25": seconds_to, "first_epoch_at_25": first, "speedup": speed, "speedup_std": speed_std,
-            "speedup_is_lower_bound": lower and not missing,
-            "speedup_seconds": None if missing else mean_std([r["speedup_seconds"] for r in per_seed])[0],
-            "final_test_error": test, "curves": curves, "per_seed": per_seed, "note": note}
+        note = (
+            f"tanh did not reach {config.target:.0%} within {config.epochs} epochs in some seed(s): the "
+            "speed-up is a lower bound (epochs run / ReLU's epochs); raise --epochs for the value"
+        )
+    return {
+        "target": config.target,
+        "epochs_to_25": epochs_to,
+        "epochs_to_25_std": epochs_std,
+        "seconds_to_25": seconds_to,
+        "first_epoch_at_25": first,
+        "speedup": speed,
+        "speedup_std": speed_std,
+        "speedup_is_lower_bound": lower and not missing,
+        "speedup_seconds": None if missing else mean_std([r["speedup_seconds"] for r in per_seed])[0],
+        "final_test_error": test,
+        "curves": curves,
+        "per_seed": per_seed,
+        "note": note,
+    }
 
 
 def plot_relu_vs_tanh(result: dict, path: Path) -> str:
@@ -383,10 +456,14 @@ def plot_relu_vs_tanh(result: dict, path: Path) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     speed = result["speedup"]
-    title = f"speed-up to {target:.0%}: " + ("n/a" if speed is None else
-                                             f"{'≥ ' if result['speedup_is_lower_bound'] else ''}{speed:.1f}×")
+    title = f"speed-up to {target:.0%}: " + (
+        "n/a" if speed is None else f"{'≥ ' if result['speedup_is_lower_bound'] else ''}{speed:.1f}×"
+    )
     n = result["data"]["train_images"]
     generated = "generated " if result["data"]["generated"] else ""
-    fig.suptitle(f"Four-layer CNN, ReLU (solid) vs tanh (dashed), {n} {generated}"
-                 f"CIFAR-10 images, {len(result['per_seed'])} seed(s); {title} (paper: ~6×)", fontsize=10)
+    fig.suptitle(
+        f"Four-layer CNN, ReLU (solid) vs tanh (dashed), {n} {generated}"
+        f"CIFAR-10 images, {len(result['per_seed'])} seed(s); {title} (paper: ~6×)",
+        fontsize=10,
+    )
     return save_figure(fig, path)

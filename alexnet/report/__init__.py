@@ -61,19 +61,28 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
         notes.append(f"log.jsonl has {records.bad_lines} unreadable line(s) (cut by a kill?); they are skipped.")
     ckpt = checkpoint_path(records, checkpoint)
     best = records.root / "checkpoints" / "best.pt"
-    if checkpoint is None and ckpt is not None and ckpt.name == "last.pt" and best.is_file() \
-            and not os.path.samefile(best, ckpt):
-        notes.append("Shown: last.pt, the end of the run. best.pt (the lowest validation error during training) "
-                     "differs; its validation numbers are optimistic, as it was chosen on that split. Show it with "
-                     "--checkpoint RUN/checkpoints/best.pt.")
+    if (
+        checkpoint is None
+        and ckpt is not None
+        and ckpt.name == "last.pt"
+        and best.is_file()
+        and not os.path.samefile(best, ckpt)
+    ):
+        notes.append(
+            "Shown: last.pt, the end of the run. best.pt (the lowest validation error during training) "
+            "differs; its validation numbers are optimistic, as it was chosen on that split. Show it with "
+            "--checkpoint RUN/checkpoints/best.pt."
+        )
     result = None
     if ckpt is None:
         notes.append("No checkpoint yet (RUN/checkpoints/last.pt or best.pt): training curves and settings only.")
     else:
         prepared = data_path(records, data)
         if prepared is None:
-            raise UserError(f"{records.root}: the run does not record its prepared directory (env.json \"data\"); "
-                            "give it with --data DIR")
+            raise UserError(
+                f'{records.root}: the run does not record its prepared directory (env.json "data"); '
+                "give it with --data DIR"
+            )
         say(f"evaluating {ckpt}")
         result = analyse(records, ckpt, prepared, device=device, say=say)
         notes += result["notes"]
@@ -84,10 +93,14 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
         os.chmod(tmp, 0o755)
         say("drawing the figures")
         sections, summary = _sections(records, result, tmp, notes)
-        html = page.render(title=f"AlexNet run report: {records.root.name}", subtitle=_subtitle(records, result),
-                           headline=_headline(records, result), notes=notes, sections=sections,
-                           footer=f"Written by alexnet {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                                  f"from {records.root}.")
+        html = page.render(
+            title=f"AlexNet run report: {records.root.name}",
+            subtitle=_subtitle(records, result),
+            headline=_headline(records, result),
+            notes=notes,
+            sections=sections,
+            footer=f"Written by alexnet {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')} from {records.root}.",
+        )
         write_text(tmp / "index.html", html)
         write_json(tmp / "report.json", summary)
         _replace(tmp, out)
@@ -135,33 +148,57 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
     cards = []
     if result and result["centre"]:
         c, t = result["centre"], result["ten"]
-        cards += [(f"{result['split']} top-1 error", page.pct(c["top1_error"]), f"centre crop, {c['n']:,} images"),
-                  (f"{result['split']} top-5 error", page.pct(c["top5_error"]), "centre crop")]
+        cards += [
+            (f"{result['split']} top-1 error", page.pct(c["top1_error"]), f"centre crop, {c['n']:,} images"),
+            (f"{result['split']} top-5 error", page.pct(c["top5_error"]), "centre crop"),
+        ]
         if t:
-            cards += [("top-1 error, 10 crops", page.pct(t["top1_error"]), f"{t['n']:,} images"),
-                      ("top-5 error, 10 crops", page.pct(t["top5_error"]), "softmax averaged over crops")]
+            cards += [
+                ("top-1 error, 10 crops", page.pct(t["top1_error"]), f"{t['n']:,} images"),
+                ("top-5 error, 10 crops", page.pct(t["top5_error"]), "softmax averaged over crops"),
+            ]
     elif epochs and epochs[-1].get("val_top1_error") is not None:
         cards.append(("val top-1 error", page.pct(epochs[-1]["val_top1_error"]), f"logged after epoch {done}"))
-    cards += [("epochs", f"{done}" + (f" / {total}" if total else ""), f"{epochs[-1]['step']:,} steps" if epochs else "none finished"),
-              ("training time", page.duration(seconds), timing),
-              ("device", str(records.env.get("device", "?")), str(records.env.get("device_name", "")))]
+    cards += [
+        (
+            "epochs",
+            f"{done}" + (f" / {total}" if total else ""),
+            f"{epochs[-1]['step']:,} steps" if epochs else "none finished",
+        ),
+        ("training time", page.duration(seconds), timing),
+        ("device", str(records.env.get("device", "?")), str(records.env.get("device_name", ""))),
+    ]
     return cards
 
 
 def _sections(records, result, tmp: Path, notes: list[str]):
     """The page's sections (anchor, title, HTML) and report.json's summary; writes the PNGs to tmp."""
     sections = []
-    summary = {"run": str(records.root), "checkpoint": result and result["checkpoint"], "figures": [],
-               "notes": notes, "epochs_logged": len(records.epochs), "steps_logged": len(records.steps)}
+    summary = {
+        "run": str(records.root),
+        "checkpoint": result and result["checkpoint"],
+        "figures": [],
+        "notes": notes,
+        "epochs_logged": len(records.epochs),
+        "steps_logged": len(records.steps),
+    }
     schedule = (records.config.get("schedule") or {}).get("name")
     figures.training_curves(records.steps, records.epochs, tmp / "curves.png", schedule=schedule)
     summary["figures"].append("curves.png")
-    sections.append(("curves", "Training curves", page.figure(
-        "curves.png", "training curves",
-        "Blue: training (thin line: each logged interval; dots: epoch means, measured on augmented crops "
-        "with dropout on, so higher than a clean pass would give). Red: validation after each epoch, centre "
-        "crop. Dashed lines: learning-rate drops (÷10 in the paper, §5). Validation error levelling off while "
-        "training error keeps falling is overfitting; a flat loss near ln(classes) is a stalled start.")))
+    sections.append(
+        (
+            "curves",
+            "Training curves",
+            page.figure(
+                "curves.png",
+                "training curves",
+                "Blue: training (thin line: each logged interval; dots: epoch means, measured on augmented crops "
+                "with dropout on, so higher than a clean pass would give). Red: validation after each epoch, centre "
+                "crop. Dashed lines: learning-rate drops (÷10 in the paper, §5). Validation error levelling off while "
+                "training error keeps falling is overfitting; a flat loss near ln(classes) is a stalled start.",
+            ),
+        )
+    )
 
     if result is not None:
         sections.append(("evaluation", "Evaluation", _evaluation(records, result)))
@@ -170,28 +207,47 @@ def _sections(records, result, tmp: Path, notes: list[str]):
         if result["conv1"] is not None:
             figures.conv1_kernels(result["conv1"], tmp / "conv1.png", towers=result["towers"])
             summary["figures"].append("conv1.png")
-            sections.append(("figure3", "Figure 3: conv1 kernels", page.figure(
-                "conv1.png", "conv1 kernels",
-                "The first layer's kernels, each shown as an 11×11 RGB patch scaled to its own minimum and "
-                "maximum (grey = zero weight only when the kernel is symmetric around zero). In the paper the two "
-                "towers ran on two GPUs and specialised: tower 1 learned mostly colour-agnostic edge and "
-                "frequency detectors, tower 2 mostly colour blobs. A short run shows noisier, less "
-                "structured kernels; smooth oriented stripes are a sign of a well-trained net.")))
+            sections.append(
+                (
+                    "figure3",
+                    "Figure 3: conv1 kernels",
+                    page.figure(
+                        "conv1.png",
+                        "conv1 kernels",
+                        "The first layer's kernels, each shown as an 11×11 RGB patch scaled to its own minimum and "
+                        "maximum (grey = zero weight only when the kernel is symmetric around zero). In the paper the two "
+                        "towers ran on two GPUs and specialised: tower 1 learned mostly colour-agnostic edge and "
+                        "frequency detectors, tower 2 mostly colour blobs. A short run shows noisier, less "
+                        "structured kernels; smooth oriented stripes are a sign of a well-trained net.",
+                    ),
+                )
+            )
         else:
-            notes.append(f"Figure 3 shows AlexNet's conv1 kernels; this run's model "
-                         f"({result['state']['model_name']}) is not an AlexNet, so it is skipped.")
+            notes.append(
+                f"Figure 3 shows AlexNet's conv1 kernels; this run's model "
+                f"({result['state']['model_name']}) is not an AlexNet, so it is skipped."
+            )
         if result["top5"]:
             pos = result["top5"]
             images = [result["images"](result["split"], result["indices"][p]) for p in pos]
-            figures.top5_panel(images, result["probs"][pos], [int(result["labels"][p]) for p in pos], names,
-                               tmp / "top5.png")
+            figures.top5_panel(
+                images, result["probs"][pos], [int(result["labels"][p]) for p in pos], names, tmp / "top5.png"
+            )
             summary["figures"].append("top5.png")
-            sections.append(("figure4-left", "Figure 4 (left): top-5 predictions", page.figure(
-                "top5.png", "top-5 predictions",
-                f"{len(pos)} {result['split']} images (picked at random from different classes), centre crop. "
-                "Under each image: its correct label (green when it is the top guess). The bars are the five "
-                "most probable labels with their softmax probability; the correct label's bar is red when "
-                "it is among them. Plausible wrong guesses (similar shapes or colours) are the paper's point.")))
+            sections.append(
+                (
+                    "figure4-left",
+                    "Figure 4 (left): top-5 predictions",
+                    page.figure(
+                        "top5.png",
+                        "top-5 predictions",
+                        f"{len(pos)} {result['split']} images (picked at random from different classes), centre crop. "
+                        "Under each image: its correct label (green when it is the top guess). The bars are the five "
+                        "most probable labels with their softmax probability; the correct label's bar is red when "
+                        "it is among them. Plausible wrong guesses (similar shapes or colours) are the paper's point.",
+                    ),
+                )
+            )
         if result["queries"]:
             queries, rows = [], []
             for row, label, hits in result["queries"]:
@@ -200,23 +256,39 @@ def _sections(records, result, tmp: Path, notes: list[str]):
             figures.neighbours_panel(queries, rows, tmp / "neighbours.png")
             summary["figures"].append("neighbours.png")
             summary["neighbours"] = result["queries"]
-            sections.append(("figure4-right", "Figure 4 (right): nearest neighbours in fc7", page.figure(
-                "neighbours.png", "nearest neighbours",
-                f"First column: {result['split']} images. Each row continues with the {NEIGHBOURS} training "
-                "images whose fc7 vectors (4096-d, the last hidden layer, centre crop) are closest in Euclidean "
-                "distance d. Green titles share the query's class. When neighbours match in class but not "
-                "in pixels (pose, position, background), the net has learned features beyond raw appearance.")))
+            sections.append(
+                (
+                    "figure4-right",
+                    "Figure 4 (right): nearest neighbours in fc7",
+                    page.figure(
+                        "neighbours.png",
+                        "nearest neighbours",
+                        f"First column: {result['split']} images. Each row continues with the {NEIGHBOURS} training "
+                        "images whose fc7 vectors (4096-d, the last hidden layer, centre crop) are closest in Euclidean "
+                        "distance d. Green titles share the query's class. When neighbours match in class but not "
+                        "in pixels (pose, position, background), the net has learned features beyond raw appearance.",
+                    ),
+                )
+            )
         c = len(names)
         if result["centre"] and c <= MAX_CONFUSION_CLASSES:
             cm = figures.confusion_matrix(result["labels"], result["probs"].argmax(1), c)
             figures.confusion(cm, names, tmp / "confusion.png")
             summary["figures"].append("confusion.png")
             summary["confusion"] = cm.tolist()
-            sections.append(("confusion", "Confusion matrix", page.figure(
-                "confusion.png", "confusion matrix",
-                "Row = true class, column = the top-1 prediction (centre crop); colours are row fractions, "
-                "numbers are image counts. A perfect net is a dark diagonal; off-diagonal cells show which "
-                "classes are mistaken for which.")))
+            sections.append(
+                (
+                    "confusion",
+                    "Confusion matrix",
+                    page.figure(
+                        "confusion.png",
+                        "confusion matrix",
+                        "Row = true class, column = the top-1 prediction (centre crop); colours are row fractions, "
+                        "numbers are image counts. A perfect net is a dark diagonal; off-diagonal cells show which "
+                        "classes are mistaken for which.",
+                    ),
+                )
+            )
         elif result["centre"]:
             notes.append(f"No confusion matrix: {c} classes (it is drawn for at most {MAX_CONFUSION_CLASSES}).")
         arch = _architecture(result, notes)
@@ -231,7 +303,10 @@ def _evaluation(records, result) -> str:
         return "<p>No evaluation split: see the notes above.</p>"
     split = result["split"]
     rows = []
-    for name, r in (("centre crop", result["centre"]), ("10 crops (4 corners + centre, mirrored; softmax averaged)", result["ten"])):
+    for name, r in (
+        ("centre crop", result["centre"]),
+        ("10 crops (4 corners + centre, mirrored; softmax averaged)", result["ten"]),
+    ):
         if r:
             rows.append([name, f"{r['n']:,}", page.pct(r["top1_error"]), page.pct(r["top5_error"]), f"{r['loss']:.4f}"])
     try:
@@ -240,17 +315,25 @@ def _evaluation(records, result) -> str:
     except Exception:  # noqa: BLE001 - the comparison rows are a nicety
         pass
     best = [r["val_top1_error"] for r in records.epochs if isinstance(r.get("val_top1_error"), (int, float))]
-    source = " The 10-crop row is read from RUN/eval.json, which measured these same weights." \
-        if (result["ten"] or {}).get("source") == "eval.json" else ""
-    how = (f"<p class=\"how\">Checkpoint <code>{page.esc(result['checkpoint'])}</code>{page.esc(_position(result))} "
-           f"on the {page.esc(split)} split "
-           f"of <code>{page.esc(result['data'])}</code>; crop {result['crop']}, {page.esc(result['normalize'])} "
-           f"normalisation. Top-5 error counts an image wrong when its label is not among the five most probable "
-           f"(paper §6).{page.esc(source)}"
-           + (f" Lowest validation top-1 error logged during training: {page.pct(min(best))}." if best else "")
-           + "</p>")
-    return (page.table([split + " split", "images", "top-1 error", "top-5 error", "loss"], rows, numeric=(1, 2, 3, 4))
-            + how + _per_class(result))
+    source = (
+        " The 10-crop row is read from RUN/eval.json, which measured these same weights."
+        if (result["ten"] or {}).get("source") == "eval.json"
+        else ""
+    )
+    how = (
+        f'<p class="how">Checkpoint <code>{page.esc(result["checkpoint"])}</code>{page.esc(_position(result))} '
+        f"on the {page.esc(split)} split "
+        f"of <code>{page.esc(result['data'])}</code>; crop {result['crop']}, {page.esc(result['normalize'])} "
+        f"normalisation. Top-5 error counts an image wrong when its label is not among the five most probable "
+        f"(paper §6).{page.esc(source)}"
+        + (f" Lowest validation top-1 error logged during training: {page.pct(min(best))}." if best else "")
+        + "</p>"
+    )
+    return (
+        page.table([split + " split", "images", "top-1 error", "top-5 error", "loss"], rows, numeric=(1, 2, 3, 4))
+        + how
+        + _per_class(result)
+    )
 
 
 def _position(result) -> str:
@@ -296,15 +379,22 @@ def _settings(records) -> str:
     env = dict(records.env)
     wall = page.wall_time(records.env, records.steps, records.epochs)
     epoch_s = sum(r.get("seconds") or 0 for r in records.epochs) if records.epochs else None
-    timing = [["training time (sum of epochs, validation included)", page.duration(epoch_s)],
-              ["wall clock, start to last log record", page.duration(wall)],
-              ["epochs logged", len(records.epochs)], ["step records", len(records.steps)]]
-    rates = [r["img_s"] for r in records.steps if isinstance(r.get("img_s"), (int, float)) and math.isfinite(r["img_s"])]
+    timing = [
+        ["training time (sum of epochs, validation included)", page.duration(epoch_s)],
+        ["wall clock, start to last log record", page.duration(wall)],
+        ["epochs logged", len(records.epochs)],
+        ["step records", len(records.steps)],
+    ]
+    rates = [
+        r["img_s"] for r in records.steps if isinstance(r.get("img_s"), (int, float)) and math.isfinite(r["img_s"])
+    ]
     if rates:
         timing.append(["training speed (median of logged intervals)", f"{sorted(rates)[len(rates) // 2]:.1f} images/s"])
     for event in records.events:
         if event.get("message"):
             timing.append([f"{event.get('kind', 'event')} at step {event.get('step', '?')}", event["message"]])
-    return (f'<div class="grid2"><div><h3>Environment</h3>{page.kv_table(env) if env else "<p>No env.json.</p>"}</div>'
-            f"<div><h3>Duration</h3>{page.table(['', ''], timing)}</div></div>"
-            f"<h3>Resolved config (config.json)</h3>{page.config_tables(records.config)}")
+    return (
+        f'<div class="grid2"><div><h3>Environment</h3>{page.kv_table(env) if env else "<p>No env.json.</p>"}</div>'
+        f"<div><h3>Duration</h3>{page.table(['', ''], timing)}</div></div>"
+        f"<h3>Resolved config (config.json)</h3>{page.config_tables(records.config)}"
+    )

@@ -66,8 +66,10 @@ def read_run(run) -> RunRecords:
         raise UserError(f"{run}: no such run directory; give a directory written by `alexnet train`")
     markers = ("config.json", "log.jsonl", "checkpoints")
     if not any((root / m).exists() for m in markers):
-        raise UserError(f"{root}: not a run directory (no config.json, log.jsonl or checkpoints/); "
-                        "give a directory written by `alexnet train`")
+        raise UserError(
+            f"{root}: not a run directory (no config.json, log.jsonl or checkpoints/); "
+            "give a directory written by `alexnet train`"
+        )
     records = RunRecords(root, _read_json(root / "config.json"), _read_json(root / "env.json"))
     log = root / "log.jsonl"
     if log.is_file():
@@ -91,8 +93,9 @@ def data_path(records: RunRecords, data=None) -> str | None:
     for value in (records.env.get("data"), (records.config.get("data") or {}).get("path")):
         if isinstance(value, str) and value:
             if not os.path.isdir(value):
-                raise UserError(f"{records.root}: the run's prepared directory {value} no longer exists; "
-                                "give it with --data DIR")
+                raise UserError(
+                    f"{records.root}: the run's prepared directory {value} no longer exists; give it with --data DIR"
+                )
             return value
     return None
 
@@ -156,8 +159,13 @@ def _eval_json(records: RunRecords, ckpt: Path, split: str, n: int) -> dict | No
         doc = json.loads(path.read_text())
         for result in doc if isinstance(doc, list) else [doc]:
             models = result.get("models") or []
-            if (result.get("crops") == 10 and result.get("split") == split and len(models) == 1
-                    and os.path.samefile(models[0], ckpt) and int(result["n"]) == n):
+            if (
+                result.get("crops") == 10
+                and result.get("split") == split
+                and len(models) == 1
+                and os.path.samefile(models[0], ckpt)
+                and int(result["n"]) == n
+            ):
                 return {k: float(result[k]) for k in ("loss", "top1_error", "top5_error")} | {"n": n}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -171,17 +179,33 @@ def _open(records: RunRecords, ckpt: Path, data: str, device, notes: list[str]):
     check_classes(net.state, prepared.class_ids, prepared.root)
     out_features = num_outputs(net.model)
     if out_features is not None and out_features != prepared.num_classes:
-        raise UserError(f"{ckpt}: the net has {out_features} outputs but {prepared.root} has "
-                        f"{prepared.num_classes} classes; give the prepared directory it was trained on (--data)")
+        raise UserError(
+            f"{ckpt}: the net has {out_features} outputs but {prepared.root} has "
+            f"{prepared.num_classes} classes; give the prepared directory it was trained on (--data)"
+        )
     model = net.model
     alexnet = isinstance(model, AlexNet)
-    out = {"checkpoint": str(ckpt), "state": net.state, "data": prepared.root, "classes": prepared.class_names,
-           "split": None, "split_size": 0, "centre": None, "ten": None, "notes": notes,
-           "probs": np.zeros((0, prepared.num_classes), np.float32), "labels": np.zeros(0, np.int64),
-           "indices": np.zeros(0, np.int64), "top5": [], "queries": [], "crop": net.preprocess["crop"],
-           "normalize": net.preprocess["normalize"],
-           "conv1": model.features[0].weight.detach().float().cpu().numpy() if alexnet else None,
-           "towers": alexnet and model.variant == "paper", "alexnet": alexnet}
+    out = {
+        "checkpoint": str(ckpt),
+        "state": net.state,
+        "data": prepared.root,
+        "classes": prepared.class_names,
+        "split": None,
+        "split_size": 0,
+        "centre": None,
+        "ten": None,
+        "notes": notes,
+        "probs": np.zeros((0, prepared.num_classes), np.float32),
+        "labels": np.zeros(0, np.int64),
+        "indices": np.zeros(0, np.int64),
+        "top5": [],
+        "queries": [],
+        "crop": net.preprocess["crop"],
+        "normalize": net.preprocess["normalize"],
+        "conv1": model.features[0].weight.detach().float().cpu().numpy() if alexnet else None,
+        "towers": alexnet and model.variant == "paper",
+        "alexnet": alexnet,
+    }
     return prepared, net, out
 
 
@@ -190,8 +214,10 @@ def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds:
     split, notes = out["split"], out["notes"]
     rows = spread(len(ds), MAX_CENTRE)
     if len(rows) < len(ds):
-        notes.append(f"Centre-crop evaluation uses {len(rows):,} of the {len(ds):,} {split} images "
-                     "(evenly spaced), to keep the report fast.")
+        notes.append(
+            f"Centre-crop evaluation uses {len(rows):,} of the {len(ds):,} {split} images "
+            "(evenly spaced), to keep the report fast."
+        )
     out["labels"], out["indices"] = ds.labels[rows], rows
     if len(rows) == 0:
         notes.append(f"The {split} split is empty: no evaluation.")
@@ -213,8 +239,10 @@ def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds:
     if ten is None:
         rows10 = spread(len(ds), MAX_TEN_CROP)
         if len(rows10) < len(ds):
-            notes.append(f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "
-                         "(evenly spaced), to keep the report fast.")
+            notes.append(
+                f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "
+                "(evenly spaced), to keep the report fast."
+            )
         say(f"10 crops over {len(rows10)} {split} images")
         p10 = [net.probabilities(x, crops=10) for x, _ in loader(ds, rows10, 10)]
         ten = scores(torch.cat(p10).numpy(), ds.labels[rows10])
@@ -230,21 +258,26 @@ def _neighbours(out: dict, net: TrainedNet, ds: PackedDataset, train: PackedData
     query = torch.cat([net.features(x) for x, _ in loader(ds, qrows, 1)])
     trows = spread(len(train), MAX_TRAIN_FEATURES)
     if len(trows) < len(train):
-        notes.append(f"Figure 4 (right) searches {len(trows):,} of the {len(train):,} training images "
-                     "(evenly spaced), to keep the report fast.")
+        notes.append(
+            f"Figure 4 (right) searches {len(trows):,} of the {len(train):,} training images "
+            "(evenly spaced), to keep the report fast."
+        )
     say(f"fc7 features of {len(trows)} training images")
     dists = [torch.cdist(query.double(), net.features(x).double()) for x, _ in loader(train, trows, 1)]
     dist = torch.cat(dists, dim=1)  # (queries, train images), Euclidean
     k = min(NEIGHBOURS, dist.shape[1])
     near = dist.topk(k, dim=1, largest=False)
     for q, row in enumerate(qrows):
-        hits = [(int(trows[j]), int(train.labels[trows[j]]), float(d))
-                for d, j in zip(near.values[q].tolist(), near.indices[q].tolist())]
+        hits = [
+            (int(trows[j]), int(train.labels[trows[j]]), float(d))
+            for d, j in zip(near.values[q].tolist(), near.indices[q].tolist())
+        ]
         out["queries"].append((int(row), int(ds.labels[row]), hits))
 
 
-def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_size: int = 64,
-            say=lambda text: None) -> dict:
+def analyse(
+    records: RunRecords, ckpt: Path, data: str, *, device=None, batch_size: int = 64, say=lambda text: None
+) -> dict:
     """Run the checkpoint over the prepared set; everything the figures and tables need.
 
     Returns {"checkpoint", "state" (without weights), "classes" (names), "split", "split_size",
@@ -282,8 +315,9 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, batch_si
     # Figure 4: examples from different classes; the retrieval queries are other images.
     out["top5"] = pick_examples(out["labels"], TOP5_IMAGES, seed=0)
     if not out["alexnet"]:
-        notes.append(f"Figure 4 (right) needs fc7 features, which only AlexNet nets have "
-                     f"(this is {net.state['model_name']}).")
+        notes.append(
+            f"Figure 4 (right) needs fc7 features, which only AlexNet nets have (this is {net.state['model_name']})."
+        )
     elif "train" not in prepared.splits or prepared.split_size("train") == 0:
         notes.append("No training split in the prepared directory: Figure 4 (right) is skipped.")
     else:

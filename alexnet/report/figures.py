@@ -22,11 +22,21 @@ import numpy as np  # noqa: E402
 TRAIN, VAL, DROP, TRUTH, OTHER = "#1f77b4", "#d62728", "#9467bd", "#d62728", "#9ecae1"
 DPI = 110
 
-plt.rcParams.update({
-    "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.grid": True,
-    "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI,
-    "savefig.dpi": DPI, "savefig.bbox": "tight", "savefig.facecolor": "white",
-})
+plt.rcParams.update(
+    {
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.titleweight": "bold",
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "figure.dpi": DPI,
+        "savefig.dpi": DPI,
+        "savefig.bbox": "tight",
+        "savefig.facecolor": "white",
+    }
+)
 
 
 def _save(fig, path) -> None:
@@ -65,10 +75,16 @@ def steps_per_epoch(steps: list[dict], epochs: list[dict]) -> float | None:
 
 
 def _num(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [(r["step"], r[key]) for r in records
-             if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float)) and math.isfinite(r[key])]
-    return (np.array([p[0] for p in pairs], float), np.array([p[1] for p in pairs], float)) if pairs \
+    pairs = [
+        (r["step"], r[key])
+        for r in records
+        if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float)) and math.isfinite(r[key])
+    ]
+    return (
+        (np.array([p[0] for p in pairs], float), np.array([p[1] for p in pairs], float))
+        if pairs
         else (np.zeros(0), np.zeros(0))
+    )
 
 
 def training_curves(steps: list[dict], epochs: list[dict], path, *, schedule: str | None = None) -> None:
@@ -81,15 +97,23 @@ def training_curves(steps: list[dict], epochs: list[dict], path, *, schedule: st
     xlabel = "epoch" if per_epoch else "training step"
     drops = [s / scale for s in lr_drops(steps, epochs, schedule)]
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
-    panels = [("loss", "Loss (cross-entropy)", "loss", "train_loss", "val_loss", 1.0),
-              ("top1_error", "Top-1 error", "top-1 error (%)", "train_top1_error", "val_top1_error", 100.0),
-              ("top5_error", "Top-5 error", "top-5 error (%)", "train_top5_error", "val_top5_error", 100.0)]
+    panels = [
+        ("loss", "Loss (cross-entropy)", "loss", "train_loss", "val_loss", 1.0),
+        ("top1_error", "Top-1 error", "top-1 error (%)", "train_top1_error", "val_top1_error", 100.0),
+        ("top5_error", "Top-5 error", "top-5 error (%)", "train_top5_error", "val_top5_error", 100.0),
+    ]
     for ax, (step_key, title, ylabel, train_key, val_key, factor) in zip(axes.flat, panels):
         x, y = _num(steps, step_key)
         faint = len(_num(epochs, train_key)[0]) > 0  # a background to the epoch means, else the curve itself
         if len(x):
-            ax.plot(x / scale, y * factor, color=TRAIN, alpha=0.35 if faint else 1.0, lw=1 if faint else 1.8,
-                    label="train (each logged interval)")
+            ax.plot(
+                x / scale,
+                y * factor,
+                color=TRAIN,
+                alpha=0.35 if faint else 1.0,
+                lw=1 if faint else 1.8,
+                label="train (each logged interval)",
+            )
         x, y = _num(epochs, train_key)
         if len(x):
             ax.plot(x / scale, y * factor, "o-", color=TRAIN, lw=2, ms=4, label="train (epoch mean)")
@@ -121,8 +145,11 @@ def training_curves(steps: list[dict], epochs: list[dict], path, *, schedule: st
         ax.legend(fontsize=8, loc="best")
     else:
         _empty(ax, "nothing logged yet")
-    ax.set(title="Learning rate" + (f" ({len(drops)} drop{'s' * (len(drops) != 1)})" if drops else ""),
-           xlabel=xlabel, ylabel="learning rate (log scale)" if ax.get_yscale() == "log" else "learning rate")
+    ax.set(
+        title="Learning rate" + (f" ({len(drops)} drop{'s' * (len(drops) != 1)})" if drops else ""),
+        xlabel=xlabel,
+        ylabel="learning rate (log scale)" if ax.get_yscale() == "log" else "learning rate",
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -160,26 +187,39 @@ def kernel_mosaic(weights: np.ndarray, cols: int = 16, gap: int = 1) -> np.ndarr
     out = np.ones((rows * (kh + gap) - gap, cols * (kw + gap) - gap, 3))
     for i in range(k_count):
         r, c = divmod(i, cols)
-        out[r * (kh + gap): r * (kh + gap) + kh, c * (kw + gap): c * (kw + gap) + kw] = w[i].transpose(1, 2, 0)
+        out[r * (kh + gap) : r * (kh + gap) + kh, c * (kw + gap) : c * (kw + gap) + kw] = w[i].transpose(1, 2, 0)
     return out
 
 
 def conv1_kernels(weights: np.ndarray, path, *, towers: bool) -> None:
     """Figure 3: conv1's kernels (K, 3, k, k); with towers, the two halves as the two GPUs' panels."""
     k_count, _, kh, _ = weights.shape
-    groups = [(f"Tower 1 (the paper's GPU 1): kernels 1–{k_count // 2}", weights[: k_count // 2]),
-              (f"Tower 2 (the paper's GPU 2): kernels {k_count // 2 + 1}–{k_count}", weights[k_count // 2:])] \
-        if towers else [(f"All {k_count} kernels (one tower: this variant has no groups)", weights)]
+    groups = (
+        [
+            (f"Tower 1 (the paper's GPU 1): kernels 1–{k_count // 2}", weights[: k_count // 2]),
+            (f"Tower 2 (the paper's GPU 2): kernels {k_count // 2 + 1}–{k_count}", weights[k_count // 2 :]),
+        ]
+        if towers
+        else [(f"All {k_count} kernels (one tower: this variant has no groups)", weights)]
+    )
     cols = 16
     heights = [max(1, math.ceil(len(g) / cols)) for _, g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 0.85 * sum(heights) + 0.7 * len(groups)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(groups),
+        1,
+        figsize=(12, 0.85 * sum(heights) + 0.7 * len(groups)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     for ax, (title, group) in zip(axes[:, 0], groups):
         ax.imshow(kernel_mosaic(group, cols), interpolation="nearest")
         ax.set_title(title, fontsize=10, loc="left")
         ax.axis("off")
-    fig.suptitle(f"conv1: {k_count} kernels of {kh}×{kh}×{weights.shape[1]}, each scaled to its own range",
-                 fontsize=12, fontweight="bold")
+    fig.suptitle(
+        f"conv1: {k_count} kernels of {kh}×{kh}×{weights.shape[1]}, each scaled to its own range",
+        fontsize=12,
+        fontweight="bold",
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -211,8 +251,7 @@ def top5_panel(images: list[np.ndarray], probs: np.ndarray, labels: list[int], n
         ax.grid(False)
         top = np.argsort(-p)[:k]
         hit = label in top[:1]
-        ax.set_xlabel(_short(names[label], 30), fontsize=10, fontweight="bold",
-                      color="#1a7f37" if hit else "black")
+        ax.set_xlabel(_short(names[label], 30), fontsize=10, fontweight="bold", color="#1a7f37" if hit else "black")
         for spine in ax.spines.values():
             spine.set_visible(True)
             spine.set_color("#1a7f37" if hit else "#999999")
@@ -221,30 +260,53 @@ def top5_panel(images: list[np.ndarray], probs: np.ndarray, labels: list[int], n
         colours = [TRUTH if j == label else OTHER for j in top]
         bars.barh(y, p[top], color=colours, height=0.8)
         for yy, j in zip(y, top):
-            bars.text(0.02, yy, _short(names[j]), va="center", ha="left", fontsize=8,
-                      color="black", fontweight="bold" if j == label else "normal")
-            bars.text(1.03, yy, f"{100 * p[j]:.0f}%", va="center", ha="left", fontsize=8, color="#333333",
-                      clip_on=False)  # beside the axis: never over a full bar
+            bars.text(
+                0.02,
+                yy,
+                _short(names[j]),
+                va="center",
+                ha="left",
+                fontsize=8,
+                color="black",
+                fontweight="bold" if j == label else "normal",
+            )
+            bars.text(
+                1.03, yy, f"{100 * p[j]:.0f}%", va="center", ha="left", fontsize=8, color="#333333", clip_on=False
+            )  # beside the axis: never over a full bar
         bars.set_xlim(0, 1)
         bars.set_ylim(-0.6, k - 0.4)
         bars.set_yticks([])
         bars.set_xticks([0, 0.5, 1])
         bars.set_xticklabels(["0", "0.5", "1"], fontsize=7)
         bars.grid(axis="y", visible=False)
-    fig.suptitle("Five most probable labels (bars: probability; red: the correct label)",
-                 fontsize=12, fontweight="bold", y=1.0)
+    fig.suptitle(
+        "Five most probable labels (bars: probability; red: the correct label)", fontsize=12, fontweight="bold", y=1.0
+    )
     _save(fig, path)
 
 
-def neighbours_panel(queries: list[tuple[np.ndarray, str]],
-                     neighbours: list[list[tuple[np.ndarray, str, float, bool]]], path) -> None:
+def neighbours_panel(
+    queries: list[tuple[np.ndarray, str]], neighbours: list[list[tuple[np.ndarray, str, float, bool]]], path
+) -> None:
     """Figure 4 right: each row a query image (with its class) and its nearest training images
     (class, Euclidean fc7 distance; green title = same class as the query)."""
     rows = len(queries)
     cols = 1 + max((len(n) for n in neighbours), default=0)
     height = 1.95 * rows + 0.6
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.4, height), squeeze=False,
-                             gridspec_kw={"hspace": 0.42, "wspace": 0.06, "top": 1 - 0.75 / height, "bottom": 0.01, "left": 0.01, "right": 0.99})
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(1.6 * cols + 0.4, height),
+        squeeze=False,
+        gridspec_kw={
+            "hspace": 0.42,
+            "wspace": 0.06,
+            "top": 1 - 0.75 / height,
+            "bottom": 0.01,
+            "left": 0.01,
+            "right": 0.99,
+        },
+    )
     for r, ((image, name), row) in enumerate(zip(queries, neighbours)):
         ax = axes[r, 0]
         ax.imshow(image)
@@ -266,14 +328,19 @@ def neighbours_panel(queries: list[tuple[np.ndarray, str]],
                 spine.set_visible(True)
                 spine.set_color("#bbbbbb")
             head = f"neighbour {c}\n" if r == 0 else ""
-            ax.set_title(f"{head}{_short(nname, 18)}\nd = {dist:.3g}", fontsize=7.5,
-                         color="#1a7f37" if same else "#b42318")
+            ax.set_title(
+                f"{head}{_short(nname, 18)}\nd = {dist:.3g}", fontsize=7.5, color="#1a7f37" if same else "#b42318"
+            )
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-    fig.suptitle("Nearest training images in fc7 space (Euclidean); green: same class as the query",
-                 fontsize=12, fontweight="bold", y=1.0)
+    fig.suptitle(
+        "Nearest training images in fc7 space (Euclidean); green: same class as the query",
+        fontsize=12,
+        fontweight="bold",
+        y=1.0,
+    )
     fig.savefig(path, dpi=90)  # photographs: a lower resolution keeps the PNG small
     plt.close(fig)
 
@@ -304,8 +371,15 @@ def confusion(cm: np.ndarray, names: list[str], path) -> None:
         for i in range(c):
             for j in range(c):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7 if c > 12 else 8,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7 if c > 12 else 8,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's images")
     ax.set_title(f"Confusion matrix, centre crop ({int(cm.sum())} images; numbers are counts)")
     _save(fig, path)

@@ -64,12 +64,14 @@ def duration(seconds) -> str:
 
 def table(header: list[str], rows: list[list], numeric=(), total_rows=()) -> str:
     """An HTML table; cells are escaped; `numeric` column indices are right-aligned."""
-    head = "".join(f'<th class="num">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(header))
+    head = "".join(
+        f'<th class="num">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>" for i, h in enumerate(header)
+    )
     body = []
     for r, row in enumerate(rows):
-        cells = "".join(f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>"
-                        for i, c in enumerate(row))
+        cells = "".join(
+            f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row)
+        )
         body.append(f'<tr class="total">{cells}</tr>' if r in total_rows else f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -97,24 +99,59 @@ def config_tables(config: dict) -> str:
 def architecture_table(summary: dict) -> str:
     """`alexnet summary`'s table from Summary.to_json()."""
     rows = []
-    for l in summary["layers"]:
-        if l["kind"] == "identity" or (l["kind"] == "pool" and not l["formula"] and not l["params"]
-                                       and not l["activation_bytes"]):
+    for layer in summary["layers"]:
+        if layer["kind"] == "identity" or (
+            layer["kind"] == "pool" and not layer["formula"] and not layer["params"] and not layer["activation_bytes"]
+        ):
             continue
-        shape = l["output_shape"]
+        shape = layer["output_shape"]
         shape = [shape[1], shape[2], shape[0]] if len(shape) == 3 else shape
-        rows.append([l["name"], f"{l['kernel']}×{l['kernel']}" if l["kernel"] else "", l["stride"] or "",
-                     "" if l["padding"] is None else l["padding"], l["groups"] or "", "×".join(map(str, shape)),
-                     l["formula"], f"{l['params']:,}" if l["params"] else "", f"{l['macs']:,}" if l["macs"] else "",
-                     _mb(l["activation_bytes"]) if l["activation_bytes"] else ""])
-    rows.append(["total", "", "", "", "", "", "", f"{summary['params']:,}", f"{summary['macs']:,}",
-                 _mb(summary["activation_bytes"])])
-    header = ["layer", "kernel", "stride", "pad", "groups", "output (H×W×C)", "output size", "params",
-              "multiply-adds", "activations"]
-    note = (f"<p class=\"how\">Model <code>{esc(summary['model'])}</code>, input 3×{summary['input']}×"
-            f"{summary['input']}. Conv layers hold {100 * summary['conv_param_share']:.1f}% of the parameters "
-            f"and do {100 * summary['conv_macs_share']:.1f}% of the multiply-adds. Output size = "
-            "floor((N − F + 2P)/S) + 1; activations: fp32 bytes per image, forward pass.</p>")
+        rows.append(
+            [
+                layer["name"],
+                f"{layer['kernel']}×{layer['kernel']}" if layer["kernel"] else "",
+                layer["stride"] or "",
+                "" if layer["padding"] is None else layer["padding"],
+                layer["groups"] or "",
+                "×".join(map(str, shape)),
+                layer["formula"],
+                f"{layer['params']:,}" if layer["params"] else "",
+                f"{layer['macs']:,}" if layer["macs"] else "",
+                _mb(layer["activation_bytes"]) if layer["activation_bytes"] else "",
+            ]
+        )
+    rows.append(
+        [
+            "total",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"{summary['params']:,}",
+            f"{summary['macs']:,}",
+            _mb(summary["activation_bytes"]),
+        ]
+    )
+    header = [
+        "layer",
+        "kernel",
+        "stride",
+        "pad",
+        "groups",
+        "output (H×W×C)",
+        "output size",
+        "params",
+        "multiply-adds",
+        "activations",
+    ]
+    note = (
+        f'<p class="how">Model <code>{esc(summary["model"])}</code>, input 3×{summary["input"]}×'
+        f"{summary['input']}. Conv layers hold {100 * summary['conv_param_share']:.1f}% of the parameters "
+        f"and do {100 * summary['conv_macs_share']:.1f}% of the multiply-adds. Output size = "
+        "floor((N − F + 2P)/S) + 1; activations: fp32 bytes per image, forward pass.</p>"
+    )
     return table(header, rows, numeric=(2, 3, 4, 7, 8, 9), total_rows=(len(rows) - 1,)) + note
 
 
@@ -131,23 +168,41 @@ def section(anchor: str, title: str, body: str) -> str:
 
 
 def cards(items: list[tuple[str, str, str]]) -> str:
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="label">{esc(a)}</div><div class="value">{esc(b)}</div>'
-        f'<div class="sub">{esc(c)}</div></div>' for a, b, c in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{esc(a)}</div><div class="value">{esc(b)}</div>'
+            f'<div class="sub">{esc(c)}</div></div>'
+            for a, b, c in items
+        )
+        + "</div>"
+    )
 
 
-def render(*, title: str, subtitle: str, headline: list[tuple[str, str, str]], notes: list[str],
-           sections: list[tuple[str, str, str]], footer: str) -> str:
+def render(
+    *,
+    title: str,
+    subtitle: str,
+    headline: list[tuple[str, str, str]],
+    notes: list[str],
+    sections: list[tuple[str, str, str]],
+    footer: str,
+) -> str:
     """The whole page. sections: (anchor, title, body HTML already escaped where needed)."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
-    notes_html = ("<div class=\"notes\"><strong>Notes</strong><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes)
-                  + "</ul></div>") if notes else ""
+    notes_html = (
+        ('<div class="notes"><strong>Notes</strong><ul>' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
+        if notes
+        else ""
+    )
     body = "".join(section(a, t, b) for a, t, b in sections)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>"
-            f"{cards(headline)}{notes_html}{body}<footer>{esc(footer)}</footer></main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>"
+        f"{cards(headline)}{notes_html}{body}<footer>{esc(footer)}</footer></main></body></html>\n"
+    )
 
 
 def wall_time(env: dict, steps: list[dict], epochs: list[dict]) -> float | None:
