@@ -17,7 +17,7 @@ def test_bench_model_cpu_json(capsys):
     assert out["ours_img_s"] == pytest.approx(2 / out["ours_step_s"])
     assert len(out["step_times_s"]["ours"]) == 2
     assert out["env"]["torch"]
-    # issue 8: the paper's recipe at the measured rate (1,281,167 ImageNet images, 90 epochs)
+    # the paper's recipe at the measured rate (1,281,167 ImageNet images, 90 epochs)
     assert out["imagenet_epoch_s"] == pytest.approx(1_281_167 / out["ours_img_s"])
     assert out["paper_recipe_hours"] == pytest.approx(90 * out["imagenet_epoch_s"] / 3600)
 
