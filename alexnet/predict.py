@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,26 +62,39 @@ def load_image(path: str, size: int = 256) -> torch.Tensor:
     return prepare_image(path, size, "shorter")
 
 
-def list_inputs(inputs: Sequence[str], *, recursive: bool = False) -> list[tuple[str, str | None]]:
-    """Expand files and directories into (path, error or None), in the order given.
+def list_inputs(inputs: Sequence[str], *, recursive: bool = False, stdin=None) -> list[tuple[str, str | None]]:
+    """Expand files and directories into (path, error or None), in the order given (see iter_inputs)."""
+    return list(iter_inputs(inputs, recursive=recursive, stdin=stdin))
+
+
+def iter_inputs(inputs: Sequence[str], *, recursive: bool = False, stdin=None) -> Iterator[tuple[str, str | None]]:
+    """Yield (path, error or None) for files and directories, in the order given.
 
     A directory contributes its image files (by extension, sorted; subdirectories only when
-    recursive); a file named explicitly is always tried, whatever its extension.
+    recursive); a file named explicitly is always tried, whatever its extension. `-` stands for
+    the paths read from standard input, one a line, taken as they arrive (for folders of millions
+    of files: `find ... | alexnet predict CKPT -`).
     """
-    out: list[tuple[str, str | None]] = []
     for item in inputs:
-        if os.path.isdir(item):
-            if recursive:
-                found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files)
-            else:
-                found = sorted(os.path.join(item, f) for f in os.listdir(item))
-            found = [p for p in found if os.path.isfile(p) and is_image_name(p)]
-            out += [(p, None) for p in found] or [(item, "directory holds no image files")]
-        elif os.path.exists(item):
-            out.append((item, None))
+        if item == "-":
+            for line in stdin if stdin is not None else sys.stdin:
+                if line.strip():
+                    yield from _expand(line.rstrip("\r\n"), recursive)
         else:
-            out.append((item, "no such file or directory"))
-    return out
+            yield from _expand(item, recursive)
+
+
+def _expand(item: str, recursive: bool) -> list[tuple[str, str | None]]:
+    if os.path.isdir(item):
+        if recursive:
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files)
+        else:
+            found = sorted(os.path.join(item, f) for f in os.listdir(item))
+        found = [p for p in found if os.path.isfile(p) and is_image_name(p)]
+        return [(p, None) for p in found] or [(item, "directory holds no image files")]
+    if os.path.exists(item):
+        return [(item, None)]
+    return [(item, "no such file or directory")]
 
 
 class Predictor:
@@ -137,7 +151,7 @@ class Predictor:
                 )
             pending.clear()
 
-        for path, error in list_inputs(inputs, recursive=recursive):
+        for path, error in iter_inputs(inputs, recursive=recursive):
             image = None
             if error is None:
                 try:

@@ -281,3 +281,39 @@ def _with(prepared, stats):
     view = copy.copy(prepared)
     view.stats = stats
     return view
+
+
+def test_cli_predict_paths_from_stdin_streamed_as_jsonl_and_csv(ckpt, images, capsys, monkeypatch):
+    """`-` reads paths from standard input; jsonl and csv give the same results as --format json."""
+    import csv
+    import io
+
+    d, good, bad = images
+    paths = [str(good["rgb"]), str(bad["missing"]), str(good["gray"])]
+    assert main(["predict", ckpt, *paths, "--format", "json", "--device", "cpu", "--batch-size", "1"]) == 1
+    reference = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(paths) + "\n"))
+    assert main(["predict", ckpt, "-", "--format", "jsonl", "--device", "cpu", "--batch-size", "1"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line) for line in lines] == reference  # one object a line, in input order
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(paths) + "\n"))
+    assert main(["predict", ckpt, "-", "--format", "csv", "--topk", "2", "--device", "cpu", "--batch-size", "1"]) == 1
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == [
+        "path",
+        "error",
+        "class_1",
+        "name_1",
+        "index_1",
+        "prob_1",
+        "class_2",
+        "name_2",
+        "index_2",
+        "prob_2",
+    ]
+    assert [r[0] for r in rows[1:]] == paths
+    assert rows[2][1] == "no such file or directory" and rows[1][1] == ""
+    for row, ref in zip(rows[1:], reference, strict=True):
+        for i, p in enumerate(ref.get("predictions", [])[:2]):
+            assert row[2 + 4 * i : 6 + 4 * i] == [p["class"], p["name"], str(p["index"]), row[5 + 4 * i]]
+            assert float(row[5 + 4 * i]) == pytest.approx(p["prob"], rel=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 
 from alexnet.cli import add_parser, print_json
@@ -22,19 +24,43 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory or exported .safetensors")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files and/or folders of images; '-' reads paths from standard input, one a line",
+    )
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--crops", type=int, default=1, choices=(1, 10), help="1 = centre crop, 10 = the paper's")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders of a folder")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument(
-        "--json",
-        action="store_true",
-        help='print a JSON list of {"path", "predictions": [{"class", "name", "index", "prob"}]} or '
-        '{"path", "error"}; index: the class\'s output unit (0-based)',
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help='text: readable lines; json: one JSON list at the end, of {"path", "predictions": '
+        '[{"class", "name", "index", "prob"}]} or {"path", "error"} (index: the class\'s output unit, '
+        "0-based); jsonl: the same objects one a line, printed as each image is predicted; csv: a header, "
+        "then one row per image as it is predicted (path, error, then class_i, name_i, index_i, prob_i "
+        "for i = 1..topk)",
     )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=run)
+
+
+FORMATS = ("text", "json", "jsonl", "csv")
+
+
+def _csv_header(topk: int) -> list[str]:
+    return ["path", "error"] + [f"{key}_{i}" for i in range(1, topk + 1) for key in ("class", "name", "index", "prob")]
+
+
+def _csv_row(entry: dict, topk: int) -> list:
+    row = [entry["path"], entry.get("error", "")]
+    for p in entry.get("predictions", []):
+        row += [p["class"], p["name"], p["index"], f"{p['prob']:.6g}"]
+    return row + [""] * (len(_csv_header(topk)) - len(row))
 
 
 def run(args) -> int:
@@ -42,16 +68,25 @@ def run(args) -> int:
     from alexnet.artifact import load_model_state
     from alexnet.predict import Predictor, format_prediction
 
+    fmt = "json" if args.json else args.format
     predictor = Predictor(load_model_state(args.checkpoint), crops=args.crops, device=args.device)
     entries, failed = [], 0
+    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(_csv_header(args.topk))
     for entry in predictor.predict(args.inputs, topk=args.topk, batch_size=args.batch_size, recursive=args.recursive):
         failed += "error" in entry
         if "error" in entry:
             print(f"{entry['path']}: {entry['error']}", file=sys.stderr)
-        if args.json:
+        if fmt == "json":
             entries.append(entry)
+        elif fmt == "jsonl":
+            print(json.dumps(entry), flush=True)
+        elif writer is not None:
+            writer.writerow(_csv_row(entry, args.topk))
+            sys.stdout.flush()
         elif "error" not in entry:
             print(format_prediction(entry), flush=True)
-    if args.json:
+    if fmt == "json":
         print_json(entries)
     return 1 if failed else 0
