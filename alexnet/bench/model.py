@@ -113,44 +113,21 @@ def bench_model(
     Returns a JSON-ready dict; "ratio" = our step time / torchvision's step time.
     """
     dev = resolve_device(device)
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
-    if amp not in (None, "bf16", "fp16"):
-        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
-    if load < 0:
-        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
+    _check_options(batch=batch, warmup=warmup, repeats=repeats, amp=amp, load=load)
     torch.manual_seed(0)
     ours = build_model(model)
     size = model_input_size(ours)
-    contenders = {
-        "ours": train_step_fn(
-            ours,
-            batch=batch,
-            input_size=size,
-            num_classes=1000,
-            device=dev,
-            amp=amp,
-            channels_last=channels_last,
-            compile=compile,
-            optimizer=optimizer,
-            compile_mode=compile_mode,
-        ),
-        "torchvision": train_step_fn(
-            torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev
-        ),
-    }
-    if dev.type == "cuda":
-        contenders["torchvision_bf16_cl"] = train_step_fn(
-            torchvision.models.alexnet(),
-            batch=batch,
-            input_size=224,
-            num_classes=1000,
-            device=dev,
-            amp="bf16",
-            channels_last=True,
-        )
+    contenders = _contenders(
+        ours,
+        size,
+        batch=batch,
+        dev=dev,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        optimizer=optimizer,
+        compile_mode=compile_mode,
+    )
     if progress:
         beside = f", beside a {load}-thread matmul process" if load else ""
         progress(f"timing {', '.join(contenders)}: {warmup} warm-up + {repeats} timed rounds, batch {batch}{beside}")
@@ -183,6 +160,68 @@ def bench_model(
         "paper_recipe_hours": PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / img_s["ours"] / 3600,
         "env": environment(dev),
     }
+    _add_roofline(result, img_s, dev)
+    sync(dev)
+    return result
+
+
+def _check_options(*, batch: int, warmup: int, repeats: int, amp: str | None, load: int) -> None:
+    """Reject bench_model's impossible options with a UserError."""
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
+    if amp not in (None, "bf16", "fp16"):
+        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+    if load < 0:
+        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
+
+
+def _contenders(
+    ours,
+    size: int,
+    *,
+    batch: int,
+    dev: torch.device,
+    amp: str | None,
+    channels_last: bool,
+    compile: bool,
+    optimizer: str,
+    compile_mode: str | None,
+) -> dict:
+    """The training steps to time: ours, torchvision's AlexNet (eager fp32) and, on CUDA, its bf16 + channels_last."""
+    contenders = {
+        "ours": train_step_fn(
+            ours,
+            batch=batch,
+            input_size=size,
+            num_classes=1000,
+            device=dev,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            optimizer=optimizer,
+            compile_mode=compile_mode,
+        ),
+        "torchvision": train_step_fn(
+            torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev
+        ),
+    }
+    if dev.type == "cuda":
+        contenders["torchvision_bf16_cl"] = train_step_fn(
+            torchvision.models.alexnet(),
+            batch=batch,
+            input_size=224,
+            num_classes=1000,
+            device=dev,
+            amp="bf16",
+            channels_last=True,
+        )
+    return contenders
+
+
+def _add_roofline(result: dict, img_s: dict, dev: torch.device) -> None:
+    """Compare the model's FLOP/s with a matrix-product rate measured now (bf16 on CUDA, else fp32)."""
     if dev.type == "cuda":
         result["torchvision_bf16_cl_img_s"] = img_s["torchvision_bf16_cl"]
         result["speedup_vs_torchvision_bf16"] = img_s["ours"] / img_s["torchvision_bf16_cl"]
@@ -191,5 +230,3 @@ def bench_model(
     else:
         result["matmul_tflops_fp32"] = matmul_tflops(dev, torch.float32, size=1024, repeats=5)
         result["fraction_of_matmul"] = result["model_tflops"] / result["matmul_tflops_fp32"]
-    sync(dev)
-    return result

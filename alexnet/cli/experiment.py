@@ -38,7 +38,12 @@ def register(sub) -> None:
     )
     inner = parent.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     parent.set_defaults(func=lambda args: _missing(parent))
+    _add_relu_vs_tanh_parser(inner)
+    _add_ablations_parser(inner)
 
+
+def _add_relu_vs_tanh_parser(inner) -> None:
+    """`alexnet experiment relu-vs-tanh`'s options."""
     p = add_parser(inner, "relu-vs-tanh", "Figure 1: epochs to 25%% training error, ReLU vs tanh", RELU_DESCRIPTION)
     p.add_argument(
         "--data",
@@ -70,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_relu_vs_tanh)
 
+
+def _add_ablations_parser(inner) -> None:
+    """`alexnet experiment ablations`' options."""
     from alexnet.experiments.ablations import ABLATIONS, EXTRA_VARIANTS, RECIPES
 
     p = add_parser(

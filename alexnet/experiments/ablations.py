@@ -260,12 +260,55 @@ def run_ablations(
     progress: train's progress on stderr: "auto" (a bar on a terminal, else lines), "bar", "lines" or "off".
     Returns {"experiment", "data", "settings", "variants", "results": {variant: {...}}, "plot", ...}.
     """
-    from alexnet.data import PreparedSet
-
     config = config or AblationConfig()
     config.validate()
     say = Reporter("experiment ablations", progress)
     out = out_dir(out)
+    ps, generated, crop = _open_data(data, config, cache, say, demo)
+    variants = ["paper"] + [v for v in ABLATIONS + EXTRA_VARIANTS if v in config.variants]
+    say(
+        f"{len(variants)} nets x {config.seeds} seed(s), {config.epochs} epochs each, on {ps.root} "
+        f"({ps.split_size('train')} training / {ps.split_size('val')} val images, crop {crop}, recipe {config.recipe})"
+    )
+    start = time.perf_counter()
+    runs = _train_all(ps, out, variants, config, crop, progress, say)
+    results = summarise(runs)
+    result = {
+        "experiment": "ablations",
+        "results": results,
+        "variants": variants,
+        "data": {
+            "dir": ps.root,
+            "generated": generated,
+            "classes": ps.num_classes,
+            "size": ps.size,
+            "train_images": ps.split_size("train"),
+            "val_images": ps.split_size("val"),
+            "generator": {**DEMO, **(demo or {})} if generated else None,
+        },
+        "settings": {
+            **asdict(config),
+            "variants": variants,
+            "crop": crop,
+            "recipe_overrides": RECIPES[config.recipe],
+            "evaluation": "last weights, centre crop, val split",
+            "difference": "variant minus paper net, paired by seed, in error fractions",
+        },
+        "seconds": time.perf_counter() - start,
+    }
+    result["plot"] = plot_ablations(result, out / "ablations.png")
+    write_json(out / "result.json", result)
+    result["json"] = str(out / "result.json")
+    return result
+
+
+def _open_data(data, config: AblationConfig, cache, say, demo: dict | None):
+    """The prepared set to train on (the generated demo set when data is None or "demo"), checked.
+
+    Returns (PreparedSet, generated, crop).
+    """
+    from alexnet.data import PreparedSet
+
     generated = data is None or str(data) == "demo"
     if generated:
         spec = {**DEMO, **(demo or {})}
@@ -295,12 +338,11 @@ def run_ablations(
             f"--crop {crop}: must be between {MIN_CROP} (AlexNet's smallest input) and the "
             f"prepared size {ps.size}; prepare the data at a larger --size"
         )
-    variants = ["paper"] + [v for v in ABLATIONS + EXTRA_VARIANTS if v in config.variants]
-    say(
-        f"{len(variants)} nets x {config.seeds} seed(s), {config.epochs} epochs each, on {ps.root} "
-        f"({ps.split_size('train')} training / {ps.split_size('val')} val images, crop {crop}, recipe {config.recipe})"
-    )
-    start = time.perf_counter()
+    return ps, generated, crop
+
+
+def _train_all(ps, out: Path, variants: list[str], config: AblationConfig, crop: int, progress: str, say) -> dict:
+    """Train and evaluate every variant for every seed (reusing finished runs); {variant: [row per seed]}."""
     runs = {v: [] for v in variants}
     plan = [(seed, v, out / "runs" / f"{v}-seed{seed}") for seed in range(config.seeds) for v in variants]
     finished = {path: finished_run(path, run_config(v, seed, config, crop)) for seed, v, path in plan}
@@ -320,34 +362,7 @@ def run_ablations(
         )
         runs[v].append(r)
     say.close()
-    results = summarise(runs)
-    result = {
-        "experiment": "ablations",
-        "results": results,
-        "variants": variants,
-        "data": {
-            "dir": ps.root,
-            "generated": generated,
-            "classes": ps.num_classes,
-            "size": ps.size,
-            "train_images": ps.split_size("train"),
-            "val_images": ps.split_size("val"),
-            "generator": {**DEMO, **(demo or {})} if generated else None,
-        },
-        "settings": {
-            **asdict(config),
-            "variants": variants,
-            "crop": crop,
-            "recipe_overrides": RECIPES[config.recipe],
-            "evaluation": "last weights, centre crop, val split",
-            "difference": "variant minus paper net, paired by seed, in error fractions",
-        },
-        "seconds": time.perf_counter() - start,
-    }
-    result["plot"] = plot_ablations(result, out / "ablations.png")
-    write_json(out / "result.json", result)
-    result["json"] = str(out / "result.json")
-    return result
+    return runs
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

@@ -284,69 +284,14 @@ def run_relu_vs_tanh(
     Result keys: epochs_to_25 {relu, tanh} (means over seeds, None if a seed never got there),
     seconds_to_25, speedup (+ speedup_std, speedup_is_lower_bound), curves, per_seed, data, settings.
     """
-    from alexnet.distributed import pick_device
-
     config = config or ReluTanhConfig()
     config.validate()
     say = Reporter("experiment relu-vs-tanh", "auto" if progress else "off")
     out = out_dir(out)
-    generated = data is None
-    if generated:
-        data = generated_cifar10(cache, say)
-    sets = load_cifar10(data)
-    x, y = sets["train"]
-    if config.limit:
-        x, y = x[: config.limit], y[: config.limit]
-    device = pick_device(config.device)
-    # Per-channel standardisation from the training images: both nets see unit-variance inputs.
-    xf = x.float().div_(255)
-    mean, std = xf.mean((0, 2, 3), keepdim=True), xf.std((0, 2, 3), keepdim=True)
-    xf = ((xf - mean) / std).to(device)
-    y = y.to(device)
-    test = None
-    if sets["test"] is not None:
-        test = (((sets["test"][0].float() / 255 - mean) / std).to(device), sets["test"][1].to(device))
-    eval_index = torch.randperm(len(xf), generator=torch.Generator().manual_seed(1234))[:EVAL_IMAGES].sort().values
-    eval_index = eval_index.to(device)
-    say(
-        f"{len(xf)} training images from {data}{' (generated)' if generated else ''}; {config.epochs} epochs "
-        f"x {config.seeds} seed(s) x 2 nets on {device}"
-    )
+    sets, generated, device, xf, y, test, eval_index = _load_inputs(data, config, cache, say)
 
     start = time.perf_counter()
-    # what a finished net's curve depends on: a restart with the same OUT reuses those that match
-    key = {
-        "settings": {k: v for k, v in asdict(config).items() if k != "seeds"},
-        "data": str(sets["dir"]),
-        "train_images": len(xf),
-        "device": str(device),
-    }
-    curves = {
-        (act, seed): read_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]})
-        for seed in range(config.seeds)
-        for act in ACTIVATIONS
-    }
-    say.count(len(curves), "net", done=sum(c is not None for c in curves.values()))
-    runs = {a: [] for a in ACTIVATIONS}
-    per_seed = []
-    for seed in range(config.seeds):
-        row = {"seed": seed}
-        for act in ACTIVATIONS:
-            curve = curves[act, seed]
-            if curve is None:
-                curve = train_curve(act, xf, y, config, seed, device, eval_index=eval_index, test=test, say=say)
-                save_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]}, curve)
-                say.update()
-            else:
-                say(f"seed {seed} {act}: finished by a previous start; reused")
-            curve["to_target"] = crossing(curve["train_error"], curve["seconds"], config.target)
-            runs[act].append(curve)
-            row[act] = {**curve["to_target"], "test_error": curve["test_error"]}
-        for unit, name in (("epochs", "speedup"), ("seconds", "speedup_seconds")):
-            total = config.epochs if unit == "epochs" else runs["tanh"][-1]["seconds"][-1]
-            row[name], row[name + "_is_lower_bound"] = _speedup(row["relu"], row["tanh"], unit, total)
-        per_seed.append(row)
-    say.close()
+    runs, per_seed = _train_nets(out, sets, xf, y, config, device, eval_index, test, say)
 
     result = {"experiment": "relu-vs-tanh", **_summarise(runs, per_seed, config)}
     result.update(
@@ -380,6 +325,76 @@ def run_relu_vs_tanh(
     write_json(out / "result.json", result)
     result["json"] = str(out / "result.json")
     return result
+
+
+def _load_inputs(data, config: ReluTanhConfig, cache, say):
+    """CIFAR-10 (or the generated stand-in), standardised per channel and moved to the device.
+
+    Returns (sets, generated, device, training images, labels, (test images, labels) or None, eval_index).
+    """
+    from alexnet.distributed import pick_device
+
+    generated = data is None
+    if generated:
+        data = generated_cifar10(cache, say)
+    sets = load_cifar10(data)
+    x, y = sets["train"]
+    if config.limit:
+        x, y = x[: config.limit], y[: config.limit]
+    device = pick_device(config.device)
+    # Per-channel standardisation from the training images: both nets see unit-variance inputs.
+    xf = x.float().div_(255)
+    mean, std = xf.mean((0, 2, 3), keepdim=True), xf.std((0, 2, 3), keepdim=True)
+    xf = ((xf - mean) / std).to(device)
+    y = y.to(device)
+    test = None
+    if sets["test"] is not None:
+        test = (((sets["test"][0].float() / 255 - mean) / std).to(device), sets["test"][1].to(device))
+    eval_index = torch.randperm(len(xf), generator=torch.Generator().manual_seed(1234))[:EVAL_IMAGES].sort().values
+    eval_index = eval_index.to(device)
+    say(
+        f"{len(xf)} training images from {data}{' (generated)' if generated else ''}; {config.epochs} epochs "
+        f"x {config.seeds} seed(s) x 2 nets on {device}"
+    )
+    return sets, generated, device, xf, y, test, eval_index
+
+
+def _train_nets(out: Path, sets, xf, y, config: ReluTanhConfig, device, eval_index, test, say):
+    """Train (or reuse) every activation's net for every seed; returns (runs by activation, per_seed rows)."""
+    # what a finished net's curve depends on: a restart with the same OUT reuses those that match
+    key = {
+        "settings": {k: v for k, v in asdict(config).items() if k != "seeds"},
+        "data": str(sets["dir"]),
+        "train_images": len(xf),
+        "device": str(device),
+    }
+    curves = {
+        (act, seed): read_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]})
+        for seed in range(config.seeds)
+        for act in ACTIVATIONS
+    }
+    say.count(len(curves), "net", done=sum(c is not None for c in curves.values()))
+    runs = {a: [] for a in ACTIVATIONS}
+    per_seed = []
+    for seed in range(config.seeds):
+        row = {"seed": seed}
+        for act in ACTIVATIONS:
+            curve = curves[act, seed]
+            if curve is None:
+                curve = train_curve(act, xf, y, config, seed, device, eval_index=eval_index, test=test, say=say)
+                save_reusable(out / "runs" / f"{act}-seed{seed}.json", {**key, "net": [act, seed]}, curve)
+                say.update()
+            else:
+                say(f"seed {seed} {act}: finished by a previous start; reused")
+            curve["to_target"] = crossing(curve["train_error"], curve["seconds"], config.target)
+            runs[act].append(curve)
+            row[act] = {**curve["to_target"], "test_error": curve["test_error"]}
+        for unit, name in (("epochs", "speedup"), ("seconds", "speedup_seconds")):
+            total = config.epochs if unit == "epochs" else runs["tanh"][-1]["seconds"][-1]
+            row[name], row[name + "_is_lower_bound"] = _speedup(row["relu"], row["tanh"], unit, total)
+        per_seed.append(row)
+    say.close()
+    return runs, per_seed
 
 
 def _summarise(runs: dict, per_seed: list, config: ReluTanhConfig) -> dict:

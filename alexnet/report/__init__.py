@@ -182,6 +182,24 @@ def _sections(records, result, tmp: Path, notes: list[str]):
         "epochs_logged": len(records.epochs),
         "steps_logged": len(records.steps),
     }
+    _curves_section(records, tmp, sections, summary)
+
+    if result is not None:
+        sections.append(("evaluation", "Evaluation", _evaluation(records, result)))
+        summary.update({k: result[k] for k in ("split", "centre", "ten", "crop", "normalize")})
+        _conv1_section(result, tmp, sections, summary, notes)
+        _top5_section(result, tmp, sections, summary)
+        _neighbours_section(result, tmp, sections, summary)
+        _confusion_section(result, tmp, sections, summary, notes)
+        arch = _architecture(result, notes)
+        if arch:
+            sections.append(("architecture", "Architecture", arch))
+    sections.append(("settings", "Config and environment", _settings(records)))
+    return sections, summary
+
+
+def _curves_section(records, tmp: Path, sections: list, summary: dict) -> None:
+    """Training curves: writes curves.png and appends its section."""
     schedule = (records.config.get("schedule") or {}).get("name")
     figures.training_curves(records.steps, records.epochs, tmp / "curves.png", schedule=schedule)
     summary["figures"].append("curves.png")
@@ -200,102 +218,111 @@ def _sections(records, result, tmp: Path, notes: list[str]):
         )
     )
 
-    if result is not None:
-        sections.append(("evaluation", "Evaluation", _evaluation(records, result)))
-        summary.update({k: result[k] for k in ("split", "centre", "ten", "crop", "normalize")})
-        names = result["classes"]
-        if result["conv1"] is not None:
-            figures.conv1_kernels(result["conv1"], tmp / "conv1.png", towers=result["towers"])
-            summary["figures"].append("conv1.png")
-            sections.append(
-                (
-                    "figure3",
-                    "Figure 3: conv1 kernels",
-                    page.figure(
-                        "conv1.png",
-                        "conv1 kernels",
-                        "The first layer's kernels, each shown as an 11×11 RGB patch scaled to its own minimum and "
-                        "maximum (grey = zero weight only when the kernel is symmetric around zero). In the paper the two "
-                        "towers ran on two GPUs and specialised: tower 1 learned mostly colour-agnostic edge and "
-                        "frequency detectors, tower 2 mostly colour blobs. A short run shows noisier, less "
-                        "structured kernels; smooth oriented stripes are a sign of a well-trained net.",
-                    ),
-                )
+
+def _conv1_section(result, tmp: Path, sections: list, summary: dict, notes: list[str]) -> None:
+    """Figure 3 (conv1 kernels), or a note when the model is not an AlexNet."""
+    if result["conv1"] is not None:
+        figures.conv1_kernels(result["conv1"], tmp / "conv1.png", towers=result["towers"])
+        summary["figures"].append("conv1.png")
+        sections.append(
+            (
+                "figure3",
+                "Figure 3: conv1 kernels",
+                page.figure(
+                    "conv1.png",
+                    "conv1 kernels",
+                    "The first layer's kernels, each shown as an 11×11 RGB patch scaled to its own minimum and "
+                    "maximum (grey = zero weight only when the kernel is symmetric around zero). In the paper the two "
+                    "towers ran on two GPUs and specialised: tower 1 learned mostly colour-agnostic edge and "
+                    "frequency detectors, tower 2 mostly colour blobs. A short run shows noisier, less "
+                    "structured kernels; smooth oriented stripes are a sign of a well-trained net.",
+                ),
             )
-        else:
-            notes.append(
-                f"Figure 3 shows AlexNet's conv1 kernels; this run's model "
-                f"({result['state']['model_name']}) is not an AlexNet, so it is skipped."
+        )
+    else:
+        notes.append(
+            f"Figure 3 shows AlexNet's conv1 kernels; this run's model "
+            f"({result['state']['model_name']}) is not an AlexNet, so it is skipped."
+        )
+
+
+def _top5_section(result, tmp: Path, sections: list, summary: dict) -> None:
+    """Figure 4 (left): top-5 predictions for a few picked images."""
+    names = result["classes"]
+    if result["top5"]:
+        pos = result["top5"]
+        images = [result["images"](result["split"], result["indices"][p]) for p in pos]
+        figures.top5_panel(
+            images, result["probs"][pos], [int(result["labels"][p]) for p in pos], names, tmp / "top5.png"
+        )
+        summary["figures"].append("top5.png")
+        sections.append(
+            (
+                "figure4-left",
+                "Figure 4 (left): top-5 predictions",
+                page.figure(
+                    "top5.png",
+                    "top-5 predictions",
+                    f"{len(pos)} {result['split']} images (picked at random from different classes), centre crop. "
+                    "Under each image: its correct label (green when it is the top guess). The bars are the five "
+                    "most probable labels with their softmax probability; the correct label's bar is red when "
+                    "it is among them. Plausible wrong guesses (similar shapes or colours) are the paper's point.",
+                ),
             )
-        if result["top5"]:
-            pos = result["top5"]
-            images = [result["images"](result["split"], result["indices"][p]) for p in pos]
-            figures.top5_panel(
-                images, result["probs"][pos], [int(result["labels"][p]) for p in pos], names, tmp / "top5.png"
+        )
+
+
+def _neighbours_section(result, tmp: Path, sections: list, summary: dict) -> None:
+    """Figure 4 (right): nearest training images in fc7 space."""
+    names = result["classes"]
+    if result["queries"]:
+        queries, rows = [], []
+        for row, label, hits in result["queries"]:
+            queries.append((result["images"](result["split"], row), names[label]))
+            rows.append([(result["images"]("train", r), names[lb], d, lb == label) for r, lb, d in hits])
+        figures.neighbours_panel(queries, rows, tmp / "neighbours.png")
+        summary["figures"].append("neighbours.png")
+        summary["neighbours"] = result["queries"]
+        sections.append(
+            (
+                "figure4-right",
+                "Figure 4 (right): nearest neighbours in fc7",
+                page.figure(
+                    "neighbours.png",
+                    "nearest neighbours",
+                    f"First column: {result['split']} images. Each row continues with the {NEIGHBOURS} training "
+                    "images whose fc7 vectors (4096-d, the last hidden layer, centre crop) are closest in Euclidean "
+                    "distance d. Green titles share the query's class. When neighbours match in class but not "
+                    "in pixels (pose, position, background), the net has learned features beyond raw appearance.",
+                ),
             )
-            summary["figures"].append("top5.png")
-            sections.append(
-                (
-                    "figure4-left",
-                    "Figure 4 (left): top-5 predictions",
-                    page.figure(
-                        "top5.png",
-                        "top-5 predictions",
-                        f"{len(pos)} {result['split']} images (picked at random from different classes), centre crop. "
-                        "Under each image: its correct label (green when it is the top guess). The bars are the five "
-                        "most probable labels with their softmax probability; the correct label's bar is red when "
-                        "it is among them. Plausible wrong guesses (similar shapes or colours) are the paper's point.",
-                    ),
-                )
+        )
+
+
+def _confusion_section(result, tmp: Path, sections: list, summary: dict, notes: list[str]) -> None:
+    """Confusion matrix for small class counts, or a note why it is left out."""
+    names = result["classes"]
+    c = len(names)
+    if result["centre"] and c <= MAX_CONFUSION_CLASSES:
+        cm = figures.confusion_matrix(result["labels"], result["probs"].argmax(1), c)
+        figures.confusion(cm, names, tmp / "confusion.png")
+        summary["figures"].append("confusion.png")
+        summary["confusion"] = cm.tolist()
+        sections.append(
+            (
+                "confusion",
+                "Confusion matrix",
+                page.figure(
+                    "confusion.png",
+                    "confusion matrix",
+                    "Row = true class, column = the top-1 prediction (centre crop); colours are row fractions, "
+                    "numbers are image counts. A perfect net is a dark diagonal; off-diagonal cells show which "
+                    "classes are mistaken for which.",
+                ),
             )
-        if result["queries"]:
-            queries, rows = [], []
-            for row, label, hits in result["queries"]:
-                queries.append((result["images"](result["split"], row), names[label]))
-                rows.append([(result["images"]("train", r), names[lb], d, lb == label) for r, lb, d in hits])
-            figures.neighbours_panel(queries, rows, tmp / "neighbours.png")
-            summary["figures"].append("neighbours.png")
-            summary["neighbours"] = result["queries"]
-            sections.append(
-                (
-                    "figure4-right",
-                    "Figure 4 (right): nearest neighbours in fc7",
-                    page.figure(
-                        "neighbours.png",
-                        "nearest neighbours",
-                        f"First column: {result['split']} images. Each row continues with the {NEIGHBOURS} training "
-                        "images whose fc7 vectors (4096-d, the last hidden layer, centre crop) are closest in Euclidean "
-                        "distance d. Green titles share the query's class. When neighbours match in class but not "
-                        "in pixels (pose, position, background), the net has learned features beyond raw appearance.",
-                    ),
-                )
-            )
-        c = len(names)
-        if result["centre"] and c <= MAX_CONFUSION_CLASSES:
-            cm = figures.confusion_matrix(result["labels"], result["probs"].argmax(1), c)
-            figures.confusion(cm, names, tmp / "confusion.png")
-            summary["figures"].append("confusion.png")
-            summary["confusion"] = cm.tolist()
-            sections.append(
-                (
-                    "confusion",
-                    "Confusion matrix",
-                    page.figure(
-                        "confusion.png",
-                        "confusion matrix",
-                        "Row = true class, column = the top-1 prediction (centre crop); colours are row fractions, "
-                        "numbers are image counts. A perfect net is a dark diagonal; off-diagonal cells show which "
-                        "classes are mistaken for which.",
-                    ),
-                )
-            )
-        elif result["centre"]:
-            notes.append(f"No confusion matrix: {c} classes (it is drawn for at most {MAX_CONFUSION_CLASSES}).")
-        arch = _architecture(result, notes)
-        if arch:
-            sections.append(("architecture", "Architecture", arch))
-    sections.append(("settings", "Config and environment", _settings(records)))
-    return sections, summary
+        )
+    elif result["centre"]:
+        notes.append(f"No confusion matrix: {c} classes (it is drawn for at most {MAX_CONFUSION_CLASSES}).")
 
 
 def _evaluation(records, result) -> str:
