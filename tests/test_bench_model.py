@@ -22,6 +22,7 @@ def test_bench_model_cpu_json(capsys):
     assert out["paper_recipe_hours"] == pytest.approx(90 * out["imagenet_epoch_s"] / 3600)
 
 
+@pytest.mark.slow  # about 11 s; test_bench_model_cpu_json covers the command in the default suite
 def test_bench_model_cuda_config_on_cpu(capsys):
     """The fast path's pieces that run on a CPU (bf16 autocast, channels_last, PaperSGD foreach)."""
     assert (

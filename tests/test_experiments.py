@@ -236,6 +236,7 @@ def test_summarise_pairs_differences_by_seed():
     assert r["no-lrn"]["train_top1_error"] is None and "diff_top1_error" not in r["paper"]
 
 
+@pytest.mark.slow  # the restart test runs the whole ablations experiment twice in the default suite
 def test_ablations_end_to_end(shapes, tmp_path, capsys):
     out = tmp_path / "abl"
     rc = main(

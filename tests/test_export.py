@@ -118,6 +118,7 @@ def test_onnx_matches_pytorch(ckpt, tmp_path, capsys):
     assert json.loads(props["class_names"]) == NAMES and props["input_size"] == "227"
 
 
+@pytest.mark.slow  # test_onnx_matches_pytorch covers ONNX export in the default suite
 def test_onnx_of_a_small_crop_net_matches_pytorch(tmp_path):
     """A net trained at crop 67 (1 x 1 maps before the 6 x 6 adaptive pool) exports too."""
     pytest.importorskip("onnx")

@@ -115,6 +115,7 @@ def test_tiny_end_to_end(tiny, tmp_path):
         train(tiny, run, _config(), progress="off")
 
 
+@pytest.mark.slow  # tests/test_train_resume.py's kill-point tests cover resume in the default suite
 def test_resume_continues_to_the_same_weights(tiny, tmp_path):
     full = tmp_path / "full"
     train(tiny, full, _config(), progress="off")

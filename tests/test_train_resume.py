@@ -66,6 +66,7 @@ def _steps_logged(run) -> list[int]:
     return out
 
 
+@pytest.mark.slow  # the external random-moment SIGKILL test covers this in the default suite
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full = tmp_path / "full"
@@ -105,6 +106,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     assert [e["val_top1_error"] for e in epochs] == [e["val_top1_error"] for e in full_epochs]
 
 
+@pytest.mark.slow  # about 30 s of CPU; the kill-point tests cover resume in the default suite
 def test_ctrl_c_saves_and_exits_130(tiny, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_command(tiny, run), stderr=subprocess.PIPE, text=True)
@@ -221,11 +223,16 @@ def _assert_same_run(a: Path, b: Path) -> None:
 # (kills, one per launch, then a launch that finishes; loader workers). Steps 1-6 are epoch 1;
 # checkpoints at steps 3, 6 (epoch end), 9, 12 (epoch end), 15, 18.
 KILLS = [
-    pytest.param(["step:2", "step:8"], 2, id="before-first-checkpoint-then-after-an-epoch-end-checkpoint"),
+    pytest.param(
+        ["step:2", "step:8"],
+        2,
+        id="before-first-checkpoint-then-after-an-epoch-end-checkpoint",
+    ),
     pytest.param(
         ["phase:checkpoint-write:2", "step:4", "phase:validation:1"],
         0,
         id="during-a-checkpoint-write-then-first-steps-after-resume-then-validation",
+        marks=pytest.mark.slow,  # the default suite: the epoch-end case above and test_unwritable_checkpoint_*
     ),
     pytest.param(["step:4"], 0, id="mid-epoch-inside-a-log-interval", marks=pytest.mark.slow),
     pytest.param(["step:7"], 0, id="first-step-after-an-epoch-end-checkpoint", marks=pytest.mark.slow),

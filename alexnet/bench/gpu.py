@@ -276,7 +276,8 @@ def stage_tests(timeout: float) -> dict:
     tests = Path(_repo_root()) / "tests"
     if not tests.is_dir():
         return {"skipped": f"no tests/ folder at {tests} (an installed package without its repository)"}
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(tests)]
+    # addopts cleared: its "-n 2" needs pytest-xdist, which a GPU machine may not have
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(tests)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=_repo_root())
         text, timed_out, rc = done.stdout + done.stderr, False, done.returncode
