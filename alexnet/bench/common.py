@@ -65,6 +65,12 @@ while True:
 """
 
 
+def check_load(threads: int) -> None:
+    """--load must be 0 (no competing process) or a number of threads: else one UserError."""
+    if threads < 0:
+        raise UserError(f"--load {threads}: must be 0 (no competing process) or a number of threads")
+
+
 @contextlib.contextmanager
 def competing_load(threads: int) -> Iterator[int | None]:
     """Run a process doing `threads`-thread matrix products beside the body (0: none).
@@ -73,8 +79,7 @@ def competing_load(threads: int) -> Iterator[int | None]:
     another PyTorch process keeps cores busy. Yields the load process's pid (None without load);
     the process is killed when the body ends, even on an error or Ctrl-C.
     """
-    if threads < 0:
-        raise UserError(f"--load {threads}: must be 0 (no competing process) or a number of threads")
+    check_load(threads)
     if threads == 0:
         yield None
         return

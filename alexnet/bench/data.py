@@ -17,7 +17,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from alexnet.bench.common import competing_load, environment, median, time_alternately
+from alexnet.bench.common import check_load, competing_load, environment, median, time_alternately
 from alexnet.errors import UserError
 
 BASELINE = ("torchvision ImageFolder + PIL: Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, "
@@ -70,8 +70,7 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
     from alexnet.data.prepare import default_workers, prepare
 
     workers = default_workers() if workers is None else workers
-    if load < 0:
-        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
+    check_load(load)
     if images is not None and not os.path.isdir(images):
         raise UserError(f"--images {images}: not a directory; give a folder of class folders of JPEGs")
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="alexnet-bench-data-") as tmp:

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench.common import competing_load, environment, median, sync, time_alternately
+from alexnet.bench.common import check_load, competing_load, environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
 from alexnet.errors import UserError
 from alexnet.model import build_model, model_input_size
@@ -98,8 +98,7 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
     batch = batch if batch is not None else (1024 if cuda else 64)
     if batch < 1 or repeats < 1 or latency_repeats < 1 or warmup < 0:
         raise UserError("--batch, --repeats and --latency-repeats must be at least 1, --warmup at least 0")
-    if load < 0:
-        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
+    check_load(load)
     if amp not in DTYPES:
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     if graphs and not cuda:

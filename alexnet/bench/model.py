@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench.common import competing_load, environment, median, sync, time_alternately
+from alexnet.bench.common import check_load, competing_load, environment, median, sync, time_alternately
 from alexnet.errors import UserError
 from alexnet.model import build_model, model_input_size
 from alexnet.summary import summarize
@@ -173,8 +173,7 @@ def _check_options(*, batch: int, warmup: int, repeats: int, amp: str | None, lo
         raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if amp not in (None, "bf16", "fp16"):
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
-    if load < 0:
-        raise UserError(f"--load {load}: must be 0 (no competing process) or a number of threads")
+    check_load(load)
 
 
 def _contenders(

@@ -72,6 +72,18 @@ def add_parser(sub, name: str, help: str, description: str | None = None) -> arg
     return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
 
 
+def add_load_option(parser: argparse.ArgumentParser) -> None:
+    """The benches' --load N: a competing process of N-thread matrix products while timing."""
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a competing process doing N-thread matrix products while timing "
+        "(a shared machine's other tenant; 0 = none)",
+    )
+
+
 def print_json(obj) -> None:
     """Machine-readable output: one JSON document on stdout."""
     print(dumps(obj))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_load_option, add_parser, print_json
 
 
 def register(sub) -> None:
@@ -34,9 +34,7 @@ def register(sub) -> None:
     parser.add_argument(
         "--work-dir", default=None, help="where the temporary images and prepared set go; unset: the system temp folder"
     )
-    parser.add_argument("--load", type=int, default=0, metavar="N",
-                        help="run a competing process doing N-thread matrix products while timing "
-                             "(a shared machine's other tenant; 0 = none)")  # fmt: skip
+    add_load_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_load_option, add_parser, print_json
 from alexnet.model import MODEL_NAMES
 
 
@@ -59,14 +59,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
-    parser.add_argument(
-        "--load",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run a competing process doing N-thread matrix products while timing "
-        "(a shared machine's other tenant; 0 = none)",
-    )
+    add_load_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
