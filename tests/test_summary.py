@@ -1,4 +1,4 @@
-"""`alexnet summary`: the paper's and the seeds' arithmetic, reproduced from the real modules."""
+"""`alexnet summary`: the arithmetic of the paper and the course notes, reproduced from the real modules."""
 
 import json
 
