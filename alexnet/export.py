@@ -93,7 +93,8 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     """Make a model exportable, same maths, in place: the fused LRN (a custom autograd Function,
     opaque to the exporter) becomes torch's LocalResponseNorm (alpha * size: torch divides alpha by
     size), and the adaptive average pool becomes the identity when it already gets 6 x 6 maps at
-    this input size (the exporter cannot size an adaptive pool behind a dynamic batch)."""
+    this input size (the exporter cannot size an adaptive pool behind a dynamic batch); the net's
+    own CPU channels_last switch is turned off (no layout change recorded in the graph)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, LocalResponseNorm):
@@ -103,6 +104,8 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
                         "export a net with lrn_scope=layer, or use the safetensors export"
                     )
                 setattr(parent, name, nn.LocalResponseNorm(child.size, child.alpha * child.size, child.beta, child.k))
+    if hasattr(model, "cpu_inference_channels_last"):
+        model.cpu_inference_channels_last = False  # memory layout is the ONNX runtime's choice, not the graph's
     pool = getattr(model, "avgpool", None)
     if isinstance(pool, nn.AdaptiveAvgPool2d) and hasattr(model, "features"):
         with torch.inference_mode():

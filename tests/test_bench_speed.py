@@ -168,13 +168,29 @@ def test_bench_zero_or_unfit_sizes_are_one_line_errors(capsys, args, tmp_path):
 def test_bench_infer_fast_on_cpu_is_channels_last_fp32(capsys):
     out = _json(capsys, ["bench", "infer", "--batch", "1", "--warmup", "0", "--repeats", "1", "--latency-repeats", "1",
                          "--fast", "--json"])  # fmt: skip
-    assert out["config"] == {"amp": None, "channels_last": True, "graphs": False, "compile": False}
+    assert out["config"] == {"amp": None, "channels_last": True, "graphs": False, "compile": False,
+                             "cpu_inference_channels_last": True}  # fmt: skip
     assert out["latency_ratio"] == pytest.approx(out["ours_latency_ms"] / out["torchvision_latency_ms"])
+
+
+@pytest.mark.parametrize("nchw", [False, True])
+def test_bench_infer_default_is_the_nets_own_layout_and_nchw_turns_it_off(capsys, nchw):
+    """Default: ours as the library runs it (the net's CPU channels_last switch on); --nchw: off.
+    Both also time torchvision in channels_last, and each ratio is its two medians' quotient."""
+    out = _json(capsys, ["bench", "infer", "--batch", "2", "--warmup", "0", "--repeats", "1", "--latency-repeats", "1",
+                         *(["--nchw"] if nchw else []), "--json"])  # fmt: skip
+    assert out["config"]["cpu_inference_channels_last"] is (not nchw) and out["config"]["channels_last"] is False
+    assert out["throughput_ratio_vs_cl"] == pytest.approx(out["ours_img_s"] / out["torchvision_cl_img_s"])
+    assert out["latency_ratio_vs_cl"] == pytest.approx(out["ours_latency_ms"] / out["torchvision_cl_latency_ms"])
+    assert set(out["times_s"]["throughput"]) == {"ours", "torchvision", "torchvision_cl"}
 
 
 def test_bench_infer_errors(capsys):
     assert main(["bench", "infer", "--graphs"]) == 2
     assert "CUDA graphs" in capsys.readouterr().err
+    assert main(["bench", "infer", "--nchw", "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--nchw" in err and err.count("\n") == 1
     assert main(["bench", "infer", "--load", "-2"]) == 2
     err = capsys.readouterr().err
     assert "--load -2" in err and err.count("\n") == 1

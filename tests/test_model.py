@@ -101,7 +101,11 @@ def test_torchvision_variant_matches_torchvision_exactly():
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(ours(x), reference(x))
+        expected = reference(x)
+        fast = ours(x)  # on the CPU in channels_last: other summation order, same values up to rounding
+        ours.cpu_inference_channels_last = False  # torchvision's own layout: bit for bit
+        assert torch.equal(ours(x), expected)
+    assert torch.allclose(fast, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_every_parameter_receives_a_gradient():
@@ -184,6 +188,30 @@ def test_lrn_channels_last_and_blocks():
         y.backward(g)
         assert torch.allclose(y, reference_lrn(a), rtol=1e-5, atol=1e-5)
         assert torch.allclose(x.grad, ref_in.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_inference_runs_channels_last_with_the_nchw_outputs():
+    """Under no_grad on the CPU the net switches to channels_last itself (conv1's output shows it);
+    logits and fc7 features equal the NCHW forward's up to float rounding; with autograd on, or
+    with the switch off, the caller's layout is kept."""
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=10).eval()
+    x = torch.randn(3, 3, 227, 227)
+    seen = []
+    model.features[0].register_forward_hook(
+        lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last))
+    )
+    with torch.no_grad():
+        fast, fast_fc7 = model(x), model.fc7_features(x)
+        model.cpu_inference_channels_last = False
+        slow, slow_fc7 = model(x), model.fc7_features(x)
+    model.cpu_inference_channels_last = True
+    with_grad = model(x)
+    with torch.no_grad():
+        model(x[:1])  # one image: kept NCHW (the weights' layout)
+    assert seen == [True, True, False, False, False, False]
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5) and torch.allclose(with_grad, slow, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fast_fc7, slow_fc7, rtol=1e-4, atol=1e-5)
 
 
 def differing_modules(a: nn.Module, b: nn.Module):

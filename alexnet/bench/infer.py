@@ -1,8 +1,9 @@
 """Inference speed: eval-mode forward of a registered model against torchvision's AlexNet (eager).
 
-Two figures, each timed alternately with the baseline after warm-up, medians reported:
+Two figures, each timed alternately with the baselines after warm-up, medians reported:
 throughput (img/s) at a large batch (1024 on CUDA, 64 on CPU by default) and latency (ms) at
-batch 1. Ours may run in bf16 autocast, channels_last and, on CUDA, replayed as a CUDA graph
+batch 1. By default ours runs as the library runs it: on the CPU the paper's net switches itself
+to channels_last under no_grad (`AlexNet.cpu_inference_channels_last`; `nchw=True` turns that off). Ours may run in bf16 autocast, channels_last and, on CUDA, replayed as a CUDA graph
 (`graphed`), which removes the per-kernel launch cost that dominates batch-1 latency.
 Inputs are random tensors already on the device.
 """
@@ -83,7 +84,8 @@ def make_forward(model: nn.Module, example: torch.Tensor, *, amp: str | None = N
 
 
 def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int | None = None, amp: str | None = None,
-                    channels_last: bool = False, graphs: bool = False, compile: bool = False, warmup: int = 2,
+                    channels_last: bool = False, nchw: bool = False, graphs: bool = False, compile: bool = False,
+                    warmup: int = 2,
                     repeats: int = 5, latency_repeats: int = 20, load: int = 0,
                     progress: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Throughput at `batch` (default 1024 on CUDA, 64 on CPU) and batch-1 latency of `model`
@@ -92,6 +94,10 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
     Returns a JSON-ready dict: ours_img_s, torchvision_img_s, throughput_ratio (ours / theirs),
     ours_latency_ms, torchvision_latency_ms, latency_ratio (ours / theirs: < 1 is faster).
     load: threads of a competing matrix-product process run while timing (0: none).
+    nchw: turn off our net's own CPU inference layout (AlexNet.cpu_inference_channels_last), timing
+    it in the caller's NCHW layout as before that switch existed.
+    On the CPU torchvision's AlexNet in channels_last fp32 is a second baseline
+    (torchvision_cl_img_s, torchvision_cl_latency_ms, *_ratio_vs_cl): what the layout alone gives it.
     """
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -101,18 +107,26 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
     check_load(load)
     if amp not in DTYPES:
         raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+    if nchw and channels_last:
+        raise UserError("--nchw and --channels-last (or --fast) ask for opposite layouts: use one of them")
     if graphs and not cuda:
         raise UserError("--graphs needs --device cuda (CUDA graphs); leave it off on the CPU")
     say = progress or (lambda m: None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     ours = build_model(model).to(dev).eval().to(memory_format=fmt)
+    if nchw and hasattr(ours, "cpu_inference_channels_last"):
+        ours.cpu_inference_channels_last = False
+    own_layout = bool(getattr(ours, "cpu_inference_channels_last", False)) and not cuda
     size = model_input_size(ours)
     theirs = torchvision.models.alexnet().to(dev).eval()
     baselines = {"torchvision": (theirs, None, torch.contiguous_format)}
     if cuda:
         theirs_cl = torchvision.models.alexnet().to(dev).eval().to(memory_format=torch.channels_last)
         baselines["torchvision_bf16_cl"] = (theirs_cl, torch.bfloat16, torch.channels_last)
+    else:
+        theirs_cl = torchvision.models.alexnet().to(dev).eval().to(memory_format=torch.channels_last)
+        baselines["torchvision_cl"] = (theirs_cl, None, torch.channels_last)
 
     def inputs(b: int, s: int, memory_format) -> torch.Tensor:
         return torch.randn(b, 3, s, s, device=dev).contiguous(memory_format=memory_format)
@@ -138,7 +152,13 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
         "device": str(dev),
         "model": model,
         "batch": batch,
-        "config": {"amp": amp, "channels_last": channels_last, "graphs": graphs, "compile": compile},
+        "config": {
+            "amp": amp,
+            "channels_last": channels_last,
+            "graphs": graphs,
+            "compile": compile,
+            "cpu_inference_channels_last": own_layout,
+        },
         "ours_img_s": batch / per["ours"],
         "torchvision_img_s": batch / per["torchvision"],
         "throughput_ratio": per["torchvision"] / per["ours"],
@@ -149,6 +169,11 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
         "times_s": results,
         "env": environment(dev),
     }
+    if not cuda:
+        out["torchvision_cl_img_s"] = batch / per["torchvision_cl"]
+        out["torchvision_cl_latency_ms"] = lat["torchvision_cl"]
+        out["throughput_ratio_vs_cl"] = per["torchvision_cl"] / per["ours"]
+        out["latency_ratio_vs_cl"] = lat["ours"] / lat["torchvision_cl"]
     if cuda:
         out["torchvision_bf16_cl_img_s"] = batch / per["torchvision_bf16_cl"]
         out["torchvision_bf16_cl_latency_ms"] = lat["torchvision_bf16_cl"]

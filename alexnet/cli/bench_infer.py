@@ -15,10 +15,13 @@ def register(sub) -> None:
         "inference img/s at a large batch and batch-1 latency vs torchvision's AlexNet (eager)",
         description=(
             "Times the eval-mode forward of --model and of torchvision.models.alexnet (eager fp32;\n"
-            "on CUDA also eager bf16 + channels_last) alternately after warm-up: img/s at --batch\n"
+            "also in channels_last on the CPU, eager bf16 + channels_last on CUDA) alternately after\n"
+            "warm-up: img/s at --batch\n"
             "(1024 on CUDA, 64 on CPU by default) and median latency at batch 1.\n"
             "throughput_ratio = our img/s / theirs; latency_ratio = our ms / theirs (< 1: faster).\n"
-            "--fast: on CUDA bf16 autocast + channels_last + a CUDA graph; on the CPU channels_last."
+            "--fast: on CUDA bf16 autocast + channels_last + a CUDA graph; on the CPU channels_last.\n"
+            "Without options ours runs as `alexnet evaluate`/`predict` run it: on the CPU the net\n"
+            "turns its input to channels_last itself under no_grad (--nchw turns that off)."
         ),
     )
     parser.add_argument(
@@ -37,6 +40,12 @@ def register(sub) -> None:
     )
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype for ours (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for ours")
+    parser.add_argument(
+        "--nchw",
+        action="store_true",
+        help="keep ours in the caller's NCHW layout on the CPU (switch off the net's own channels_last "
+        "inference path, to see what it gains)",
+    )
     parser.add_argument("--graphs", action="store_true", help="replay ours as a CUDA graph (CUDA only)")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile ours (with --graphs: mode reduce-overhead)"
@@ -70,6 +79,7 @@ def run(args) -> int:
         batch=args.batch,
         amp=amp,
         channels_last=channels_last,
+        nchw=args.nchw,
         graphs=graphs,
         compile=args.compile,
         warmup=args.warmup,
@@ -95,6 +105,12 @@ def run(args) -> int:
     )
     if args.load:
         print(f"  (timed beside a competing process running {args.load}-thread matrix products)")
+    if "torchvision_cl_img_s" in r:
+        print(
+            f"  torchvision in channels_last: {r['torchvision_cl_img_s']:9.1f} img/s, "
+            f"{r['torchvision_cl_latency_ms']:.2f} ms; ratios against it {r['throughput_ratio_vs_cl']:.2f} "
+            f"(throughput), {r['latency_ratio_vs_cl']:.2f} (latency)"
+        )
     if "torchvision_bf16_cl_img_s" in r:
         print(
             f"  torchvision eager bf16 + channels_last: {r['torchvision_bf16_cl_img_s']:9.1f} img/s, "
