@@ -224,6 +224,46 @@ def test_loader_determinism_across_workers(prepared):
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, d))
 
 
+def test_pooled_loader_recycles_buffers_and_never_overwrites_a_held_batch(prepared):
+    """With workers the training batches go through recycled shared-memory buffers: values equal
+    the in-process loader's (no pool) whether each batch is dropped at once (buffers reused, none
+    allocated afresh), all are kept (9 batches, 6 buffers: the rest are allocated afresh, and no
+    kept batch is overwritten), or an epoch is abandoned half-way and started again."""
+    kw = dict(train=True, batch_size=2, seed=5)
+    reference = make_loader(prepared, "train", workers=0, **kw)
+    reference.set_epoch(1)
+    want = [(x.clone(), y.clone()) for x, y in reference]
+    assert reference.pool is None and len(want) == 9
+
+    def same(got):
+        return len(got) == len(want) and all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want)
+        )
+
+    loader = make_loader(prepared, "train", workers=2, **kw)
+    loader.set_epoch(1)
+    assert same([(x.clone(), y) for x, y in loader]) and same([(x.clone(), y) for x, y in loader])
+    pool = loader.pool
+    assert len(pool.buffers) == 2 * 2 + 2 and (pool.reused, pool.fresh) == (18, 0) and not pool.in_flight
+    kept = list(loader)
+    assert same(kept) and pool.fresh == 3
+    del kept
+    batches = iter(loader)
+    next(batches), next(batches)  # abandoned with batches in flight
+    assert same([(x.clone(), y) for x, y in loader]) and not pool.in_flight
+
+
+def test_loader_without_a_pool_when_torch_cannot_count_users(prepared, monkeypatch):
+    """No storage use count (another torch): fresh batches, as before pooling; same values."""
+    kw = dict(train=True, batch_size=4, seed=5)
+    want = _batches(make_loader(prepared, "train", workers=0, **kw), 1)
+    monkeypatch.delattr(torch._C, "_storage_Use_Count")
+    loader = make_loader(prepared, "train", workers=2, **kw)
+    got = _batches(loader, 1)
+    assert loader.pool is None and len(got) == len(want)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+
+
 def test_iter_from_equals_tail(prepared):
     loader = make_loader(prepared, "train", train=True, batch_size=4, workers=0, seed=1)
     full = _batches(loader, 2)

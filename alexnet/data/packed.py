@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from alexnet.data.augment import EvalTransform, TrainTransform, check_options
+from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
 from alexnet.data.prepare import default_workers
 from alexnet.errors import UserError
 
@@ -152,6 +153,7 @@ class PackedDataset(Dataset):
         self._path = os.path.join(d, "images.bin" if self.format == "jpeg" else "images.u8")
         self.offsets = np.load(os.path.join(d, "offsets.npy")) if self.format == "jpeg" else None
         self._handle, self._pid = None, None
+        self.pool: BatchPool | None = None  # the loader's recycled batch buffers (batchpool.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -197,19 +199,23 @@ class PackedDataset(Dataset):
 
     def __getitems__(self, keys: list):
         """A whole batch (the DataLoader's fast path): with the training transform each image is
-        normalised straight into one (B, 3, crop, crop) output, in shared memory inside a worker,
-        saving the collate copy; the values equal __getitem__'s."""
+        normalised straight into one (B, 3, crop, crop) output, saving the collate copy: the
+        loader's pooled buffer `keys.slot` when it has one (then a PoolSlot stands for the images),
+        else fresh memory, shared inside a worker. The values equal __getitem__'s."""
         t = self.transform
         if not isinstance(t, TrainTransform) or not all(isinstance(k, tuple) for k in keys):
             return [self[k] for k in keys]
-        shared = get_worker_info() is not None
-        out = empty_batch((len(keys), 3, t.crop, t.crop), torch.float32, shared)
+        slot = getattr(keys, "slot", -1) if self.pool is not None else -1
+        if slot >= 0:
+            out = self.pool.output(slot, len(keys))
+        else:
+            out = empty_batch((len(keys), 3, t.crop, t.crop), torch.float32, get_worker_info() is not None)
         labels = torch.empty(len(keys), dtype=torch.int64)
         with single_thread():
             for j, (index, seed) in enumerate(keys):
                 t(self.image(index), generator=torch.Generator().manual_seed(int(seed)), out=out[j])
                 labels[j] = int(self.labels[index])
-        return Collated((out, labels))
+        return Collated((PoolSlot(slot, len(keys)) if slot >= 0 else out, labels))
 
 
 class Collated(tuple):
@@ -221,17 +227,6 @@ def collate(batch):
     if isinstance(batch, Collated):
         return tuple(batch)
     return default_collate(batch)
-
-
-def empty_batch(shape, dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, allocated in shared memory when `shared` (as default_collate does
-    in workers, so that sending the batch to the main process copies nothing)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    numel = math.prod(shape)
-    proto = torch.empty(0, dtype=dtype)
-    storage = proto._typed_storage()._new_shared(numel, device="cpu")
-    return proto.new(storage).view(shape)
 
 
 class single_thread:
@@ -293,23 +288,43 @@ class _Sampler(Sampler):
         return math.ceil(self.n / self.world) if self.shuffle else len(range(self.rank, self.n, self.world))
 
 
+PREFETCH = 2  # batches each worker prepares ahead (the DataLoader's default)
+
+
 class Loader:
-    """Batches (images float32 (B, 3, H, W) or (B, 10, 3, H, W), labels int64 (B,))."""
+    """Batches (images float32 (B, 3, H, W) or (B, 10, 3, H, W), labels int64 (B,)).
+
+    With workers, the training transform and no pinned memory, batches are written into recycled
+    shared-memory buffers (`pool`, batchpool.py): a batch's memory is reused once nothing refers
+    to it any more, so keeping a batch is always safe."""
 
     def __init__(self, dataset: PackedDataset, sampler: _Sampler, *, batch_size, workers, drop_last, pin_memory):
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
-        self.workers = workers
-        self._loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            drop_last=drop_last,
-            pin_memory=pin_memory,
-            persistent_workers=workers > 0,
-            collate_fn=collate,
-            generator=_worker_seeds(),
-        )
+        self.workers, self.pin_memory = workers, pin_memory
+        self.pool: BatchPool | None = None
+        self._loader: DataLoader | None = None  # made at the first iteration (with the pool, if any)
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            batches = {"batch_size": self.batch_size, "sampler": self.sampler, "drop_last": self.drop_last}
+            t = getattr(self.dataset, "transform", None)
+            if self.workers > 0 and not self.pin_memory and isinstance(t, TrainTransform):
+                shape = (self.batch_size, 3, t.crop, t.crop)
+                self.pool = BatchPool.create(self.workers * PREFETCH + EXTRA_BUFFERS, shape)
+            if self.pool is not None:
+                self.dataset.pool = self.pool  # before the workers start: they map the buffers
+                batches = {"batch_sampler": PooledBatches(self.sampler, self.batch_size, self.drop_last, self.pool)}
+            self._loader = DataLoader(
+                self.dataset,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.workers > 0,
+                prefetch_factor=PREFETCH if self.workers > 0 else None,
+                collate_fn=collate,
+                generator=_worker_seeds(),
+                **batches,
+            )
+        return self._loader
 
     @property
     def num_samples(self) -> int:
@@ -325,7 +340,18 @@ class Loader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        return iter(self._loader)
+        loader = self._data_loader()
+        if self.pool is None:
+            return iter(loader)
+        # a new epoch's reset waits until the workers finish any batch of an abandoned one
+        stale = set(self.pool.in_flight)
+        batches = iter(loader)
+        self.pool.in_flight -= stale
+        return self._delivered(batches)
+
+    def _delivered(self, batches):
+        for images, labels in batches:
+            yield (self.pool.deliver(images) if isinstance(images, PoolSlot) else images), labels
 
     def iter_from(self, start_batch: int):
         """This epoch's batches from `start_batch` on (mid-epoch resume), equal to the tail of
@@ -334,7 +360,7 @@ class Loader:
             return iter(self)
         keys = list(iter(self.sampler))[start_batch * self.batch_size :]
         tail = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.workers,
-                          drop_last=self.drop_last, pin_memory=self._loader.pin_memory, collate_fn=collate,
+                          drop_last=self.drop_last, pin_memory=self.pin_memory, collate_fn=collate,
                           generator=_worker_seeds())  # fmt: skip
         return iter(tail)
 
