@@ -72,6 +72,9 @@ class AlexNet(nn.Module):
     set the attribute `cpu_inference_channels_last = False` to keep the caller's layout.
     """
 
+    # A speed switch, not part of the net (not in `config` or checkpoints): see _inference_layout.
+    cpu_inference_channels_last: bool = True
+
     def __init__(
         self,
         variant: str = "paper",
@@ -118,8 +121,6 @@ class AlexNet(nn.Module):
             init=init,
         )
         self.variant, self.input_size = variant, input_size
-        # a speed switch, not part of the net (not in `config` or checkpoints): see _inference_layout
-        self.cpu_inference_channels_last = True
 
         act: Callable[[], nn.Module] = (lambda: nn.ReLU(inplace=True)) if activation == "relu" else nn.Tanh
         pool_k, pool_s = (3, 2) if pool == "overlapping" else (2, 2)
