@@ -32,7 +32,7 @@ from alexnet.artifact import (
 from alexnet.checkpoint import clean_state_dict, model_from_checkpoint, save_checkpoint, state_dict_error
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_path
-from alexnet.model import LocalResponseNorm, build_model
+from alexnet.model import LocalResponseNorm, MaxPool2d, build_model
 
 # torchvision's ImageNet preprocessing (its AlexNet_Weights.IMAGENET1K_V1 transforms).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
@@ -94,7 +94,8 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
     opaque to the exporter) becomes torch's LocalResponseNorm (alpha * size: torch divides alpha by
     size), and the adaptive average pool becomes the identity when it already gets 6 x 6 maps at
     this input size (the exporter cannot size an adaptive pool behind a dynamic batch); the net's
-    own CPU channels_last switch is turned off (no layout change recorded in the graph)."""
+    own CPU channels_last switch is turned off and its max-pools become torch's (no layout change
+    recorded in the graph)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, LocalResponseNorm):
@@ -104,6 +105,9 @@ def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
                         "export a net with lrn_scope=layer, or use the safetensors export"
                     )
                 setattr(parent, name, nn.LocalResponseNorm(child.size, child.alpha * child.size, child.beta, child.k))
+            elif isinstance(child, MaxPool2d):  # torch's own: no CPU layout change in the graph
+                setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
+                                                   ceil_mode=child.ceil_mode))  # fmt: skip
     if hasattr(model, "cpu_inference_channels_last"):
         model.cpu_inference_channels_last = False  # memory layout is the ONNX runtime's choice, not the graph's
     pool = getattr(model, "avgpool", None)

@@ -24,7 +24,15 @@ from torch import nn
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
 
-__all__ = ["AlexNet", "LocalResponseNorm", "MODEL_NAMES", "build_model", "init_weights", "model_input_size"]
+__all__ = [
+    "AlexNet",
+    "LocalResponseNorm",
+    "MaxPool2d",
+    "MODEL_NAMES",
+    "build_model",
+    "init_weights",
+    "model_input_size",
+]
 
 VARIANTS = ("paper", "ungrouped", "torchvision")
 INITS = ("paper", "kaiming", "caffe", "default")
@@ -40,6 +48,19 @@ _CONV_SPECS = {
     "ungrouped": [(96, 11, 4, 0, 1), (256, 5, 1, 2, 1), (384, 3, 1, 1, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
     "torchvision": [(64, 11, 4, 2, 1), (192, 5, 1, 2, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
 }
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d that, on the CPU without autograd, pools an NCHW input in channels_last and
+    returns NCHW: PyTorch's NCHW max-pooling is not vectorised across channels and takes several
+    times as long (1.6 ms against 0.2 ms over one 96 x 55 x 55 map). A maximum is the same in any
+    memory order, so the values are identical. Only a single image meets NCHW here: AlexNet runs
+    larger inference batches in channels_last throughout (`AlexNet.cpu_inference_channels_last`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and not torch.is_grad_enabled():
+            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return super().forward(x)
 
 
 class AlexNet(nn.Module):
@@ -144,9 +165,9 @@ class AlexNet(nn.Module):
             if i in (1, 2):
                 if variant != "torchvision":
                     layers.append(norm())
-                layers.append(nn.MaxPool2d(pool_k, pool_s))
+                layers.append(MaxPool2d(pool_k, pool_s))
             elif i == 5:
-                layers.append(nn.MaxPool2d(pool_k, pool_s))
+                layers.append(MaxPool2d(pool_k, pool_s))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
         # Identity at the paper's sizes (conv5's pool is already 6x6); lets larger inputs through.

@@ -106,7 +106,7 @@ class Summary:
 
 
 def _kind(module: nn.Module) -> str:
-    return {
+    kinds = {
         nn.Conv2d: "conv",
         nn.Linear: "fc",
         nn.ReLU: "relu",
@@ -119,7 +119,9 @@ def _kind(module: nn.Module) -> str:
         nn.LocalResponseNorm: "lrn",
         nn.BatchNorm2d: "bn",
         nn.Identity: "identity",
-    }.get(type(module), type(module).__name__.lower())
+    }
+    # the nearest known class: alexnet.model.MaxPool2d is a pool
+    return next((kinds[c] for c in type(module).__mro__ if c in kinds), type(module).__name__.lower())
 
 
 def _paper_names(model: nn.Module) -> dict[nn.Module, str]:

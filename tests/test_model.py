@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, build_model
+from alexnet.model import MODEL_NAMES, AlexNet, LocalResponseNorm, MaxPool2d, build_model
 
 
 def reference_lrn(
@@ -212,6 +212,21 @@ def test_cpu_inference_runs_channels_last_with_the_nchw_outputs():
     assert seen == [True, True, False, False, False, False]
     assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5) and torch.allclose(with_grad, slow, rtol=1e-4, atol=1e-5)
     assert torch.allclose(fast_fc7, slow_fc7, rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_in_inference_is_torchs_to_the_bit():
+    """AlexNet's MaxPool2d pools an NCHW input in channels_last on the CPU without autograd:
+    the same values and layout as nn.MaxPool2d; with autograd it is nn.MaxPool2d itself."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 96, 55, 55)
+    ours, reference = MaxPool2d(3, 2), nn.MaxPool2d(3, 2)
+    with torch.no_grad():
+        y = ours(x)
+        assert y.is_contiguous() and torch.equal(y, reference(x))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(a).square().sum().backward()
+    reference(b).square().sum().backward()
+    assert torch.equal(a.grad, b.grad)
 
 
 def differing_modules(a: nn.Module, b: nn.Module):
