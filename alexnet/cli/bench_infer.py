@@ -44,7 +44,7 @@ def register(sub) -> None:
         "--nchw",
         action="store_true",
         help="keep ours in the caller's NCHW layout on the CPU (switch off the net's own channels_last "
-        "inference path, to see what it gains)",
+        "inference path, to see what it gains; its max-pools still pool in channels_last: same values)",
     )
     parser.add_argument("--graphs", action="store_true", help="replay ours as a CUDA graph (CUDA only)")
     parser.add_argument(
