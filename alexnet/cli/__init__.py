@@ -15,6 +15,7 @@ import sys
 from alexnet import __version__
 from alexnet.errors import UserError
 from alexnet.io import dumps
+from alexnet.memory import keep_freed_memory
 
 # Order = order in `alexnet --help`. Each entry is a module of this package with register().
 COMMAND_MODULES = [
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    keep_freed_memory()  # large CPU tensors reused, not re-mapped each step (alexnet/memory.py)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
