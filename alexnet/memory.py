@@ -5,7 +5,7 @@ largest mmap threshold) with a fresh mmap and unmaps it on free, so each trainin
 zero-fills its large activations anew, a page fault per 4 KB. The paper's net has several such
 tensors that torchvision's variant does not (conv1's output at batch 32 is 37 MB against
 torchvision's 25 MB, which malloc keeps and reuses): measured on a 2-core CPU, the training step
-took 13–17 % less time with malloc told to keep freed memory (BENCHMARKS.md, Training step on the
+took 12–21 % less time with malloc told to keep freed memory (BENCHMARKS.md, Training step on the
 CPU). Freed blocks then stay in the process for the next step, as PyTorch's CUDA caching
 allocator does on a GPU; the price is that the process keeps its peak host memory (up to 2 GB
 free at the top of the heap) instead of returning it.
