@@ -85,6 +85,11 @@ def add_load_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """--set SECTION.KEY=VALUE (repeatable) into args.overrides: training settings, as `alexnet train`."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
 def print_json(obj) -> None:
     """Machine-readable output: one JSON document on stdout."""
     print(dumps(obj))

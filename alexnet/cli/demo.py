@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_parser, add_set_option, print_json
 
 DESCRIPTION = """\
 The whole pipeline in about 10 minutes on a 2-core CPU, with nothing downloaded:
@@ -26,14 +26,7 @@ def register(sub) -> None:
         description=DESCRIPTION,
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)",
-    )
+    add_set_option(p, "override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)")
     p.add_argument(
         "--json",
         action="store_true",

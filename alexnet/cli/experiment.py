@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_parser, add_set_option, print_json
 
 RELU_DESCRIPTION = """\
 The paper's Figure 1 (§3.1): a four-layer CNN (cuda-convnet's layers-80sec: three 5x5 conv layers
@@ -112,14 +112,7 @@ def _add_ablations_parser(inner) -> None:
         help="training crop / model input; default: 227/256 of the prepared size (227 at 256)",
     )
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop each run after N SGD steps")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="an alexnet train setting for every run, e.g. --set data.batch_size=64 (repeatable)",
-    )
+    add_set_option(p, "an alexnet train setting for every run, e.g. --set data.batch_size=64 (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="loader processes; unset: train's default")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(

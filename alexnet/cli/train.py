@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_parser, add_set_option, print_json
 
 DESCRIPTION = """\
 Train a registered model on a directory written by `alexnet prepare`, with the paper's recipe (§5)
@@ -52,14 +52,7 @@ def register(sub) -> None:
         help=f"registered model (same as --set model.name=NAME): {', '.join(MODEL_NAMES)}",
     )
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of [section] key = value settings")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)",
-    )
+    add_set_option(p, "override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt (none yet: start)")
     p.add_argument(
         "--amp",

@@ -29,12 +29,12 @@ from alexnet.data.augment import (
     sample_draws,
     train_batch,
 )
+from alexnet.data.batchpool import empty_batch
 from alexnet.data.packed import (
     Collated,
     Loader,
     PackedDataset,
     PreparedSet,
-    empty_batch,
     make_loader,
     single_thread,
 )
