@@ -98,12 +98,12 @@ class LoopState:
         return {"train_loss": loss / n, "train_top1_error": 1 - top1 / n, "train_top5_error": 1 - top5 / n}
 
     def recent_loss(self, info: Dist, window: int) -> float:
-        """Mean training loss of the last `window` steps, averaged over ranks."""
+        """Mean training loss of the last `window` steps, averaged over the batch's shares (ranks)."""
         values = [t.detach().double().cpu() for t in list(self.recent)[-window:]]
         mean = torch.stack(values).mean().reshape(1) if values else torch.zeros(1, dtype=torch.float64)
         if info.enabled:
             mean = mean.to(info.device)
-        return all_reduce_sum(mean, info).item() / info.world
+        return all_reduce_sum(mean, info).item() / info.replicas
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
-from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
+from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
@@ -36,6 +36,7 @@ from alexnet.io import read_json
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer
+from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
 from alexnet.rundir import RunDir, kill_point
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def resolve_config(out, config_file=None, overrides=(), resume: bool = False) -> TrainConfig:
@@ -202,7 +204,7 @@ class NonFiniteLoss(UserError):
 
 def model_kwargs(config: TrainConfig, num_classes: int) -> dict:
     """What build_model needs for this run (stored in every checkpoint)."""
-    kwargs = {"num_classes": num_classes, **config.model.options()}
+    kwargs = {"num_classes": num_classes, **model_options(config.parallel, config.model.name, config.model.options())}
     if config.model.name.startswith("alexnet"):
         kwargs["input_size"] = config.data.crop
     return kwargs
@@ -246,13 +248,14 @@ class Loop:
     run: RunDir
     train_loader: object
     val_loader: object | None
-    raw: torch.nn.Module  # the plain model (what checkpoints store)
+    raw: torch.nn.Module  # the plain model (what checkpoints store), or this process's share of a split one
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     meta: dict  # the checkpoint keys that do not change during the run (model options, classes, config)
     printer: Printer
     state: LoopState = field(default_factory=LoopState)
     extra_states: dict = field(default_factory=dict)
+    layout: Layout | None = None  # how the processes share net and batch (alexnet/parallel)
     model: torch.nn.Module | None = None  # what trains: compiled and/or DDP-wrapped raw
     evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
@@ -286,12 +289,13 @@ class Loop:
         )
 
 
-def checkpoint_payload(loop: Loop, rng: dict) -> dict:
-    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds."""
+def checkpoint_payload(loop: Loop, rng: dict, model: dict, optimizer: dict) -> dict:
+    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds.
+    model, optimizer: the whole net's state dicts (Layout.full_states)."""
     return {
         **loop.meta,
-        "model": unwrap(loop.raw).state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": loop.schedule.state_dict(),
         "rng": rng,
         **loop.state.state_dict(),
@@ -301,9 +305,13 @@ def checkpoint_payload(loop: Loop, rng: dict) -> dict:
 
 def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
     """Write last.pt (and best.pt) from rank 0. collective=False: a save the other ranks do not join."""
+    if not collective and loop.layout.split:  # a split net is gathered by all its processes
+        loop.printer.warn(f"a net split over processes cannot be saved alone; {loop.run.last} is the last save")
+        return
     rng = gather_rng(loop.info, collective)
+    model, optimizer = loop.layout.full_states(loop.raw, loop.optimizer)
     if loop.info.main:
-        loop.run.save(checkpoint_payload(loop, rng), best=best)
+        loop.run.save(checkpoint_payload(loop, rng, model, optimizer), best=best)
     if collective:
         barrier(loop.info)
 
@@ -313,17 +321,16 @@ def restore(loop: Loop) -> None:
     ckpt = load_checkpoint(loop.run.last)
     config = loop.config
     try:
-        loop.raw.load_state_dict(clean_state_dict(ckpt["model"]))
         saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
         if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
             raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
-        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        loop.layout.load_states(loop.raw, loop.optimizer, clean_state_dict(ckpt["model"]), ckpt["optimizer"])
         loop.schedule.load_state_dict(ckpt["scheduler"])
         for key, obj in loop.extra_states.items():
             if key in ckpt:
                 obj.load_state_dict(ckpt[key])
         loop.state.load_state_dict(ckpt)
-        set_rng(ckpt["rng"], loop.info.rank, loop.info.device)
+        set_rng(ckpt["rng"], 0 if loop.info.shared_rng else loop.info.rank, loop.info.device)
     except KeyError as exc:
         raise UserError(
             f"{loop.run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
@@ -376,10 +383,12 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
             f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
         )
-    if config.data.batch_size % info.world:
+    tc = config.train
+    layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
+    if config.data.batch_size % info.replicas:
         raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
-            "processes; the global batch is split evenly"
+            f"data.batch_size {config.data.batch_size} is not divisible by the {info.replicas} "
+            "data-parallel shares of the batch (processes, or pairs of towers); the global batch is split evenly"
         )
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
@@ -387,7 +396,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             "learning rate; prepare it with `alexnet prepare --val-fraction 0.02`, or use "
             "--set schedule.name=step --set schedule.milestones=[30,60,80]"
         )
-    train_loader, val_loader = _loaders(ps, config, info)
+    train_loader, val_loader = _loaders(ps, config, info, layout)
     if len(train_loader) == 0:
         raise UserError(f"{ps.root}: the training split is empty")
     run = RunDir(out, info, resume=resume)
@@ -395,6 +404,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     kwargs = model_kwargs(config, ps.num_classes)
     raw = build_model(config.model.name, **kwargs).to(info.device)
     kwargs = dict(getattr(raw, "config", kwargs))  # AlexNets: the full set of the variant's options
+    raw = layout.local_model(raw)  # a split layout: this process's share (the rest is dropped)
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
@@ -424,12 +434,13 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     loop = Loop(
         config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta, Printer(info, progress)
     )
+    loop.layout = layout
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
     return loop
 
 
-def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
+def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist, layout: Layout):
     """(training loader, validation loader or None), each process taking its share of the batch."""
     d = config.data
     common = dict(
@@ -437,9 +448,9 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
         normalize=d.normalize,
         workers=d.workers,
         seed=config.train.seed,
-        distributed=info.enabled,
         pin_memory=info.device.type == "cuda",
     )
+    shard, val_shard = layout.shards(info.replicas)  # (index, count) of each batch this process takes
     pipeline = resolve_pipeline(d.pipeline, info.device)
     make = make_loader
     if pipeline != "host":  # the same batches, augmented where the model is (alexnet/data/device.py)
@@ -450,10 +461,19 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
             decode="device" if pipeline == "nvjpeg" else "host",
         )
     train_loader = make(
-        ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca, flip=d.flip, **common
+        ps,
+        "train",
+        train=True,
+        batch_size=d.batch_size // shard[1],
+        pca=d.pca,
+        flip=d.flip,
+        distributed=shard,
+        **common,
     )
-    eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
-    val_loader = make(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
+    eval_batch = max(1, (d.eval_batch_size or d.batch_size) // val_shard[1])
+    val_loader = None
+    if "val" in ps.splits:
+        val_loader = make(ps, "val", train=False, batch_size=eval_batch, distributed=val_shard, **common)
     return train_loader, val_loader
 
 
@@ -469,12 +489,7 @@ def wrap(loop: Loop, compiled: bool) -> None:
     """Set the model to train and the one to evaluate: compile first, then DDP around it (as nanoGPT)."""
     model = torch.compile(loop.raw) if compiled else loop.raw
     loop.evaluator = model
-    if loop.info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
-
-        device = loop.info.device
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loop.model = model
+    loop.model = loop.layout.wrap(model)
     loop.compile_pending = compiled
 
 
@@ -682,7 +697,8 @@ def train(
         else:
             if resume:
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
-            torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
+            # dropout masks differ between ranks, unless a split net's ranks draw each mask together
+            torch.manual_seed(tc.seed + (0 if info.shared_rng else info.rank))
             loop.run.start(config, loop.data, command)
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None

@@ -375,14 +375,15 @@ def _worker_seeds() -> torch.Generator:
 
 def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int | None = None, crop: int = 227,
                 crops: int = 1, pca: str = "paper", normalize: str = "mean_image", flip: bool = True,
-                seed: int = 0, distributed: bool = False, drop_last: bool | None = None,
+                seed: int = 0, distributed: bool | tuple[int, int] = False, drop_last: bool | None = None,
                 pin_memory: bool = False) -> Loader:  # fmt: skip
     """A loader over `split` of a prepared set (path or PreparedSet).
 
     train=True: shuffled per (seed, epoch), the paper's augmentation (TrainTransform). train=False:
     in order, centre crop or 10 crops (EvalTransform). distributed=True with torch.distributed
     initialised: training shards as DistributedSampler does, evaluation takes r::world without
-    padding so that summed metrics count every image once.
+    padding so that summed metrics count every image once. distributed=(index, count): shard
+    `index` of `count` (processes that share a net share a shard).
     """
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
     ps._need(split)
@@ -395,7 +396,9 @@ def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int 
         transform = EvalTransform(stats=ps.stats, crop=crop, crops=crops, normalize=normalize)
     dataset = PackedDataset(ps, split, transform)
     rank, world = 0, 1
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if isinstance(distributed, tuple):  # (index, count): a given share (alexnet/parallel)
+        rank, world = distributed
+    elif distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     sampler = _Sampler(len(dataset), shuffle=train, seed=seed, rank=rank, world=world)
     if drop_last is None:
