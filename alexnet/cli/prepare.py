@@ -47,7 +47,11 @@ def register(sub) -> None:
                    help="fraction of each class held out as val when the source has no val split")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes; unset: min(cores, 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes; unset: min(cores, 8); fewer when that many decoding images of "
+                   "--max-pixels at 24 bytes a pixel would pass half the machine's memory")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip (and list) source images of more pixels (width x height); unset: 100000000")  # fmt: skip
     p.add_argument("--force", action="store_true",
                    help="replace an existing prepared OUT, or start an interrupted prepare over")  # fmt: skip
     p.add_argument("--resume", action="store_true",
@@ -70,7 +74,7 @@ def run(args) -> int:
         manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers, force=args.force,
                            seed=args.seed, quality=args.quality, resume=args.resume, chunk_size=args.chunk_size,
-                           progress=args.progress)  # fmt: skip
+                           progress=args.progress, max_pixels=args.max_pixels)  # fmt: skip
     except KeyboardInterrupt:
         print(f"prepare interrupted: its finished chunks are kept; the same command with --resume continues "
               f"into {args.out}", file=sys.stderr)  # fmt: skip
