@@ -138,9 +138,9 @@ def check_finite(state: dict) -> None:
 
 
 def check_metadata(state: dict) -> dict:
-    """Check what a checkpoint says about its model against its tensors, BEFORE building it: the
-    registered name, the options (a dict; num_classes a sane count), every tensor's shape and the
-    class list's length. Returns the builder's kwargs. One UserError naming the file and the fault."""
+    """Check what a checkpoint says about its model before anything uses it: the registered name,
+    the options (a dict; num_classes a sane count), the class list's length against the outputs.
+    Returns the builder's kwargs. One UserError naming the file and the fault."""
     where = state.get("path", "checkpoint")
     name, kwargs = state.get("model_name"), state.get("model_kwargs")
     if not isinstance(name, str) or name not in MODELS:
@@ -156,6 +156,13 @@ def check_metadata(state: dict) -> dict:
         raise UserError(f"{where}: damaged metadata: {len(ids)} class ids for a net with {n} outputs")
     if not isinstance(state.get("model"), dict):
         raise UserError(f"{where}: damaged checkpoint: its weights are not a dict of tensors")
+    return kwargs
+
+
+def check_shapes(state: dict, kwargs: dict) -> None:
+    """UserError when the tensors present are not those of the model the metadata describes
+    (built on the meta device: nothing allocated, even for num_classes in the millions)."""
+    where, name = state.get("path", "checkpoint"), state["model_name"]
     try:
         with torch.device("meta"), SkipInit():  # shapes only: nothing allocated, nothing drawn
             expected = {k: tuple(v.shape) for k, v in build_model(name, **kwargs).state_dict().items()}
@@ -177,13 +184,13 @@ def check_metadata(state: dict) -> dict:
             f"{where}: weights do not fit model {name} with its metadata ({detail}"
             f"{f'; {count - 1} more' if count > 1 else ''})"
         )
-    return kwargs
 
 
 def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the registered model a checkpoint describes and load its weights; eval mode.
     The metadata is checked first (check_metadata), and weights with NaN or inf are refused."""
     kwargs = check_metadata(state)
+    check_shapes(state, kwargs)
     check_finite(state)
     model = build_model(state["model_name"], **kwargs)
     try:

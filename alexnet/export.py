@@ -32,6 +32,7 @@ from alexnet.artifact import (
 from alexnet.checkpoint import (
     check_finite,
     check_metadata,
+    check_shapes,
     clean_state_dict,
     model_from_checkpoint,
     save_checkpoint,
@@ -215,7 +216,7 @@ def export(path: str, fmt: str, out: str) -> dict:
     if fmt not in ("safetensors", "onnx"):
         raise UserError(f"--format {fmt}: choose safetensors or onnx")
     state = load_model_state(path)
-    check_metadata(state)
+    check_shapes(state, check_metadata(state))
     check_finite(state)  # an export of a diverged net would spread it
     result = export_safetensors(state, out) if fmt == "safetensors" else export_onnx(state, out)
     return {"checkpoint": state["path"], **result}

@@ -21,9 +21,15 @@ Layouts (auto-detected):
   flowers17  SRC/jpg/image_0001.jpg ... (80 per class), datasplits.mat used when present
   cifar10    data_batch_1..5, test_batch, batches.meta (python version); test_batch becomes val.
              CIFAR's 32-px images are kept at 32 by default (train with a crop <= 32, e.g. 28);
-             --size 256 upscales them to the paper's input size.
+             --size 256 upscales them to the paper's input size. The batches are pickles: they
+             are read with an unpickler that admits containers, bytes, strings, numbers and numpy
+             arrays only, so a crafted file is refused in one line and nothing in it runs.
 A source without a validation split gets one from --val-fraction (stratified, seeded).
-Unreadable, truncated or non-image files are skipped and listed in the manifest.
+Unreadable, truncated or non-image files, images over --max-pixels (100 M pixels; decoding takes up
+to 24 bytes a pixel, 2.4 GB at the limit) and anything that is not a regular file (a FIFO, a
+device, a symbolic link loop) are skipped and listed in the manifest. File names need not be UTF-8.
+Memory: the workers decode one image each at a time, so at worst workers x 24 bytes x --max-pixels;
+fewer workers run when that would pass half the machine's memory.
 
 OUT appears only when complete; the work is committed every --chunk-size images in a hidden
 .OUT.partial beside it. An interrupted prepare (killed, Ctrl-C, disk full) continues where it
