@@ -99,6 +99,14 @@ def test_run_directories_of_older_versions_are_still_runs(tmp_path):
 # ---------------------------------------------------------------- resume checks its data
 
 
+@pytest.fixture(scope="module")
+def one_step_run(tiny_prepared, tmp_path_factory):
+    """A run of one step on tiny_prepared (shared: the tests below must leave it as it is)."""
+    run = tmp_path_factory.mktemp("one-step") / "run"
+    assert main(["train", str(tiny_prepared), "--out", str(run), *_sets(TINY_TRAIN), "--progress", "off"]) == 0
+    return run
+
+
 @pytest.mark.parametrize(
     "other, words",
     [
@@ -106,13 +114,13 @@ def test_run_directories_of_older_versions_are_still_runs(tmp_path):
         (dict(classes=3, per_class=6, val_per_class=2, seed=5), "normalisation statistics"),
     ],
 )
-def test_resume_with_another_prepared_set_is_refused(tiny_prepared, prepared_shapes, tmp_path, capsys, other, words):
-    run = tmp_path / "run"
-    args = [str(run), *_sets(TINY_TRAIN), "--progress", "off"]
-    assert main(["train", str(tiny_prepared), "--out", *args]) == 0
+def test_resume_with_another_prepared_set_is_refused(one_step_run, prepared_shapes, capsys, other, words):
+    run = one_step_run
     saved = (run / "checkpoints" / "last.pt").read_bytes()
+    other = str(prepared_shapes(other))
     capsys.readouterr()
-    status = main(["train", str(prepared_shapes(other)), "--out", *args, "--resume", "--set", "train.max_steps=2"])
+    status = main(["train", other, "--out", str(run), *_sets(TINY_TRAIN), "--progress", "off", "--resume",
+                   "--set", "train.max_steps=2"])  # fmt: skip
     err = _one_line_error(capsys, status)
     assert words in err and "last.pt" in err
     assert (run / "checkpoints" / "last.pt").read_bytes() == saved
