@@ -7,6 +7,7 @@ out); the other tests read the stored notebook only.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import sys
@@ -100,6 +101,7 @@ def test_colab_cell_installs_only_on_colab(monkeypatch):
     assert "alexnet[test] @ git+https://example.org/alexnet.git" in calls[0]
 
 
+@functools.cache
 def _library_numbers() -> list[str]:
     """Strings the tour must print, computed here from the library (the oracle for the tour's text)."""
     import alexnet
