@@ -22,14 +22,19 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
-from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error
+from alexnet.checkpoint import (
+    SkipInit,
+    check_same_data,
+    clean_state_dict,
+    load_checkpoint,
+    state_dict_error,
+)
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
-from alexnet.errors import UserError
+from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.io import read_json
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
@@ -75,21 +80,12 @@ class ModelConfig:
             raise ValueError(str(exc)) from None
 
 
-class _SkipInit(TorchFunctionMode):
-    """Makes torch.nn.init's functions no-ops: building a net only to check its options draws nothing."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else next(iter((kwargs or {}).values()))
-        return func(*args, **(kwargs or {}))
-
-
 @functools.lru_cache(maxsize=64)
 def _check_model(name: str, options: tuple) -> None:
     """Build the model on the meta device (no memory, no weights drawn): its errors name the bad option."""
     if name in MODEL_NAMES and not options:
         return  # a registered model with its own defaults: nothing to check
-    with torch.device("meta"), _SkipInit():
+    with torch.device("meta"), SkipInit():
         build_model(name, num_classes=2, **dict(options))
 
 
@@ -110,10 +106,13 @@ class DataConfig:
     pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
 
     def validate(self):
-        if self.batch_size < 1 or self.crop < 1:
-            raise ValueError("batch_size and crop must be positive")
+        if self.batch_size < 1 or self.crop < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
+            raise ValueError("batch_size, eval_batch_size and crop must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -127,8 +126,12 @@ class OptimConfig:
     decay_biases: bool = True
 
     def validate(self):
-        if self.lr < 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("lr, momentum and weight_decay must be non-negative")
+        if not 0 <= self.lr <= FLOAT32_MAX:  # the optimizer's step is float32 arithmetic
+            raise ValueError(f"lr {self.lr:g}: must be >= 0 and at most float32's {FLOAT32_MAX:.3g}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum {self.momentum:g}: must be in [0, 1)")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay {self.weight_decay:g}: must be in [0, 1)")
 
 
 @dataclass
@@ -144,6 +147,8 @@ class ScheduleConfig:
     def validate(self):
         if not 0 < self.factor <= 1 or self.patience < 1 or self.max_drops < 0 or self.warmup_epochs < 0:
             raise ValueError("need 0 < factor <= 1, patience >= 1, max_drops >= 0, warmup_epochs >= 0")
+        if any(m < 1 for m in self.milestones) or self.min_lr < 0:
+            raise ValueError("milestones are epochs from 1 on, and min_lr must be >= 0")
 
 
 @dataclass
@@ -247,7 +252,7 @@ class Loop:
     evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
     stepper: Stepper | None = None  # the training step of model (alexnet/step.py), compiled or eager
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
-    interrupted: bool = False  # Ctrl-C: stop after this step, save, exit
+    interrupted: int = 0  # the number of a stop signal (SIGINT, SIGTERM, SIGUSR1): stop after this step, save, exit
     tb: object | None = None
 
     @property
@@ -299,6 +304,7 @@ def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
 def restore(loop: Loop) -> None:
     """Load last.pt into the model, optimizer, schedule, loop state and RNGs; cut the log back to it."""
     ckpt = load_checkpoint(loop.run.last)
+    check_same_data(ckpt, loop.data.class_ids, loop.data.stats, loop.data.root)
     config = loop.config
     try:
         saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
@@ -332,9 +338,14 @@ def check_finite(loop: Loop) -> None:
     if state.nonfinite is None:
         return
     if all_reduce_sum(state.nonfinite.clone(), loop.info).item() > 0:
+        saved = (
+            f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint"
+            if loop.run.has_checkpoint()
+            else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLoss(
             f"step {state.step}: the training loss became NaN or infinite, so training stopped; "
-            f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint. Lower the learning "
+            f"{saved}. Lower the learning "
             f"rate (optim.lr is {loop.config.optim.lr:g}) or use --set model.init=kaiming."
         )
 
@@ -638,23 +649,31 @@ def fit(loop: Loop) -> None:
         save(loop)
 
 
+# Ctrl-C; what SLURM, Kubernetes and `timeout` send to stop a job; SLURM's --signal=USR1@SECONDS warning
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 @contextlib.contextmanager
 def stop_on_ctrl_c(loop: Loop):
-    """A first Ctrl-C (SIGINT) finishes the current step, saves last.pt and ends the run (the caller
-    raises KeyboardInterrupt); a second one interrupts at once. Main thread only (signals)."""
+    """A first SIGINT (Ctrl-C), SIGTERM or SIGUSR1 finishes the current step, saves last.pt and ends
+    the run (the caller raises Stopped); a second one acts as it would have without this. Main
+    thread only (signals). loop.interrupted holds the signal's number."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {}
 
     def handler(signum, frame):
-        loop.interrupted = True
-        signal.signal(signal.SIGINT, previous)
+        loop.interrupted = loop.interrupted or signum
+        signal.signal(signum, previous[signum])
 
-    previous = signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(
@@ -675,12 +694,13 @@ def train(
         progress: "bar" (tqdm), "lines" (plain lines on stderr), "off" (warnings only) or "auto" (a bar
             on a terminal, lines otherwise); only rank 0 prints.
     Returns a summary dict: run, epoch, step, best_val_top1_error, last val metrics, seconds, stalled.
-    Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, KeyboardInterrupt
-    (after saving last.pt).
+    Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, Stopped (a
+    KeyboardInterrupt, after saving last.pt, on SIGINT, SIGTERM or SIGUSR1).
     """
     config = config or TrainConfig()
     tc = config.train
     info = setup(tc.device)
+    loop = None
     try:
         loop = build_loop(data, out, config, info, resume=resume, progress=progress)
         if tc.deterministic:
@@ -706,11 +726,12 @@ def train(
                 loop.tb.close()
         state = loop.state
         if loop.interrupted:
+            name = signal.Signals(loop.interrupted).name
             loop.printer.say(
-                f"interrupted at step {state.step}; saved {loop.run.last}. Resume with: "
-                f"alexnet train {loop.data.root} --out {loop.run.root} --resume"
+                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; saved "
+                f"{loop.run.last}. Resume with: alexnet train {loop.data.root} --out {loop.run.root} --resume"
             )
-            raise KeyboardInterrupt
+            raise Stopped(int(loop.interrupted))
         best = state.best_val_top1_error
         return {
             "run": str(loop.run.root),
@@ -723,6 +744,8 @@ def train(
             "checkpoint": str(loop.run.last),
         }
     finally:
+        if loop is not None:
+            loop.run.close()
         teardown(info)
 
 
