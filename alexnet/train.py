@@ -727,8 +727,9 @@ def train(
         state = loop.state
         if loop.interrupted:
             name = signal.Signals(loop.interrupted).name
+            saved = "its last save is" if loop.layout.split else "saved"  # a split net saves only together
             loop.printer.say(
-                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; saved "
+                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; {saved} "
                 f"{loop.run.last}. Resume with: alexnet train {loop.data.root} --out {loop.run.root} --resume"
             )
             raise Stopped(int(loop.interrupted))
