@@ -83,3 +83,19 @@ def message(reason: str, config) -> str:
         "recipe --set model.init=kaiming --set data.normalize=channel, or start from trained weights "
         "with --init-from CHECKPOINT (fine-tuning)"
     )
+
+
+def check(loop, record: dict) -> None:
+    """At a log point of the training loop (alexnet/train.py's Loop): warn (and log) once if the loss
+    diverges, or stop the run with train.diverge_stop. Uses the record's interval mean only."""
+    watcher = loop.extra_states["divergence"]
+    reason = watcher.observe(record["step"], record["loss"])
+    if reason is None:
+        return
+    watcher.fired = True
+    text = message(reason, loop.config)
+    loop.run.log({"kind": "diverging", "step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
+                  "ln_num_classes": watcher.chance, "message": text})  # fmt: skip
+    if loop.config.train.diverge_stop:
+        raise Diverged(f"{text}; stopped (train.diverge_stop); {loop.run.last} is the last checkpoint")
+    loop.printer.warn(text + " (--set train.diverge_stop=true stops the run instead)")

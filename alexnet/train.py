@@ -537,7 +537,7 @@ def train_one_epoch(loop: Loop) -> None:
             check_finite(loop)
             record = state.interval_record(loop.info, state.epoch, lr)
             log_record(loop, record)
-            check_divergence(loop, record)
+            divergence.check(loop, record)
         if tc.stall_steps and state.step == tc.stall_steps:
             check_stall(loop)
         kill_point("step", state.step)
@@ -586,22 +586,6 @@ def check_stall(loop: Loop) -> None:
         }
     )
     loop.printer.warn(message)
-
-
-def check_divergence(loop: Loop, record: dict) -> None:
-    """At a log point: warn (and log) once if the loss diverges early (alexnet/divergence.py), or
-    stop the run with train.diverge_stop. Works from the interval mean already read for the log."""
-    check = loop.extra_states["divergence"]
-    reason = check.observe(record["step"], record["loss"])
-    if reason is None:
-        return
-    check.fired = True
-    text = divergence.message(reason, loop.config)
-    loop.run.log({"kind": "diverging", "step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
-                  "ln_num_classes": check.chance, "message": text})  # fmt: skip
-    if loop.config.train.diverge_stop:
-        raise divergence.Diverged(f"{text}; stopped (train.diverge_stop); {loop.run.last} is the last checkpoint")
-    loop.printer.warn(text + " (--set train.diverge_stop=true stops the run instead)")
 
 
 def end_epoch(loop: Loop) -> None:
