@@ -398,6 +398,12 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         )
     tc = config.train
     layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
+    split = config.parallel.towers != 1 or config.parallel.fc != "data"
+    if split and (config.optim.lr_mult or config.model.freeze):
+        raise UserError(
+            "model.freeze and optim.lr_mult name layers of the whole net; with parallel.towers=2 or "
+            "parallel.fc=model each process holds a share of it: use them data-parallel (the defaults)"
+        )
     if config.data.batch_size % info.replicas:
         raise UserError(
             f"data.batch_size {config.data.batch_size} is not divisible by the {info.replicas} "
