@@ -105,14 +105,20 @@ def build_optimizer(
 ) -> Optimizer:
     """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters.
 
-    decay_biases=False: two parameter groups, the weights with `weight_decay` and the 1-D
+    params: tensors, or groups (dicts, e.g. with an "lr_mult": Schedule sets their lr to lr x lr_mult).
+    decay_biases=False: each group split in two, the weights with `weight_decay` and the 1-D
     parameters (biases; also normalisation scales in the torchvision nets) without it.
     """
     if not decay_biases:
         params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         params = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+            half
+            for g in groups
+            for half in (
+                {**g, "params": [p for p in g["params"] if p.ndim > 1]},
+                {**g, "params": [p for p in g["params"] if p.ndim <= 1], "weight_decay": 0.0},
+            )
         ]
     if name == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -183,10 +189,11 @@ class Schedule:
         return lr
 
     def apply(self, optimizer: Optimizer, step: int) -> float:
-        """Set the lr of every parameter group for step `step`; returns it."""
+        """Set the lr of every parameter group for step `step` (times the group's "lr_mult", if
+        any: per-layer multipliers, Caffe's convention); returns the base lr."""
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def epoch_end(self, epoch: int, val_error: float | None) -> bool:
