@@ -6,7 +6,9 @@ and best.pt. It resumes exactly (`resume=True`): a checkpoint records the positi
 the meters and every RNG state, and batches depend only on (seed, epoch, index), so a run killed at
 any moment and resumed ends with the same weights, optimizer state and log as an uninterrupted one.
 Under torchrun it trains with DDP (alexnet/distributed.py); `data.batch_size` is the global batch,
-split evenly over the processes; lr is not rescaled.
+split evenly over the processes, and each process may split its share further into
+`data.accumulate` micro-batches (alexnet/accumulate.py). lr is rescaled only when asked
+(`optim.lr_scaling=linear`), and the start of a run says which batch and lr it trains with.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
+from alexnet.accumulate import accumulated_step
 from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
@@ -35,7 +38,7 @@ from alexnet.evaluate import evaluate
 from alexnet.io import read_json
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.optim import Schedule, build_optimizer
+from alexnet.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.rundir import RunDir, kill_point
 
 # ------------------------------------------------------------------------------------------------
@@ -107,42 +110,58 @@ class DataConfig:
     # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
     # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
     pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
+    # micro-batches per optimizer step: each process runs forward/backward on batch_size / (W * accumulate)
+    # images at a time and steps once per batch_size (gradient accumulation; not in the paper)
+    accumulate: int = 1
 
     def validate(self):
-        if self.batch_size < 1 or self.crop < 1:
-            raise ValueError("batch_size and crop must be positive")
+        if self.batch_size < 1 or self.crop < 1 or self.accumulate < 1:
+            raise ValueError("batch_size, crop and accumulate must be positive")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["paper", "sgd"] = "paper"  # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD
-    lr: float = 0.01  # learning rate epsilon (§5), for the global batch_size above
+    # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD; lars: layer-wise adaptive
+    # rates (You, Gitman & Ginsburg 2017; alexnet/lars.py)
+    name: Literal["paper", "sgd", "lars"] = "paper"
+    lr: float = 0.01  # learning rate epsilon (§5) for a global batch of base_batch images (= batch_size unless scaled)
+    # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
+    lr_scaling: Literal["none", "linear"] = "none"
+    base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
     momentum: float = 0.9  # (§5)
     weight_decay: float = 5e-4  # (§5)
     # true: weight decay on every parameter, biases included (the update rule of §5 as written);
     # false: on the weights only (1-D parameters exempt), as cuda-convnet's layer files set it
     decay_biases: bool = True
+    trust: float = 0.001  # lars: trust coefficient eta of the local rates (You et al. 2017: 0.001)
+    lars_skip_1d: bool = True  # lars: biases and normalisation parameters keep lambda = 1 (not adapted)
 
     def validate(self):
         if self.lr < 0 or self.momentum < 0 or self.weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be non-negative")
+        if self.trust <= 0 or self.base_batch < 1:
+            raise ValueError("trust and base_batch must be positive")
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["plateau", "step", "cosine", "constant"] = "plateau"  # plateau: divide when val error stalls (§5)
+    # plateau: divide when val error stalls (§5); poly: lr (1 - t/T)^power (the LARS paper's, power 2)
+    name: Literal["plateau", "step", "cosine", "poly", "constant"] = "plateau"
     factor: float = 0.1  # lr multiplier at a drop ("divided by 10", §5)
     patience: int = 3  # plateau: epochs without a lower val top-1 error before a drop (short enough for small runs)
     max_drops: int = 3  # plateau: at most this many drops ("reduced three times", §5)
     milestones: list[int] = field(default_factory=list)  # step: epochs (1-based) at whose START lr is times factor
     warmup_epochs: float = 0.0  # linear warm-up from lr/steps to lr over this many epochs (not in the paper)
-    min_lr: float = 0.0  # cosine: final lr
+    min_lr: float = 0.0  # cosine, poly: final lr
+    power: float = 2.0  # poly: the exponent (You et al. 2017: 2)
 
     def validate(self):
         if not 0 < self.factor <= 1 or self.patience < 1 or self.max_drops < 0 or self.warmup_epochs < 0:
             raise ValueError("need 0 < factor <= 1, patience >= 1, max_drops >= 0, warmup_epochs >= 0")
+        if self.power <= 0:
+            raise ValueError("power must be positive")
 
 
 @dataclass
@@ -272,9 +291,22 @@ class Loop:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.train.amp)
 
     def step(self, images, labels):
-        """One training step (train_step) of the model to train; see compiled_first_step."""
+        """One training step (train_step, or accumulated_step over data.accumulate micro-batches) of
+        the model to train; see compiled_first_step."""
         if self.compile_pending:
             return compiled_first_step(self, images, labels)
+        if self.config.data.accumulate > 1:
+            return accumulated_step(
+                self.model,
+                self.optimizer,
+                images,
+                labels,
+                steps=self.config.data.accumulate,
+                autocast_dtype=self.amp,
+                channels_last=self.config.train.channels_last,
+                scaler=self.extra_states.get("scaler"),
+                exact_dropout=self.evaluator is self.raw,  # not compiled: the dropout hooks apply
+            )
         return train_step(
             self.model,
             self.optimizer,
@@ -376,10 +408,12 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
             f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
         )
-    if config.data.batch_size % info.world:
+    parts = info.world * config.data.accumulate
+    if config.data.batch_size % parts:
         raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
-            "processes; the global batch is split evenly"
+            f"data.batch_size {config.data.batch_size} is not divisible by {info.world} process(es) x "
+            f"data.accumulate {config.data.accumulate} = {parts}; the global batch is split evenly "
+            f"(use a multiple of {parts}, e.g. --set data.batch_size={parts * max(1, round(config.data.batch_size / parts))})"
         )
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
@@ -398,12 +432,20 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
+    lr = batch_plan(config, info.world)["lr_effective"]
     optimizer = build_optimizer(
-        o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, decay_biases=o.decay_biases
+        o.name,
+        raw.parameters(),
+        lr=lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        decay_biases=o.decay_biases,
+        trust=o.trust,
+        lars_skip_1d=o.lars_skip_1d,
     )
     schedule = Schedule(
         sc.name,
-        o.lr,
+        lr,
         epochs=config.train.epochs,
         steps_per_epoch=len(train_loader),
         factor=sc.factor,
@@ -412,6 +454,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         milestones=[m - 1 for m in sc.milestones],
         warmup_epochs=sc.warmup_epochs,
         min_lr=sc.min_lr,
+        power=sc.power,
     )
     meta = {
         "model_name": config.model.name,
@@ -427,6 +470,33 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
     return loop
+
+
+def batch_plan(config: TrainConfig, world: int) -> dict:
+    """How each step's global batch is split, and the lr it trains with (said at start, in env.json)."""
+    d, o = config.data, config.optim
+    return {
+        "batch_global": d.batch_size,
+        "batch_per_process": d.batch_size // world,
+        "accumulate": d.accumulate,
+        "batch_micro": d.batch_size // (world * d.accumulate),
+        "lr_scaling": o.lr_scaling,
+        "lr_effective": scaled_lr(o.lr, d.batch_size, o.lr_scaling, o.base_batch),
+    }
+
+
+def describe_batch(config: TrainConfig, world: int) -> str:
+    """One line: the batch split and the effective lr, e.g. for the start of a run."""
+    p, o = batch_plan(config, world), config.optim
+    split = f"{world} process{'es' * (world > 1)} x {p['accumulate']} micro-batch{'es' * (p['accumulate'] > 1)}"
+    if o.lr_scaling == "linear":
+        why = f"optim.lr {o.lr:g} x {p['batch_global']} / {o.base_batch} (optim.lr_scaling=linear)"
+    else:
+        why = "optim.lr as given; --set optim.lr_scaling=linear scales it with the batch"
+    return (
+        f"batch {p['batch_global']} per optimizer step = {split} x {p['batch_micro']} images; "
+        f"lr {p['lr_effective']:g} ({why}); optimizer {o.name}"
+    )
 
 
 def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
@@ -683,7 +753,8 @@ def train(
             if resume:
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
             torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
-            loop.run.start(config, loop.data, command)
+            loop.run.start(config, loop.data, command, extra=batch_plan(config, info.world))
+        loop.printer.say(describe_batch(config, info.world))
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
         start = time.perf_counter()
