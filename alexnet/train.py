@@ -127,14 +127,14 @@ class OptimConfig:
     # rates (You, Gitman & Ginsburg 2017; alexnet/lars.py)
     name: Literal["paper", "sgd", "lars"] = "paper"
     lr: float = 0.01  # learning rate epsilon (§5) for a global batch of base_batch images (= batch_size unless scaled)
-    # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
-    lr_scaling: Literal["none", "linear"] = "none"
-    base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
     momentum: float = 0.9  # (§5)
     weight_decay: float = 5e-4  # (§5)
     # true: weight decay on every parameter, biases included (the update rule of §5 as written);
     # false: on the weights only (1-D parameters exempt), as cuda-convnet's layer files set it
     decay_biases: bool = True
+    # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
+    lr_scaling: Literal["none", "linear"] = "none"
+    base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
     trust: float = 0.001  # lars: trust coefficient eta of the local rates (You et al. 2017: 0.001)
     lars_skip_1d: bool = True  # lars: biases and normalisation parameters keep lambda = 1 (not adapted)
 
@@ -754,7 +754,8 @@ def train(
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
             torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
             loop.run.start(config, loop.data, command, extra=batch_plan(config, info.world))
-        loop.printer.say(describe_batch(config, info.world))
+        if loop.printer.mode != "off":  # progress off: warnings only; env.json has it all the same
+            loop.printer.say(describe_batch(config, info.world))
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
         start = time.perf_counter()

@@ -195,10 +195,10 @@ def test_alexnet_trains_accumulated_like_the_whole_batch_and_resumes_at_step_bou
 ):
     """A net with dropout, trained with LARS: batch 8 in one step == 4 x 2 accumulated; an accumulated
     run stopped after its first optimizer step and resumed ends with the same weights."""
-    whole = train(tiny_prepared, tmp_path / "whole", _train_config(), progress="off")
+    whole = train(tiny_prepared, tmp_path / "whole", _train_config(), progress="lines")
     said = capsys.readouterr().err
     assert "batch 8 per optimizer step = 1 process x 1 micro-batch x 8 images; lr 0.5" in said
-    acc = train(tiny_prepared, tmp_path / "acc", _train_config("data.accumulate=4"), progress="off")
+    acc = train(tiny_prepared, tmp_path / "acc", _train_config("data.accumulate=4"), progress="lines")
     assert "= 1 process x 4 micro-batches x 2 images" in capsys.readouterr().err
     assert whole["step"] == acc["step"] == 4  # 18 images // 8 = 2 optimizer steps per epoch
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
@@ -222,7 +222,7 @@ def test_alexnet_trains_accumulated_like_the_whole_batch_and_resumes_at_step_bou
 
 def test_linear_scaling_is_said_and_recorded(tiny_prepared, tmp_path, capsys):
     config = _train_config("optim.lr_scaling=linear", "optim.lr=0.1", "optim.base_batch=4", "train.max_steps=1")
-    train(tiny_prepared, tmp_path / "run", config, progress="off")
+    train(tiny_prepared, tmp_path / "run", config, progress="lines")
     assert "lr 0.2 (optim.lr 0.1 x 8 / 4 (optim.lr_scaling=linear))" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "env.json").read_text())["lr_effective"] == pytest.approx(0.2)
     assert _records(tmp_path / "run", "step")[0]["lr"] == pytest.approx(0.2)
