@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -70,48 +69,35 @@ def micro_batches(images: torch.Tensor, labels: torch.Tensor, steps: int):
             yield x, y, y.shape[0] / n
 
 
-def accumulated_step(
-    model,
-    optimizer,
-    images,
-    labels,
-    *,
-    steps: int,
-    autocast_dtype=None,
-    channels_last=False,
-    scaler=None,
-    exact_dropout: bool = True,
-):
+def accumulated_step(forward, model, optimizer, images, labels, *, steps: int, scaler=None, exact_dropout=True):
     """One optimizer step over `steps` micro-batches of images (B, 3, H, W) and labels (B,).
 
+    forward(x, y) -> (loss () with its graph, meter row (4,)): alexnet.step.forward_loss on `model`
+    (the plain module or DDP around it), eager or compiled. scaler: a GradScaler (fp16) or None.
     exact_dropout: draw the whole batch's dropout masks (WholeBatchDropout); False lets each
-    micro-batch draw its own (same distribution; for a torch.compile'd model, whose graph does
-    not see the hooks). Returns (loss, logits) detached: the mean cross-entropy over the whole
-    batch and its (B, C) scores, as alexnet.train.train_step does.
+    micro-batch draw its own (same distribution), as a compiled forward must (its graph does not
+    run the hooks). Returns (loss (), meter row (4,)) detached: the whole batch's mean loss and
+    meter sums, as the whole batch's step returns them.
     """
     optimizer.zero_grad(set_to_none=True)
     plan = WholeBatchDropout(model, labels.shape[0]) if exact_dropout else contextlib.nullcontext()
     parts = list(micro_batches(images, labels, steps))
-    losses, outputs = [], []
+    total = rows = None
     with plan:
         for i, (x, y, weight) in enumerate(parts):
             if exact_dropout:
                 plan.start = sum(len(p[1]) for p in parts[:i])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             last = i == len(parts) - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
+            with sync:  # DDP: all-reduce once, in the last micro-batch's backward
+                loss, row = forward(x, y)
                 scaled = loss * weight
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            losses.append(scaled.detach())
-            outputs.append(logits.detach())
+            total = scaled.detach() if total is None else total + scaled.detach()
+            rows = row if rows is None else rows + row
     if scaler is None:
         optimizer.step()
     else:
         scaler.step(optimizer)
         scaler.update()
-    return torch.stack(losses).sum(), torch.cat(outputs)
+    return total, rows
