@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import check_metadata, load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import Stats, crop_offsets, eval_batch
 from alexnet.data.images import BadImageError, center_crop, load_rgb, resize_shorter, to_rgb, warp
 from alexnet.data.layouts import imagenet_names
@@ -110,20 +110,28 @@ def load_safetensors(path: str) -> dict:
     if meta.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
     stats = {k[len(STATS_PREFIX) :]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
-    preprocess = (
-        json.loads(meta["preprocess"])
-        if "preprocess" in meta
-        else {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
-    )
-    return {
-        "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
-        "model_name": meta["model_name"],
-        "model_kwargs": json.loads(meta["model_kwargs"]),
-        "classes": {"ids": json.loads(meta["class_ids"]), "names": json.loads(meta["class_names"])},
-        "stats": stats,
-        "preprocess": preprocess,
-        "path": str(path),
-    }
+    try:
+        preprocess = (
+            json.loads(meta["preprocess"])
+            if "preprocess" in meta
+            else {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
+        )
+        state = {
+            "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
+            "model_name": meta["model_name"],
+            "model_kwargs": json.loads(meta["model_kwargs"]),
+            "classes": {"ids": json.loads(meta["class_ids"]), "names": json.loads(meta["class_names"])},
+            "stats": stats,
+            "preprocess": preprocess,
+            "path": str(path),
+        }
+    except KeyError as exc:
+        raise UserError(f"{path}: damaged alexnet metadata (no {exc.args[0]!r}); export it again") from None
+    except ValueError as exc:  # JSONDecodeError, a non-number input_size
+        raise UserError(f"{path}: damaged alexnet metadata ({str(exc)[:80]}); export it again") from None
+    if not isinstance(state["preprocess"], dict) or not all(isinstance(v, list) for v in state["classes"].values()):
+        raise UserError(f"{path}: damaged alexnet metadata (preprocess or class lists of the wrong kind)")
+    return state
 
 
 def load_model_state(path) -> dict:
@@ -395,6 +403,7 @@ def open_artifact(source, device=None, *, fallback_stats: dict | None = None) ->
         state["path"] = str(Path(source))
     if not isinstance(device, torch.device):  # None/"auto": cuda (this rank's GPU under torchrun) -> mps -> cpu
         device = pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
+    check_metadata(state)  # before anything reads it: damaged metadata is one line, nothing allocated
     pre = checkpoint_preprocess(state, fallback_stats)
     check_preprocess(pre, state.get("path", "checkpoint"))
     model = model_from_checkpoint(state, device)

@@ -232,7 +232,9 @@ def test_linear_scaling_is_said_and_recorded(tiny_prepared, tmp_path, capsys):
 
 
 def test_a_batch_that_does_not_split_is_a_one_line_error(tiny_prepared, tmp_path):
-    with pytest.raises(UserError, match=r"not divisible by 1 process\(es\) x data.accumulate 3 = 3.*data.batch_size=9"):
+    with pytest.raises(
+        UserError, match=r"not divisible by 1 data-parallel share\(s\).* x data.accumulate 3 = 3.*data.batch_size=9"
+    ):
         train(tiny_prepared, tmp_path / "run", _train_config("data.accumulate=3"), progress="off")
     with pytest.raises(UserError, match="accumulate must be positive"):
         _train_config("data.accumulate=0")

@@ -68,7 +68,11 @@ def register(sub) -> None:
         "ignored with a note on other devices",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step: forward, loss, backward, optimizer update (train.compile)",
+    )
     p.add_argument(
         "--progress",
         default="auto",
