@@ -46,6 +46,7 @@ from alexnet.data.images import BadImageError, center_crop, load_rgb, resize_sho
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
 from alexnet.errors import UserError
+from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
 
 NORMALIZE = ("mean_image", "channel", "caffe")
@@ -220,8 +221,9 @@ def check_classes(state: dict, class_ids: Sequence[str], data_root: str) -> None
             first = next(i for i, (a, b) in enumerate(zip(ids, class_ids)) if a != b)
             detail = f"class {first} is {ids[first]!r} vs {class_ids[first]!r}"
         raise UserError(
-            f"{where} was trained on other classes than {data_root} ({detail}); "
-            "evaluate it on the prepared set it was trained on"
+            f"{where} was trained on other classes than {data_root} ({detail}); evaluate it on the "
+            f"prepared set it was trained on, or fine-tune it to these classes: alexnet train {data_root} "
+            f"--out RUN --init-from {where}"
         )
 
 
@@ -381,16 +383,12 @@ class TrainedNet:
         ]
 
     @torch.inference_mode()
-    def features(self, images, crops: int = 1) -> torch.Tensor:
-        """Images -> (N, 4096) fc7 after its ReLU, no dropout (paper Figure 4 right), averaged over
-        the crops; float32 on the CPU. AlexNet only."""
-        if not hasattr(self.model, "fc7_features"):
-            raise UserError(f"fc7 features need an AlexNet; {self.path} is a {type(self.model).__name__}")
-        x = self.inputs(images, crops)
-        if x.dim() == 5:
-            n = x.shape[0]
-            return self.model.fc7_features(x.flatten(0, 1)).view(n, x.shape[1], -1).mean(dim=1).float().cpu()
-        return self.model.fc7_features(x).float().cpu()
+    def features(self, images, crops: int = 1, *, layer: str = "fc7") -> torch.Tensor:
+        """Images -> activations at `layer` (alexnet.layers: conv1..conv5 (N, C, H, W), pool5 (N, 9216),
+        fc6/fc7 (N, 4096) after the ReLU, no dropout, fc8 logits), averaged over the crops; float32
+        on the CPU. Default fc7, the paper's Figure 4 (right). AlexNet only."""
+        check_feature_layer(self.model, layer)
+        return batch_features(self.model, self.inputs(images, crops), layer).float().cpu()
 
 
 def open_artifact(source, device=None, *, fallback_stats: dict | None = None) -> TrainedNet:

@@ -120,19 +120,24 @@ def build_optimizer(
     """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD; "lars" -> LARS (trust coefficient `trust`),
     all with the same hyper-parameters.
 
-    decay_biases=False: two parameter groups, the weights with `weight_decay` and the 1-D
-    parameters (biases; also normalisation scales and shifts) without it. LARS with
-    lars_skip_1d=True also takes the 1-D parameters out of the layer-wise adaptation (lambda = 1).
+    params: tensors, or groups (dicts, e.g. with an "lr_mult": Schedule sets their lr to lr x lr_mult).
+    decay_biases=False: each group split in two, the weights with `weight_decay` and the 1-D
+    parameters (biases; also normalisation scales and shifts) without it. LARS splits them too:
+    with lars_skip_1d=True its 1-D halves keep lambda = 1 (no layer-wise adaptation).
     """
     params = list(params)
     if not decay_biases or name == "lars":
-        weights = {"params": [p for p in params if p.ndim > 1]}
-        others = {"params": [p for p in params if p.ndim <= 1]}
-        if not decay_biases:
-            others["weight_decay"] = 0.0
-        if name == "lars" and lars_skip_1d:
-            others["adapt"] = False
-        params = [group for group in (weights, others) if group["params"]]
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        split = []
+        for g in groups:
+            weights = {**g, "params": [p for p in g["params"] if p.ndim > 1]}
+            others = {**g, "params": [p for p in g["params"] if p.ndim <= 1]}
+            if not decay_biases:
+                others["weight_decay"] = 0.0
+            if name == "lars" and lars_skip_1d:
+                others["adapt"] = False
+            split += [weights, others]
+        params = split
     if name == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
@@ -217,10 +222,11 @@ class Schedule:
         return lr
 
     def apply(self, optimizer: Optimizer, step: int) -> float:
-        """Set the lr of every parameter group for step `step`; returns it."""
+        """Set the lr of every parameter group for step `step` (times the group's "lr_mult", if
+        any: per-layer multipliers, Caffe's convention); returns the base lr."""
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def epoch_end(self, epoch: int, val_error: float | None) -> bool:

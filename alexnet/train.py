@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from alexnet import config as cfg
+from alexnet import divergence, finetune
 from alexnet.checkpoint import (
     SkipInit,
     check_same_data,
@@ -39,6 +40,7 @@ from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.io import read_json
+from alexnet.layers import param_groups
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer, scaled_lr
@@ -65,6 +67,12 @@ class ModelConfig:
     # AlexNet nets with LRN: "layer" = the window over all the layer's kernels (the paper's formula, §3.3);
     # "tower" = each tower's half of the channels on its own (what a net split over two GPUs computes). Unset: layer
     lrn_scope: str | None = None
+    # fine-tuning: a checkpoint, run directory, exported .safetensors or import (import-torchvision,
+    # import-caffe) whose weights start the run; its architecture and preprocessing are kept, layers whose
+    # shapes differ (the head, for other classes) are new (model.init). Unset: train from scratch
+    init_from: str | None = None
+    # layers not trained: every layer up to and including this one (AlexNet: conv1..conv5, fc6, fc7); unset: none
+    freeze: str | None = None
 
     def options(self) -> dict:
         """The builder options this section sets (unset ones are left to the model's defaults)."""
@@ -133,6 +141,9 @@ class OptimConfig:
     # true: weight decay on every parameter, biases included (the update rule of §5 as written);
     # false: on the weights only (1-D parameters exempt), as cuda-convnet's layer files set it
     decay_biases: bool = True
+    # per-layer learning-rate multipliers (Caffe's lr_mult), e.g. --set optim.lr_mult.fc8=10: the layer's
+    # weights and biases train at lr x this; layers not named: 1. Names as model.freeze's
+    lr_mult: dict[str, float] = field(default_factory=dict)
     # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
     lr_scaling: Literal["none", "linear"] = "none"
     base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
@@ -146,6 +157,8 @@ class OptimConfig:
             raise ValueError(f"momentum {self.momentum:g}: must be in [0, 1)")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay {self.weight_decay:g}: must be in [0, 1)")
+        if any(not m >= 0 for m in self.lr_mult.values()):
+            raise ValueError("lr_mult values must be non-negative")
         if self.trust <= 0 or self.base_batch < 1:
             raise ValueError("trust and base_batch must be positive")
 
@@ -195,10 +208,18 @@ class TrainSection:
     stall_tolerance: float = 0.02  # "stalled" = mean loss within this fraction of ln(num_classes)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable, slower on GPU)
     tensorboard: bool = False  # also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)
+    # divergence check, at log points up to this step: warn when the mean loss over the last
+    # train.stall_window steps exceeds diverge_factor x ln(num_classes), or rose at each of the last 4 log
+    # points (by 25% in all) while above ln(num_classes); 0 = never
+    diverge_steps: int = 300
+    diverge_factor: float = 2.0  # "far above chance": this many times ln(num_classes)
+    diverge_stop: bool = False  # stop the run (one-line error) instead of warning
 
     def validate(self):
         if self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 0 or self.stall_steps < 0:
             raise ValueError("need epochs >= 1, log_every >= 1, checkpoint_every >= 0, stall_steps >= 0")
+        if self.diverge_steps < 0 or not self.diverge_factor > 1:
+            raise ValueError("need diverge_steps >= 0 and diverge_factor > 1")
         if self.checkpoint_epochs < 0:
             raise ValueError("checkpoint_epochs must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:
@@ -389,6 +410,7 @@ def log_record(loop: Loop, record: dict) -> None:
 def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, progress: str) -> Loop:
     """Data, run directory, model, optimizer and schedule of a run (nothing resumed or written yet)."""
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
+    config, ps, start = finetune.plan(config, ps, out, resume=resume)  # --init-from: the source's model, data
     if config.data.crop > ps.size:
         raise UserError(
             f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
@@ -416,16 +438,18 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     run = RunDir(out, info, resume=resume)
     torch.manual_seed(config.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
     kwargs = model_kwargs(config, ps.num_classes)
-    raw = build_model(config.model.name, **kwargs).to(info.device)
+    raw, start_note = finetune.build_run_model(start, config, ps, kwargs)
+    raw = raw.to(info.device)
     kwargs = dict(getattr(raw, "config", kwargs))  # AlexNets: the full set of the variant's options
     raw = layout.local_model(raw)  # a split layout: this process's share (the rest is dropped)
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
+    params = param_groups(raw, o.lr_mult) if (o.lr_mult or config.model.freeze) else raw.parameters()
     lr = batch_plan(config, info.replicas)["lr_effective"]
     optimizer = build_optimizer(
         o.name,
-        raw.parameters(),
+        params,
         lr=lr,
         momentum=o.momentum,
         weight_decay=o.weight_decay,
@@ -460,6 +484,9 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     loop.layout = layout
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
+    loop.extra_states["divergence"] = divergence.DivergenceCheck(config.train, ps.num_classes)
+    if start_note:
+        loop.printer.say(start_note)
     return loop
 
 
@@ -600,7 +627,9 @@ def train_one_epoch(loop: Loop) -> None:
         state.batch += 1
         if state.step % tc.log_every == 0 or state.batch == n:
             check_finite(loop)
-            log_record(loop, state.interval_record(loop.info, state.epoch, lr))
+            record = state.interval_record(loop.info, state.epoch, lr)
+            log_record(loop, record)
+            divergence.check(loop, record)
         if tc.stall_steps and state.step == tc.stall_steps:
             check_stall(loop)
         kill_point("step", state.step)
@@ -775,9 +804,9 @@ def train(
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
             # dropout masks differ between ranks, unless a split net's ranks draw each mask together
             torch.manual_seed(tc.seed + (0 if info.shared_rng else info.rank))
-            loop.run.start(config, loop.data, command, extra=batch_plan(config, info.replicas))
+            loop.run.start(loop.config, loop.data, command, extra=batch_plan(loop.config, info.replicas))
         if loop.printer.mode != "off":  # progress off: warnings only; env.json has it all the same
-            loop.printer.say(describe_batch(config, info.replicas))
+            loop.printer.say(describe_batch(loop.config, info.replicas))
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
         start = time.perf_counter()

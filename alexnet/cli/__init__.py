@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "features",
+    "probe",
     "export",
     "import_torchvision",
     "import_caffe",
