@@ -418,14 +418,13 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         )
     tc = config.train
     layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
-    parts = info.replicas * config.data.accumulate
-    if config.data.batch_size % parts:
+    split = config.parallel.towers != 1 or config.parallel.fc != "data"
+    if split and (config.optim.lr_mult or config.model.freeze):
         raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by {info.replicas} data-parallel "
-            f"share(s) (processes, or pairs of towers) x data.accumulate {config.data.accumulate} = {parts}; "
-            f"the global batch is split evenly (use a multiple of {parts}, e.g. "
-            f"--set data.batch_size={parts * max(1, round(config.data.batch_size / parts))})"
+            "model.freeze and optim.lr_mult name layers of the whole net; with parallel.towers=2 or "
+            "parallel.fc=model each process holds a share of it: use them data-parallel (the defaults)"
         )
+    _check_batch_split(config, info.replicas)
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
             f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
@@ -488,6 +487,18 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if start_note:
         loop.printer.say(start_note)
     return loop
+
+
+def _check_batch_split(config: TrainConfig, replicas: int) -> None:
+    """UserError unless data.batch_size splits evenly over the replicas and micro-batches."""
+    parts = replicas * config.data.accumulate
+    if config.data.batch_size % parts:
+        raise UserError(
+            f"data.batch_size {config.data.batch_size} is not divisible by {replicas} data-parallel "
+            f"share(s) (processes, or pairs of towers) x data.accumulate {config.data.accumulate} = {parts}; "
+            f"the global batch is split evenly (use a multiple of {parts}, e.g. "
+            f"--set data.batch_size={parts * max(1, round(config.data.batch_size / parts))})"
+        )
 
 
 def batch_plan(config: TrainConfig, replicas: int) -> dict:
