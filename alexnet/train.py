@@ -6,7 +6,9 @@ and best.pt. It resumes exactly (`resume=True`): a checkpoint records the positi
 the meters and every RNG state, and batches depend only on (seed, epoch, index), so a run killed at
 any moment and resumed ends with the same weights, optimizer state and log as an uninterrupted one.
 Under torchrun it trains with DDP (alexnet/distributed.py); `data.batch_size` is the global batch,
-split evenly over the processes; lr is not rescaled.
+split evenly over the processes, and each process may split its share further into
+`data.accumulate` micro-batches (alexnet/accumulate.py). lr is rescaled only when asked
+(`optim.lr_scaling=linear`), and the start of a run says which batch and lr it trains with.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from alexnet.io import read_json
 from alexnet.layers import param_groups
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.optim import Schedule, build_optimizer
+from alexnet.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
 from alexnet.rundir import RunDir, kill_point
 from alexnet.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
@@ -112,10 +114,15 @@ class DataConfig:
     # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
     # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
     pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
+    # micro-batches per optimizer step: each process runs forward/backward on batch_size / (W * accumulate)
+    # images at a time and steps once per batch_size (gradient accumulation; not in the paper)
+    accumulate: int = 1
 
     def validate(self):
         if self.batch_size < 1 or self.crop < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError("batch_size, eval_batch_size and crop must be at least 1")
+        if self.accumulate < 1:
+            raise ValueError("accumulate must be positive (1: no gradient accumulation)")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
 
@@ -125,8 +132,10 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 @dataclass
 class OptimConfig:
-    name: Literal["paper", "sgd"] = "paper"  # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD
-    lr: float = 0.01  # learning rate epsilon (§5), for the global batch_size above
+    # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD; lars: layer-wise adaptive
+    # rates (You, Gitman & Ginsburg 2017; alexnet/lars.py)
+    name: Literal["paper", "sgd", "lars"] = "paper"
+    lr: float = 0.01  # learning rate epsilon (§5) for a global batch of base_batch images (= batch_size unless scaled)
     momentum: float = 0.9  # (§5)
     weight_decay: float = 5e-4  # (§5)
     # true: weight decay on every parameter, biases included (the update rule of §5 as written);
@@ -135,6 +144,11 @@ class OptimConfig:
     # per-layer learning-rate multipliers (Caffe's lr_mult), e.g. --set optim.lr_mult.fc8=10: the layer's
     # weights and biases train at lr x this; layers not named: 1. Names as model.freeze's
     lr_mult: dict[str, float] = field(default_factory=dict)
+    # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
+    lr_scaling: Literal["none", "linear"] = "none"
+    base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
+    trust: float = 0.001  # lars: trust coefficient eta of the local rates (You et al. 2017: 0.001)
+    lars_skip_1d: bool = True  # lars: biases and normalisation parameters keep lambda = 1 (not adapted)
 
     def validate(self):
         if not 0 <= self.lr <= FLOAT32_MAX:  # the optimizer's step is float32 arithmetic
@@ -145,23 +159,29 @@ class OptimConfig:
             raise ValueError(f"weight_decay {self.weight_decay:g}: must be in [0, 1)")
         if any(not m >= 0 for m in self.lr_mult.values()):
             raise ValueError("lr_mult values must be non-negative")
+        if self.trust <= 0 or self.base_batch < 1:
+            raise ValueError("trust and base_batch must be positive")
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["plateau", "step", "cosine", "constant"] = "plateau"  # plateau: divide when val error stalls (§5)
+    # plateau: divide when val error stalls (§5); poly: lr (1 - t/T)^power (the LARS paper's, power 2)
+    name: Literal["plateau", "step", "cosine", "poly", "constant"] = "plateau"
     factor: float = 0.1  # lr multiplier at a drop ("divided by 10", §5)
     patience: int = 3  # plateau: epochs without a lower val top-1 error before a drop (short enough for small runs)
     max_drops: int = 3  # plateau: at most this many drops ("reduced three times", §5)
     milestones: list[int] = field(default_factory=list)  # step: epochs (1-based) at whose START lr is times factor
     warmup_epochs: float = 0.0  # linear warm-up from lr/steps to lr over this many epochs (not in the paper)
-    min_lr: float = 0.0  # cosine: final lr
+    min_lr: float = 0.0  # cosine, poly: final lr
+    power: float = 2.0  # poly: the exponent (You et al. 2017: 2)
 
     def validate(self):
         if not 0 < self.factor <= 1 or self.patience < 1 or self.max_drops < 0 or self.warmup_epochs < 0:
             raise ValueError("need 0 < factor <= 1, patience >= 1, max_drops >= 0, warmup_epochs >= 0")
         if any(m < 1 for m in self.milestones) or self.min_lr < 0:
             raise ValueError("milestones are epochs from 1 on, and min_lr must be >= 0")
+        if self.power <= 0:
+            raise ValueError("power must be positive")
 
 
 @dataclass
@@ -397,18 +417,21 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
         )
     tc = config.train
-    layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
+    layout = make_layout(
+        config.parallel,
+        info,
+        model=config.model.name,
+        compile=tc.compile,
+        amp=tc.amp,
+        accumulate=config.data.accumulate,
+    )
     split = config.parallel.towers != 1 or config.parallel.fc != "data"
     if split and (config.optim.lr_mult or config.model.freeze):
         raise UserError(
             "model.freeze and optim.lr_mult name layers of the whole net; with parallel.towers=2 or "
             "parallel.fc=model each process holds a share of it: use them data-parallel (the defaults)"
         )
-    if config.data.batch_size % info.replicas:
-        raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {info.replicas} "
-            "data-parallel shares of the batch (processes, or pairs of towers); the global batch is split evenly"
-        )
+    _check_batch_split(config, info.replicas)
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
             f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
@@ -429,12 +452,20 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
     params = param_groups(raw, o.lr_mult) if (o.lr_mult or config.model.freeze) else raw.parameters()
+    lr = batch_plan(config, info.replicas)["lr_effective"]
     optimizer = build_optimizer(
-        o.name, params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, decay_biases=o.decay_biases
+        o.name,
+        params,
+        lr=lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        decay_biases=o.decay_biases,
+        trust=o.trust,
+        lars_skip_1d=o.lars_skip_1d,
     )
     schedule = Schedule(
         sc.name,
-        o.lr,
+        lr,
         epochs=config.train.epochs,
         steps_per_epoch=len(train_loader),
         factor=sc.factor,
@@ -443,6 +474,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         milestones=[m - 1 for m in sc.milestones],
         warmup_epochs=sc.warmup_epochs,
         min_lr=sc.min_lr,
+        power=sc.power,
     )
     meta = {
         "model_name": config.model.name,
@@ -462,6 +494,46 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     if start_note:
         loop.printer.say(start_note)
     return loop
+
+
+def _check_batch_split(config: TrainConfig, replicas: int) -> None:
+    """UserError unless data.batch_size splits evenly over the replicas and micro-batches."""
+    parts = replicas * config.data.accumulate
+    if config.data.batch_size % parts:
+        raise UserError(
+            f"data.batch_size {config.data.batch_size} is not divisible by {replicas} data-parallel "
+            f"share(s) (processes, or pairs of towers) x data.accumulate {config.data.accumulate} = {parts}; "
+            f"the global batch is split evenly (use a multiple of {parts}, e.g. "
+            f"--set data.batch_size={parts * max(1, round(config.data.batch_size / parts))})"
+        )
+
+
+def batch_plan(config: TrainConfig, replicas: int) -> dict:
+    """How each step's global batch is split over `replicas` data-parallel shares and micro-batches,
+    and the lr it trains with (said at start, in env.json)."""
+    d, o = config.data, config.optim
+    return {
+        "batch_global": d.batch_size,
+        "batch_per_process": d.batch_size // replicas,
+        "accumulate": d.accumulate,
+        "batch_micro": d.batch_size // (replicas * d.accumulate),
+        "lr_scaling": o.lr_scaling,
+        "lr_effective": scaled_lr(o.lr, d.batch_size, o.lr_scaling, o.base_batch),
+    }
+
+
+def describe_batch(config: TrainConfig, replicas: int) -> str:
+    """One line: the batch split and the effective lr, e.g. for the start of a run."""
+    p, o = batch_plan(config, replicas), config.optim
+    split = f"{replicas} process{'es' * (replicas > 1)} x {p['accumulate']} micro-batch{'es' * (p['accumulate'] > 1)}"
+    if o.lr_scaling == "linear":
+        why = f"optim.lr {o.lr:g} x {p['batch_global']} / {o.base_batch} (optim.lr_scaling=linear)"
+    else:
+        why = "optim.lr as given; --set optim.lr_scaling=linear scales it with the batch"
+    return (
+        f"batch {p['batch_global']} per optimizer step = {split} x {p['batch_micro']} images; "
+        f"lr {p['lr_effective']:g} ({why}); optimizer {o.name}"
+    )
 
 
 def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist, layout: Layout):
@@ -523,6 +595,7 @@ def wrap(loop: Loop, compiled: bool) -> None:
         channels_last=loop.config.train.channels_last,
         scaler=loop.extra_states.get("scaler"),
         backend=backend,
+        accumulate=loop.config.data.accumulate,
     )
     loop.compile_pending = compiled
 
@@ -749,7 +822,9 @@ def train(
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
             # dropout masks differ between ranks, unless a split net's ranks draw each mask together
             torch.manual_seed(tc.seed + (0 if info.shared_rng else info.rank))
-            loop.run.start(loop.config, loop.data, command)
+            loop.run.start(loop.config, loop.data, command, extra=batch_plan(loop.config, info.replicas))
+        if loop.printer.mode != "off":  # progress off: warnings only; env.json has it all the same
+            loop.printer.say(describe_batch(loop.config, info.replicas))
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
         start = time.perf_counter()
