@@ -261,6 +261,9 @@ def _repo_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
+_SUMMARY = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)\b.* in \d+(\.\d+)?s")
+
+
 def stage_tests(timeout: float, files: tuple[str, ...] = GPU_TEST_FILES) -> dict:
     """pytest -m gpu over `files` (relative to the repository), one subprocess with its own `timeout`
     per file, so that a file that cannot be imported or runs out of time costs only its own tests.
@@ -280,18 +283,21 @@ def stage_tests(timeout: float, files: tuple[str, ...] = GPU_TEST_FILES) -> dict
         cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "gpu", "-q", "-p", "no:cacheprovider", name]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
-            text, timed_out, rc = done.stdout + done.stderr, False, done.returncode
+            text, timed_out, rc = done.stdout + "\n" + done.stderr, False, done.returncode
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout or b""
             text, timed_out, rc = out.decode(errors="replace") if isinstance(out, bytes) else out, True, None
         lines = text.strip().splitlines()
-        found = re.findall(r"(\d+) (passed|failed|errors?|skipped)", lines[-1] if lines else "")
+        # the summary is pytest's last "N passed ... in S s" line, not the last line: a plugin's warning
+        # on stderr (pytest-benchmark's under xdist, say) may follow it
+        summary = next((line for line in reversed(lines) if _SUMMARY.search(line)), "")
+        found = re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)
         for number, word in found:
             counts["errors" if word.startswith("error") else word] += int(number)
         if (timed_out or rc not in (0, 5)) and not found:  # 5: nothing collected (every test deselected)
             counts["errors"] += 1
             failures.append(f"{name}: " + ("timed out" if timed_out else (lines[-1] if lines else f"exit {rc}")))
-        failures += [f"{line[7:]}" for line in lines if line.startswith(("FAILED ", "ERROR "))][:20]
+        failures += [line.split(" ", 1)[1] for line in lines if line.startswith(("FAILED ", "ERROR "))][:20]
         per_file[name] = {"exit_code": rc, "timed_out": timed_out}
     timed_out = any(f["timed_out"] for f in per_file.values())
     return {**counts, "timed_out": timed_out, "files": per_file, "failures": failures[:40],
