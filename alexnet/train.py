@@ -36,6 +36,7 @@ from alexnet.io import read_json
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer
+from alexnet.progress import resolve_mode
 from alexnet.rundir import RunDir, kill_point
 
 # ------------------------------------------------------------------------------------------------
@@ -670,7 +671,9 @@ def train(
     Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, KeyboardInterrupt
     (after saving last.pt).
     """
-    config = config or TrainConfig()
+    # a config built in Python is checked as --set checks it, before anything is created
+    config = cfg.checked(TrainConfig() if config is None else config, TrainConfig)
+    resolve_mode(progress)
     tc = config.train
     info = setup(tc.device)
     try:
