@@ -48,7 +48,7 @@ from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.data.images import BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
-from alexnet.errors import UsageError, UserError, check_whole, option
+from alexnet.errors import UsageError, UserError, check_whole, not_found, option
 from alexnet.metrics import average_probabilities
 from alexnet.transforms import ClassScore, Prediction, Transforms, caffe_batch, prepare_image  # noqa: F401 - re-exported
 
@@ -104,7 +104,7 @@ def load_safetensors(path: str) -> dict:
     from safetensors import safe_open  # lazy: only exported files need it (start-up time)
 
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise not_found(path)
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, not_found
 from alexnet.io import atomic_write_bytes
 from alexnet.model import build_model
 
@@ -37,7 +37,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
             "give a checkpoint file or a run directory written by `alexnet train`"
         )
     if not path.exists():
-        raise UserError(f"{path}: no such checkpoint file")
+        raise not_found(path, "checkpoint file", "give a checkpoint file or a run directory")
     return path
 
 

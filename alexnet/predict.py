@@ -32,7 +32,7 @@ from alexnet.artifact import (
 from alexnet.checkpoint import unwrap
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.images import BadImageError, is_image_name
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.io import atomic_write_bytes
 from alexnet.metrics import average_probabilities
@@ -107,7 +107,7 @@ class Predictor:
 
     def __init__(self, state, *, crops: int = 1, device: str | torch.device | None = None):
         if crops not in (1, 10):
-            raise UserError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
+            raise UsageError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
         self.net = open_artifact(state, device)
         self.crops = crops
         self.model, self.device, self.path = self.net.model, self.net.device, self.net.path
@@ -137,7 +137,7 @@ class Predictor:
                 recursive: bool = False) -> Iterable[dict]:  # fmt: skip
         """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image."""
         if topk < 1:
-            raise UserError(f"--topk {topk}: must be at least 1")
+            raise UsageError(f"--topk {topk}: must be at least 1")
         pending: list[tuple[str, torch.Tensor | None, str | None]] = []
 
         def flush():

@@ -62,10 +62,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from alexnet.data.prepare import prepare, summary
-    from alexnet.errors import UserError
+    from alexnet.errors import UsageError
 
     if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: must be at least 1")
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
     try:
         manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers, force=args.force,

@@ -31,7 +31,7 @@ def register(sub) -> None:
         "--checkpoint",
         default=None,
         metavar="CKPT",
-        help="checkpoint file to show; unset: RUN/checkpoints/last.pt, else best.pt",
+        help="checkpoint file to show; unset: RUN/checkpoints/best.pt, else last.pt (as in every command)",
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu; unset: the best available")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
