@@ -60,10 +60,12 @@ class Prediction:
 
 
 def as_pil(image) -> Image.Image:
-    """A path (decoded, EXIF-rotated; BadImageError when unusable), PIL image, uint8 (H, W, 3) array
-    or (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
+    """A path or an encoded file's bytes (decoded, EXIF-rotated; BadImageError when unusable), PIL
+    image, uint8 (H, W, 3) array or (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
     if isinstance(image, (str, os.PathLike)):
         return load_rgb(os.fspath(image))  # no JPEG draft mode: the exact pixels torchvision decodes
+    if isinstance(image, (bytes, bytearray)):
+        return load_rgb(bytes(image))  # an encoded file's bytes (JPEG, PNG, ...)
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, torch.Tensor):

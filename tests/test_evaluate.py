@@ -184,7 +184,7 @@ def test_class_mismatch_is_a_one_line_error_naming_both(setup, capsys):
         evaluate_checkpoints([other], prepared, "val", workers=0, device="cpu")
     message = str(err.value)
     assert other in message and prepared.root in message and "\n" not in message
-    assert main(["evaluate", other, "--data", prepared.root, "--workers", "0"]) == 2
+    assert main(["evaluate", other, "--data", prepared.root, "--workers", "0"]) == 1
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
@@ -206,7 +206,7 @@ def test_checkpoint_of_other_sized_images_is_a_one_line_error(setup, capsys):
         ["evaluate", small, "--data", prepared.root],
         ["features", small, "--data", prepared.root, "--out", str(setup["root"] / "f.npz")],
     ):
-        assert main(args + ["--workers", "0", "--device", "cpu"]) == 2
+        assert main(args + ["--workers", "0", "--device", "cpu"]) == 1
         err = capsys.readouterr().err.strip()
         assert "72-px mean image" in err and "--size 72" in err and "\n" not in err
 
@@ -219,7 +219,7 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
     # the default is the paper's test protocol, 10 crops, and the row says so
     assert "3 images, 10 crops" in table
     assert next(line for line in table.splitlines() if line.startswith(setup["b"])).endswith("10 crops")
-    assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 2
+    assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet evaluate: error:") and "nope" in err and "\n" not in err
 

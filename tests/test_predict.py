@@ -221,7 +221,7 @@ def test_ten_crop_prediction_is_the_mean_over_crops(predictor, ckpt, images):
 
 def test_bad_checkpoint_and_topk(ckpt, tmp_path, predictor):
     (tmp_path / "junk.pt").write_text("junk")
-    assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 2
+    assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 1
     with pytest.raises(UserError, match="topk"):
         list(predictor.predict([str(tmp_path)], topk=0))
 

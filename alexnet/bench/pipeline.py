@@ -114,7 +114,7 @@ def _check_set(ps: PreparedSet, *, crop: int, batch: int, paths: list[str] | Non
         paths = ["device", "host"] + (["nvjpeg"] if ps.format == "jpeg" else []) if cuda else ["host", "device"]
     for p in paths:
         if p not in PATHS:
-            raise UserError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
+            raise UsageError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
         if p == "nvjpeg" and ps.format != "jpeg":
             raise UserError(f"--paths nvjpeg: {ps.root} stores raw pixels, not JPEGs")
     return list(paths)

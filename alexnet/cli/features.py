@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, print_json
-from alexnet.progress import MODES, Progress
+from alexnet.cli import (
+    RUN_DIR_CHECKPOINT,
+    add_force_option,
+    add_parser,
+    add_progress_option,
+    print_json,
+    refuse_overwrite,
+)
 
 
 def register(sub) -> None:
@@ -18,16 +24,19 @@ def register(sub) -> None:
             "indices (N,), class_ids, class_names, meta (JSON)."
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory or exported .safetensors")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help=f"checkpoint file, run directory ({RUN_DIR_CHECKPOINT}) or exported .safetensors",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared directory")
     p.add_argument("--split", default="val", help="split of the prepared directory")
     p.add_argument("--out", required=True, metavar="FILE", help="features file to write (.npz)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument(
-        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
-    )
+    add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
+    add_force_option(p, "--out FILE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +45,9 @@ def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
     from alexnet.data import PreparedSet
     from alexnet.predict import features_of_split
+    from alexnet.progress import Progress
 
+    refuse_overwrite(args.out, args.force)
     data = PreparedSet(args.data)
     total = data.split_size(args.split) if args.split in data.splits else 0
     with Progress("features", total, unit="img", mode=args.progress) as progress:

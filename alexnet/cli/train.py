@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from alexnet.cli import add_parser, add_set_option, print_json
+from alexnet.cli import add_parser, add_progress_option, add_set_option, print_json
 
 DESCRIPTION = """\
 Train a registered model on a directory written by `alexnet prepare`, with the paper's recipe (§5)
@@ -68,12 +68,7 @@ def register(sub) -> None:
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
-    p.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "lines", "off"],
-        help="progress output on stderr: a bar on a terminal, plain lines otherwise",
-    )
+    add_progress_option(p, "progress output on stderr: a bar on a terminal, plain lines otherwise")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.set_defaults(func=run)
 

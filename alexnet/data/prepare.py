@@ -43,7 +43,7 @@ def default_workers() -> int:
 def _check_out(out: str, force: bool) -> None:
     if os.path.lexists(out):
         if not force:
-            raise UserError(f"{out}: already exists; pass --force to replace it or choose another OUT")
+            raise UsageError(f"{out}: already exists; pass --force to replace it or choose another OUT")
         if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json"))):
             raise UserError(f"{out}: exists and is not a prepared directory; refusing to replace it even with --force")
     parent = os.path.dirname(out) or "."
@@ -95,7 +95,7 @@ def _claim(partial: Partial, *, resume: bool, force: bool, early: dict) -> bool:
         partial.remove()
         return False
     partial.unlock()
-    raise UserError(f"{partial.out}: an earlier prepare into it was interrupted (its work is in {partial.path}); "
+    raise UsageError(f"{partial.out}: an earlier prepare into it was interrupted (its work is in {partial.path}); "
                     "pass --resume to continue it, or --force to start over")  # fmt: skip
 
 
