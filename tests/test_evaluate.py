@@ -312,3 +312,52 @@ def test_cli_progress_lines_on_stderr(setup, capsys):
     assert "evaluate: 3/3 img (100.0%)" in captured.err
     assert main(base + ["--progress", "off"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_api_evaluate_takes_every_documented_argument(setup, capsys):
+    """alexnet.evaluate called as the README shows, with each documented argument; its errors are
+    ValueError / FileNotFoundError naming the argument, not a command-line flag."""
+    import alexnet
+
+    root = setup["prepared"].root
+    done = []
+    result = alexnet.evaluate(
+        [setup["a"]], root, "val", 1, batch_size=2, workers=0, device="cpu", progress=done.append
+    )  # positional split and crops, a callable progress
+    assert result["top1_error"] == setup["single"]["top1_error"] and sum(done) == result["n"] == 3
+    for mode in ("off", "lines"):  # the command's --progress values
+        again = alexnet.evaluate(setup["a"], root, crops=1, workers=0, device="cpu", progress=mode)  # one path
+        assert again["top1_error"] == result["top1_error"]
+    assert "evaluate:" in capsys.readouterr().err  # "lines" reported on stderr
+    for bad, words in (
+        (dict(crops=3), "crops=3"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(progress=5), "progress=5"),
+    ):
+        with pytest.raises(ValueError, match=words) as err:
+            alexnet.evaluate([setup["a"]], root, **{"workers": 0, "device": "cpu", **bad})
+        assert "--" not in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        alexnet.evaluate([str(setup["root"] / "missing.pt")], root, workers=0, device="cpu")
+    with pytest.raises(FileNotFoundError):
+        alexnet.evaluate([setup["a"]], str(setup["root"] / "no-data"), workers=0, device="cpu")
+
+
+def test_evaluate_out_is_not_overwritten_without_force(setup, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    out.write_text("keep")
+    args = [
+        "evaluate",
+        setup["a"],
+        "--data",
+        setup["prepared"].root,
+        "--workers",
+        "0",
+        "--crops",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(args + ["--quiet"]) == 2 and out.read_text() == "keep"  # refused before evaluating
+    assert "--force" in capsys.readouterr().err
+    assert main(args + ["--force", "--quiet"]) == 0 and json.loads(out.read_text())["n"] == 3
