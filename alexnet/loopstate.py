@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from alexnet.distributed import Dist, all_reduce_sum, gather_objects
-from alexnet.metrics import topk_correct
 from alexnet.progress import resolve_mode
 
 RECENT = 1000  # training losses kept for the stall check (train.stall_window at most this)
@@ -51,20 +50,11 @@ class LoopState:
             self.epoch_sums += torch.tensor(self._saved_sums[1], dtype=torch.float64, device=device)
             self._saved_sums = None
 
-    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, waited: float) -> None:
-        """Add one step: loss () , logits (B, C), labels (B,); `waited` seconds for its batch."""
+    def record(self, loss: torch.Tensor, row: torch.Tensor, waited: float) -> None:
+        """Add one step: loss () and its meter row (4,) (alexnet.step.meter_row), both on the device;
+        `waited` seconds for its batch. Device ops only: nothing is read back here."""
         if self.interval is None:
             self._meters(loss.device)
-        n = labels.numel()
-        top1, top5 = topk_correct(logits, labels, (1, 5))
-        row = torch.stack(
-            [
-                torch.tensor(float(n), dtype=torch.float64, device=loss.device),
-                loss.double() * n,
-                top1.double().sum(),
-                top5.double().sum(),
-            ]
-        )
         self.interval += row
         self.epoch_sums += row
         self.nonfinite += (~torch.isfinite(loss)).float()
@@ -97,10 +87,19 @@ class LoopState:
         n = max(n, 1)
         return {"train_loss": loss / n, "train_top1_error": 1 - top1 / n, "train_top5_error": 1 - top5 / n}
 
+    def _recent(self, window: int = RECENT) -> torch.Tensor:
+        """The last `window` losses as one float64 tensor on the device of the newest (restored ones
+        are on the CPU), so that reading them back is one copy, not one per step."""
+        values = list(self.recent)[-window:]
+        if not values:
+            return torch.zeros(0, dtype=torch.float64)
+        device = values[-1].device
+        return torch.stack([t.detach().to(device, torch.float64) for t in values])
+
     def recent_loss(self, info: Dist, window: int) -> float:
         """Mean training loss of the last `window` steps, averaged over ranks."""
-        values = [t.detach().double().cpu() for t in list(self.recent)[-window:]]
-        mean = torch.stack(values).mean().reshape(1) if values else torch.zeros(1, dtype=torch.float64)
+        values = self._recent(window)
+        mean = values.mean().reshape(1) if values.numel() else torch.zeros(1, dtype=torch.float64)
         if info.enabled:
             mean = mean.to(info.device)
         return all_reduce_sum(mean, info).item() / info.world
@@ -128,7 +127,7 @@ class LoopState:
                 "interval_sums": sums[0],
                 "epoch_sums": sums[1],
                 "stalled": self.stalled,
-                "recent": [float(x) for x in self.recent],
+                "recent": self._recent().tolist(),  # one read
             },
         }
 

@@ -18,7 +18,12 @@ How it stays fast on a CPU, and on a shared one:
   back: under bf16 autocast the output is within bf16 rounding of the exact value.
 - Without autograd (inference) nothing is saved, and AlexNet's LRN overwrites its input (like
   ReLU(inplace=True)), sparing a fresh 40 MB output per batch.
-On CUDA, and while torch.compile traces, the same arithmetic runs on the whole tensor at once.
+On CUDA the same arithmetic runs on the whole tensor at once.
+
+Under torch.compile (and torch.export) the module traces `lrn_traceable` instead: the same formula
+in plain out-of-place ops (no `out=` into views, no threads), which Dynamo traces into the model's
+one graph, autograd differentiates, and inductor fuses into a few kernels for the forward and the
+backward. Eager runs keep the blocked kernel above (its CPU speed is what the fused version buys).
 """
 
 from __future__ import annotations
@@ -176,9 +181,9 @@ def _workers() -> _Workers | None:
 
 
 def _run_blocks(fn, tensors: tuple[torch.Tensor, ...]) -> None:
-    """fn(*block views of tensors) over the whole (N, C, H, W) tensors: at once on a GPU or while
-    torch.compile traces, else block by block on the worker threads."""
-    if tensors[0].device.type != "cpu" or torch.compiler.is_compiling():
+    """fn(*block views of tensors) over the whole (N, C, H, W) tensors: at once on a GPU, else block
+    by block on the worker threads."""
+    if tensors[0].device.type != "cpu":
         fn(*tensors)
         return
     workers = _workers()  # even one block goes to a worker: one thread, no parallel regions
@@ -194,6 +199,22 @@ def _run_blocks(fn, tensors: tuple[torch.Tensor, ...]) -> None:
             fn(*(t[images, :, rows] for t in tensors))
 
     workers.run(one, blocks)
+
+
+def lrn_traceable(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> torch.Tensor:
+    """The same LRN in plain differentiable ops for torch.compile: (N, C, H, W) -> same, in a's dtype.
+
+    Sums and powers in float32 (float64 for float64 inputs) as the eager kernel does."""
+    c, half = a.shape[1] // groups, size // 2
+    x = a.to(_compute_dtype(a))
+    sq = (x * x).unflatten(1, (groups, c))  # (N, G, c, H, W)
+    padded = torch.nn.functional.pad(sq, (0, 0, 0, 0, half, half))  # zero channels beyond each group's edges
+    window = padded[:, :, 0:c]
+    for shift in range(1, size):
+        window = window + padded[:, :, shift : shift + c]
+    s = (window * alpha + k).flatten(1, 2)
+    d = torch.rsqrt(s) * torch.sqrt(torch.rsqrt(s)) if beta == 0.75 else torch.pow(s, -beta)
+    return (x * d).to(a.dtype)
 
 
 def lrn(
@@ -248,6 +269,8 @@ class LocalResponseNorm(nn.Module):
         if x.shape[1] % self.groups:
             raise ValueError(f"LRN over {self.groups} groups needs a channel count divisible by it, got {x.shape[1]}")
         args = (self.size, self.alpha, self.beta, self.k, self.groups)
+        if torch.compiler.is_compiling():  # one graph: plain ops that inductor fuses (module docstring)
+            return lrn_traceable(x, *args)
         if torch.is_grad_enabled() and x.requires_grad:
             return _LRNFunction.apply(x, *args)
         return lrn(x, *args, out=x if self.inplace else None)  # inference: nothing saved for a backward

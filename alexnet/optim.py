@@ -31,12 +31,32 @@ class PaperSGD(Optimizer):
         momentum: m (0.9 in the paper).
         weight_decay: wd (0.0005 in the paper); applied as -wd * lr * w inside the velocity.
     State per parameter: "velocity" v, same shape as the parameter.
+
+    `compile(backend)` runs the update as one torch.compile'd function per parameter group (inductor
+    fuses it into one pass over the weights), reading lr from a 0-d tensor on the parameters' device
+    that is refilled only when the schedule changes it: an lr drop neither recompiles nor syncs.
     """
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be non-negative")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self._compiled = None  # the compiled update (compile()), or None: eager foreach kernels
+        self._lr_tensors: dict[int, tuple[float, torch.Tensor]] = {}  # group index -> (lr, 0-d tensor)
+
+    def compile(self, backend: str | None = "inductor") -> None:
+        """Run later steps through torch.compile with `backend` (None: eager again)."""
+        self._compiled = None if backend is None else torch.compile(paper_update, fullgraph=True, backend=backend)
+
+    def _lr_tensor(self, index: int, lr: float, like: torch.Tensor) -> torch.Tensor:
+        """Group `index`'s lr as a 0-d tensor of like's dtype and device, refilled only when it changed."""
+        value, tensor = self._lr_tensors.get(index, (None, None))
+        if tensor is None or tensor.device != like.device or tensor.dtype != like.dtype:
+            tensor, value = torch.empty((), dtype=like.dtype, device=like.device), None
+        if value != lr:
+            tensor.fill_(lr)  # a scalar written by a kernel launch: no host-device sync
+        self._lr_tensors[index] = (lr, tensor)
+        return tensor
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -44,7 +64,7 @@ class PaperSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -56,6 +76,9 @@ class PaperSGD(Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
+            if self._compiled is not None:
+                self._compiled(params, grads, velocities, self._lr_tensor(index, lr, params[0]), m, wd)
+                continue
             # v = m*v - wd*lr*w - lr*g, with foreach kernels: one launch per op for all tensors
             torch._foreach_mul_(velocities, m)
             if wd != 0:
@@ -63,6 +86,18 @@ class PaperSGD(Optimizer):
             torch._foreach_add_(velocities, grads, alpha=-lr)
             torch._foreach_add_(params, velocities)  # w = w + v
         return loss
+
+
+def paper_update(params, grads, velocities, lr: torch.Tensor, momentum: float, weight_decay: float) -> None:
+    """The paper's rule over lists of tensors, lr a 0-d tensor: v <- m v - lr (g + wd w); w <- w + v.
+
+    What PaperSGD.compile compiles; in eager it makes temporaries that the compiled version fuses away.
+    """
+    torch._foreach_mul_(velocities, momentum)
+    steps = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else list(grads)
+    steps = torch._foreach_mul(steps, lr)
+    torch._foreach_sub_(velocities, steps)
+    torch._foreach_add_(params, velocities)
 
 
 def build_optimizer(

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
@@ -38,6 +37,7 @@ from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer
 from alexnet.progress import resolve_mode
 from alexnet.rundir import RunDir, kill_point
+from alexnet.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
 
 # ------------------------------------------------------------------------------------------------
 # Config: one dataclass per concern; every default is the paper's recipe unless it says otherwise
@@ -154,7 +154,9 @@ class TrainSection:
     # autocast for the forward pass: bf16 (CUDA; runs on CPU too), or fp16 with a GradScaler (its state in checkpoints)
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the model; falls back to eager with a warning when it fails
+    compile: bool = False  # torch.compile the training step (alexnet/step.py); eager with a warning if it fails
+    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels), aot_eager or eager (debugging)
+    cudnn_benchmark: bool = False  # CUDA: let cuDNN time its convolution algorithms once per shape (fixed shapes here)
     log_every: int = 20  # steps between step records in log.jsonl and progress lines
     checkpoint_every: int = 0  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
     max_steps: int | None = None  # stop (saving last.pt) after this many steps in all; unset: run all epochs
@@ -171,6 +173,8 @@ class TrainSection:
             raise ValueError("need epochs >= 1, log_every >= 1, checkpoint_every >= 0, stall_steps >= 0")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile_backend must be one of {', '.join(COMPILE_BACKENDS)}")
 
 
 @dataclass
@@ -209,28 +213,6 @@ def model_kwargs(config: TrainConfig, num_classes: int) -> dict:
     return kwargs
 
 
-def train_step(model, optimizer, images, labels, *, autocast_dtype=None, channels_last=False, scaler=None):
-    """One SGD step. images (B, 3, H, W) float32, labels (B,) int64 on the model's device.
-    scaler: a torch.amp.GradScaler (fp16): backward of the scaled loss, the step skipped on overflow.
-
-    Returns (loss, logits) detached: the mean cross-entropy over the batch and (B, C) scores.
-    """
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return loss.detach(), logits.detach()
-
-
 # ------------------------------------------------------------------------------------------------
 # What one run holds, and how it is saved and resumed
 # ------------------------------------------------------------------------------------------------
@@ -254,8 +236,9 @@ class Loop:
     printer: Printer
     state: LoopState = field(default_factory=LoopState)
     extra_states: dict = field(default_factory=dict)
-    model: torch.nn.Module | None = None  # what trains: compiled and/or DDP-wrapped raw
+    model: torch.nn.Module | None = None  # what trains: raw, or DDP around it
     evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
+    stepper: Stepper | None = None  # the training step of model (alexnet/step.py), compiled or eager
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
     interrupted: bool = False  # Ctrl-C: stop after this step, save, exit
     tb: object | None = None
@@ -273,18 +256,10 @@ class Loop:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.train.amp)
 
     def step(self, images, labels):
-        """One training step (train_step) of the model to train; see compiled_first_step."""
+        """One training step: (loss (), meter row (4,)) on the device; see compiled_first_step."""
         if self.compile_pending:
             return compiled_first_step(self, images, labels)
-        return train_step(
-            self.model,
-            self.optimizer,
-            images,
-            labels,
-            autocast_dtype=self.amp,
-            channels_last=self.config.train.channels_last,
-            scaler=self.extra_states.get("scaler"),
-        )
+        return self.stepper(images, labels)
 
 
 def checkpoint_payload(loop: Loop, rng: dict) -> dict:
@@ -467,15 +442,25 @@ def resolve_pipeline(pipeline: str, device: torch.device) -> str:
 
 
 def wrap(loop: Loop, compiled: bool) -> None:
-    """Set the model to train and the one to evaluate: compile first, then DDP around it (as nanoGPT)."""
-    model = torch.compile(loop.raw) if compiled else loop.raw
-    loop.evaluator = model
+    """Set the model to train, the one to evaluate and the step: DDP first, then torch.compile
+    around it, so that the compiled backward all-reduces gradient buckets as they are ready."""
+    backend = loop.config.train.compile_backend if compiled else None
+    model = loop.raw
     if loop.info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
 
         device = loop.info.device
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     loop.model = model
+    loop.evaluator = torch.compile(loop.raw, backend=backend) if compiled else loop.raw
+    loop.stepper = Stepper(
+        model,
+        loop.optimizer,
+        autocast_dtype=loop.amp,
+        channels_last=loop.config.train.channels_last,
+        scaler=loop.extra_states.get("scaler"),
+        backend=backend,
+    )
     loop.compile_pending = compiled
 
 
@@ -518,8 +503,8 @@ def train_one_epoch(loop: Loop) -> None:
         images = images.to(loop.info.device, non_blocking=True)
         labels = labels.to(loop.info.device, non_blocking=True)
         lr = loop.schedule.apply(loop.optimizer, state.step)
-        loss, logits = loop.step(images, labels)
-        state.record(loss, logits, labels, waited)
+        loss, row = loop.step(images, labels)
+        state.record(loss, row, waited)
         state.step += 1
         state.batch += 1
         if state.step % tc.log_every == 0 or state.batch == n:
@@ -680,6 +665,8 @@ def train(
         loop = build_loop(data, out, config, info, resume=resume, progress=progress)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if tc.cudnn_benchmark and info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # the training batches have one shape (drop_last)
         if resume and loop.run.has_checkpoint():
             restore(loop)
         else:

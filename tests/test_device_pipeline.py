@@ -159,13 +159,16 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
     assert note.count("\n") == 1 and "--fast ignored on cpu" in note
     monkeypatch.setattr(distributed, "pick_device", lambda *a, **k: torch.device("cuda", 0))
     fast = cli_train._fast(args, mine, plain)
-    assert (fast.data.pipeline, fast.train.amp, fast.train.channels_last, fast.train.compile) == (
+    t = fast.train
+    assert (fast.data.pipeline, t.amp, t.channels_last, t.compile, t.cudnn_benchmark) == (
         "device",
         "fp16",
+        True,
         True,
         True,
     )  # --amp fp16 given with --fast wins over its bf16
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and "data.pipeline=device, amp=fp16, channels_last=True, compile=True" in line
+    assert "cudnn_benchmark=True, optimizer step PaperSGD, compiled" in line
     assert {o.split("=")[0] for o in cli_train.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",
-                                                         "train.compile"}  # fmt: skip
+                                                         "train.compile", "train.cudnn_benchmark"}  # fmt: skip

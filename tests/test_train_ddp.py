@@ -1,4 +1,8 @@
-"""DDP on CPU (gloo, 2 processes via torchrun) follows the same loss curve as one process, same global batch."""
+"""DDP on CPU (gloo, 2 processes via torchrun) follows the same loss curve as one process, same global batch.
+
+The two processes train with the compiled step (torch.compile around DDP, aot_eager backend: Dynamo's
+bucket-split graphs and AOTAutograd's backward without inductor's code generation); the one process
+trains eagerly, so the test also holds the compiled DDP step to the eager arithmetic."""
 
 import json
 import os
@@ -24,6 +28,7 @@ SETTINGS = [
     "data.normalize=channel",
     "train.device=cpu",
 ]
+COMPILED = ["--set", "train.compile=true", "--set", "train.compile_backend=aot_eager"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def test_two_gloo_processes_match_one_process(tiny, tmp_path):
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     subprocess.run(
-        [*torchrun, "-m", "alexnet", "train", str(tiny), "--out", str(two), *sets, "--progress", "off"],
+        [*torchrun, "-m", "alexnet", "train", str(tiny), "--out", str(two), *sets, *COMPILED, "--progress", "off"],
         check=True,
         env=env,
         timeout=300,
