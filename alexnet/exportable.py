@@ -12,29 +12,24 @@ preprocessing (centre crop and normalisation of a uint8 image) in front of the n
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alexnet.data.augment import crop_offsets
+from alexnet.lrn import lrn_traceable
 from alexnet.model import LocalResponseNorm, MaxPool2d
 
 
 class PlainLRN(nn.Module):
     """The paper's LRN (alexnet.lrn.LocalResponseNorm: alpha not divided by size; `groups` windows
-    that stop at the towers' edges) as a few tensor ops: scriptable, traceable, exportable.
-    (N, C, H, W) -> (N, C, H, W)."""
+    that stop at the towers' edges) as plain out-of-place ops (alexnet.lrn.lrn_traceable, what
+    torch.compile traces too): scriptable, traceable, exportable. (N, C, H, W) -> (N, C, H, W)."""
 
     def __init__(self, size: int, alpha: float, beta: float, k: float, groups: int = 1):
         super().__init__()
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        square = (x * x).reshape(n * self.groups, 1, c // self.groups, h, w)
-        half = self.size // 2
-        padded = F.pad(square, [0, 0, 0, 0, half, half])  # zeros beyond each group's first and last channel
-        window = F.avg_pool3d(padded, (self.size, 1, 1), stride=1) * self.size  # sum over `size` channels
-        return x / (self.k + self.alpha * window.reshape(n, c, h, w)) ** self.beta
+        return lrn_traceable(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
 
 def traceable(model: nn.Module) -> nn.Module:
