@@ -159,6 +159,9 @@ class TrainSection:
     cudnn_benchmark: bool = False  # CUDA: let cuDNN time its convolution algorithms once per shape (fixed shapes here)
     log_every: int = 20  # steps between step records in log.jsonl and progress lines
     checkpoint_every: int = 0  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
+    # epochs between epoch-end saves of last.pt (1: every epoch); 0: only the run's last epoch, an
+    # improved best.pt or an interrupt save (short epochs, e.g. a benchmark on a small set)
+    checkpoint_epochs: int = 1
     max_steps: int | None = None  # stop (saving last.pt) after this many steps in all; unset: run all epochs
     # after this many steps, warn if the loss is still ~ln(num_classes); 0 = never. ImageNet runs
     # legitimately sit near ln(1000) for the first few hundred steps, hence not fewer by default.
@@ -171,6 +174,8 @@ class TrainSection:
     def validate(self):
         if self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 0 or self.stall_steps < 0:
             raise ValueError("need epochs >= 1, log_every >= 1, checkpoint_every >= 0, stall_steps >= 0")
+        if self.checkpoint_epochs < 0:
+            raise ValueError("checkpoint_epochs must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
         if self.compile_backend not in COMPILE_BACKENDS:
@@ -596,7 +601,10 @@ def end_epoch(loop: Loop) -> None:
     log_record(loop, record)
     kill_point("epoch-end")
     state.next_epoch()
-    save(loop, best=improved or val is None)
+    every, tc = loop.config.train.checkpoint_epochs, loop.config.train
+    final = state.epoch >= tc.epochs or state.step >= loop.max_steps or loop.interrupted
+    if final or improved or (every and state.epoch % every == 0):  # best.pt always holds the best epoch
+        save(loop, best=improved or val is None)
 
 
 def fit(loop: Loop) -> None:

@@ -4,6 +4,7 @@ without losing the others."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -11,16 +12,31 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from alexnet.bench import gpu
+from alexnet import config as cfg
+from alexnet.bench import gpu, trainstep
 from alexnet.bench.model import IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS
 from alexnet.cli import main
 from alexnet.summary import summarize
 
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_trainer  # noqa: E402,F401 - registers the "tiny" model
+
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = {
-    "train_step": {"ours_img_s", "torchvision_fp32_img_s", "torchvision_bf16_img_s", "ratio_vs_bf16", "mfu"},
+    "train_step": {
+        "ours_img_s",
+        "ours_same_input_img_s",
+        "torchvision_fp32_img_s",
+        "torchvision_bf16_img_s",
+        "torchvision_bf16_compiled_img_s",
+        "ratio_same_input_vs_eager_bf16",
+        "ratio_same_input_vs_compiled_bf16",
+        "mfu_measured",
+    },
     "pipeline": {"synthetic_img_s", "real_img_s", "ratio"},
     "infer": {"ours_img_s", "torchvision_img_s", "ours_latency_ms", "torchvision_latency_ms"},
     "train_run": {"img_s", "paper_recipe_hours"},
@@ -40,9 +56,19 @@ def test_quick_run_on_cpu_writes_every_stage(tmp_path, capsys):
     assert "quick" in r["tests"]["skipped"]  # said, not silently left out
     assert r["env"]["date"] and r["env"]["torch"] and r["env"]["slug"].startswith(r["env"]["date"][:10])
     ts, pipe, run = r["train_step"], r["pipeline"], r["train_run"]
-    assert ts["ratio_vs_bf16"] == pytest.approx(ts["ours_img_s"] / ts["torchvision_bf16_img_s"], rel=1e-12)
-    macs = summarize("alexnet", input_size=gpu.QUICK.crop).macs
-    assert ts["mfu"] == pytest.approx(2 * 3 * macs * ts["ours_img_s"] / (r["matmul_tflops"] * 1e12), rel=1e-12)
+    same = ts["ratio_same_input_vs_eager_bf16"]
+    assert same == pytest.approx(ts["ours_same_input_img_s"] / ts["torchvision_bf16_img_s"], rel=1e-12)
+    assert ts["ratio_paper_input_vs_compiled_bf16"] == pytest.approx(
+        ts["ours_img_s"] / ts["torchvision_bf16_compiled_img_s"], rel=1e-12
+    )
+    assert ts["config"]["same_input"] == ts["config"]["torchvision_input"] == gpu.QUICK.tv_input
+    assert ts["config"]["optimizer"].startswith("PaperSGD") and ts["eager_fallbacks"] == {}
+    # exact FLOPs: forward, weight gradients, input gradients of every layer but conv1
+    layers = [x for x in summarize("alexnet", input_size=gpu.QUICK.crop).layers if x.macs]
+    assert ts["train_flops_per_image"] == 2 * sum(x.macs for x in layers) * 3 - 2 * layers[0].macs
+    flops = ts["train_flops_per_image"] * ts["ours_img_s"]
+    assert ts["mfu_measured"] == pytest.approx(flops / (r["matmul_tflops"] * 1e12), rel=1e-12)
+    assert ts["published_peak_tflops"] is None and ts["mfu_published"] is None  # no GPU: measured only
     assert pipe["ratio"] == pytest.approx(pipe["real_img_s"] / pipe["synthetic_img_s"], rel=1e-12)
     # the train run's figure, recomputed from the run's own log
     records = [json.loads(line) for line in (out / "work" / "train_run.jsonl").read_text().splitlines()]
@@ -51,7 +77,7 @@ def test_quick_run_on_cpu_writes_every_stage(tmp_path, capsys):
     assert run["paper_recipe_hours"] == pytest.approx(PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / run["img_s"] / 3600)
     assert not (out / "work" / "train_run").exists() and not (out / "work" / "set").exists()  # no GBs left behind
     md = (out / "gpu.md").read_text()
-    assert f"{pipe['ratio']:.2f}" in md and f"{ts['ratio_vs_bf16']:.2f}×" in md and "not measured" not in md
+    assert f"{pipe['ratio']:.2f}" in md and f"{same:.2f}×" in md and "not measured" not in md
 
 
 def test_stages_are_saved_one_by_one_and_a_failure_is_kept(tmp_path, monkeypatch):
@@ -134,3 +160,63 @@ def test_train_run_is_interrupted_after_its_time(tmp_path, compiling, grace, lea
     assert rc in (130, -signal.SIGINT) and least <= took < most
     if compiling < grace:
         assert len(log.read_text().splitlines()) >= 3
+
+
+def test_published_peaks_by_gpu_name():
+    assert trainstep.published_peak("NVIDIA H100 80GB HBM3") == 989.0  # SXM
+    assert trainstep.published_peak("NVIDIA H100 PCIe") == 756.0
+    assert trainstep.published_peak("NVIDIA H200") == 989.0
+    assert trainstep.published_peak("NVIDIA A100-SXM4-80GB") == 312.0
+    assert trainstep.published_peak("NVIDIA GeForce GTX 580") is None and trainstep.published_peak(None) is None
+
+
+def test_a_failed_compilation_is_timed_eagerly_with_its_reason():
+    fallbacks, calls = {}, []
+
+    def compiled():
+        raise RuntimeError("InductorError: no working C++ compiler found\nmore")
+
+    fn = trainstep.first_call_or_eager("ours_227", compiled, lambda: lambda: calls.append(1), fallbacks)
+    fn()
+    assert calls == [1, 1] and list(fallbacks) == ["ours_227"]  # called once untimed, once by us
+    assert fallbacks["ours_227"].endswith("RuntimeError: InductorError: no working C++ compiler found")
+
+
+def test_tests_stage_runs_each_named_file_on_its_own(tmp_path, monkeypatch):
+    """One file that cannot be imported (a missing optional dependency) is one error; the tests of
+    the other files still run and count; a named file that is missing is an error, not a silent 0."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "import pytest\n\n@pytest.mark.gpu\ndef test_one():\n    pass\n\n"
+        "@pytest.mark.gpu\ndef test_two():\n    pytest.skip('no CUDA')\n"
+    )
+    (tmp_path / "tests" / "test_b.py").write_text("import a_module_that_is_not_installed\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs CUDA\n")
+    monkeypatch.setattr(gpu, "_repo_root", lambda: str(tmp_path))
+    r = gpu.stage_tests(60.0, ("tests/test_a.py", "tests/test_b.py", "tests/test_c.py"))
+    assert (r["passed"], r["skipped"], r["failed"]) == (1, 1, 0) and r["errors"] == 2, r
+    assert r["files"]["tests/test_a.py"]["exit_code"] == 0 and not r["timed_out"]
+    assert any("test_b.py" in f for f in r["failures"]) and any("test_c.py: missing" in f for f in r["failures"])
+    assert set(gpu.GPU_TEST_FILES) <= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
+
+
+def test_train_run_writes_at_most_two_checkpoints(prepared_shapes, tmp_path, monkeypatch):
+    """train_run's settings on a set without val split, over 2 short epochs and 4 steps (6 steps an
+    epoch): one save, at the end (before, a last.pt and a best.pt at every epoch end: 490 MB each
+    on the paper net)."""
+    data = prepared_shapes(dict(classes=3, per_class=6, seed=0), val_fraction=0.0)
+    from alexnet import rundir
+    from alexnet.train import TrainConfig, train
+
+    saves = []
+    original = rundir.RunDir.save
+    monkeypatch.setattr(
+        rundir.RunDir,
+        "save",
+        lambda self, payload, best=False: (saves.append(best), original(self, payload, best=best)),
+    )
+    sizes = dataclasses.replace(gpu.QUICK, train_max_steps=16, crop=64)
+    sets = [*gpu.train_run_settings("cpu", sizes), "model.name=tiny", "data.batch_size=3"]
+    summary = train(data, tmp_path / "run", cfg.load_config(TrainConfig, None, sets), progress="off")
+    assert summary["step"] == 16 and summary["epoch"] == 2
+    assert saves == [False]  # one last.pt, no best.pt

@@ -108,6 +108,7 @@ class DeviceAugment:
         self.stats = (stats if isinstance(stats, Stats) else Stats(stats)).to(self.device)  # once, not per batch
         self.crop, self.pca, self.normalize, self.flip, self.crops = crop, pca, normalize, flip, crops
         self.channels_last = channels_last
+        self._decode_stream = None  # CUDA: the stream nvJPEG's outputs are allocated on (decode)
 
     def transfer(self, batch):
         """Host batch -> the same structure with pixels, labels and draws on the device
@@ -131,8 +132,24 @@ class DeviceAugment:
         parts = [data[int(a) : int(b)] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
         with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = decode_jpeg(parts, mode=ImageReadMode.RGB, device=self.device)
-        return torch.stack(decoded)
+            if self.device.type != "cuda":
+                return torch.stack(decode_jpeg(parts, mode=ImageReadMode.RGB, device=self.device))
+            # torchvision's nvJPEG decoder allocates its outputs on the current stream but writes
+            # them from a private stream that does not wait for it: with the training stream
+            # current, the caching allocator can hand the decoder a block that kernels queued on
+            # the training stream still read, and the decoder overwrites it before they run (a
+            # silently corrupted batch). So the outputs are allocated on a stream of ours that
+            # queues no kernels, the training stream waits for it, and record_stream keeps each
+            # block from being reused until the training stream's readers are done.
+            consumer = torch.cuda.current_stream(self.device)
+            if self._decode_stream is None:
+                self._decode_stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._decode_stream):
+                decoded = decode_jpeg(parts, mode=ImageReadMode.RGB, device=self.device)
+        consumer.wait_stream(self._decode_stream)
+        for t in decoded:
+            t.record_stream(consumer)
+        return torch.stack(decoded)  # on the training stream
 
     def apply(self, batch):
         """A batch already on the device -> (images float32, labels)."""
