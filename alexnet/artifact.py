@@ -314,18 +314,13 @@ class TrainedNet:
         with its reason."""
         if errors not in ("raise", "report"):
             raise UsageError(f"{option('errors', errors)}: choose 'raise' or 'report'")
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.dtype == torch.uint8:
+            yield from ((None, x, None) for x in images)  # a batch of prepared images: no resize
+            return
         for i, image in enumerate(_items(images)):
             path = _path(image)
             try:
-                if (
-                    isinstance(image, torch.Tensor)
-                    and image.dim() == 3
-                    and image.dtype == torch.uint8
-                    and (tuple(image.shape[1:]) == (self.preprocess["size"],) * 2)
-                ):
-                    yield path, image, None  # a row of a prepared batch: already resized
-                else:
-                    yield path, self.prepare(image), None
+                yield path, self.prepare(image), None
             except (BadImageError, UserError) as exc:
                 reason = getattr(exc, "reason", None) or str(exc)
                 if errors == "raise":

@@ -180,3 +180,18 @@ def test_api_train_checks_a_python_config_before_touching_the_disk(tiny_prepared
     with pytest.raises(FileNotFoundError):
         alexnet.train(tmp_path / "nothing", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_api_features_of_a_split_as_the_readme_calls_it(tiny_net, tiny_prepared, tmp_path):
+    out = tmp_path / "feats.npz"
+    summary = alexnet.features(tiny_net, tiny_prepared, "val", str(out), workers=0, device="cpu")
+    assert summary["n"] == 6 and summary["dim"] == 4096 and out.is_file()
+    with np.load(out) as z:  # the same vectors as TrainedNet.features on the split's prepared images
+        from alexnet.data import PackedDataset, PreparedSet
+
+        net = alexnet.load(tiny_net, device="cpu")
+        images = torch.stack([PackedDataset(PreparedSet(tiny_prepared), "val")[i][0] for i in range(6)])
+        np.testing.assert_allclose(z["features"], net.features(images, batch_size=4).numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"^batch_size=0"):
+        alexnet.features(tiny_net, tiny_prepared, "val", str(tmp_path / "x.npz"), batch_size=0)
+    assert not (tmp_path / "x.npz").exists()
