@@ -214,11 +214,15 @@ def _where() -> str:
     return "log point or epoch end" if names & ALLOWED else "inside a step"
 
 
-def test_a_training_step_reads_nothing_back_from_the_device(small, tmp_path):
-    """`train` with the --fast data path for 2 epochs of 6 steps: no read and no new host tensor inside
-    a step (data loading runs in a worker process); reads only at the log points and epoch ends."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_training_step_reads_nothing_back_from_the_device(small, tmp_path, compiled):
+    """`train` with the --fast data path, eager and compiled, for 2 epochs of 6 steps: no read and no
+    new host tensor inside a step (data loading runs in a worker process); reads only at the log
+    points and epoch ends."""
     counts = collections.Counter()
-    config = _config("train.epochs=2", "data.workers=1", "data.pipeline=device", "train.checkpoint_every=4")
+    extra = ["train.compile=true", "train.compile_backend=aot_eager"] if compiled else []
+    config = _config("train.epochs=2", "data.workers=1", "data.pipeline=device", "data.batch_size=4",
+                     "train.checkpoint_every=4", *extra)  # fmt: skip
     with HostReads(counts), HostCopies(counts):
         summary = train(small, tmp_path / "run", config, progress="off")
     assert summary["step"] == 12
