@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from alexnet.bench.common import environment, median
+from alexnet.bench.gpu_report import markdown
 from alexnet.bench.infer import run_infer_bench
 from alexnet.bench.model import IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS, matmul_tflops, resolve_device
 from alexnet.bench.pipeline import generate_set, run_pipeline_bench
@@ -125,15 +126,27 @@ def stage_env(dev: torch.device) -> dict:
 
 
 def stage_pipeline(dev: torch.device, s: Sizes, data: str) -> dict:
-    """The device data path against a fixed batch on the device (bench pipeline's contenders)."""
+    """The device data path against a fixed batch on the device (bench pipeline's contenders), with
+    train --fast's compiled step on CUDA; timed eagerly, the reason recorded, if compiling fails."""
     cuda = dev.type == "cuda"
-    r = run_pipeline_bench(data=data, device=str(dev), batch=s.batch, crop=s.crop, workers=s.workers,
-                           steps=s.pipe_steps, warmup=min(1, s.warmup), repeats=s.pipe_repeats, amp=fast_amp(dev),
-                           channels_last=True, compile=cuda, paths=["device"])  # fmt: skip
+
+    def bench(compile: bool) -> dict:
+        return run_pipeline_bench(data=data, device=str(dev), batch=s.batch, crop=s.crop, workers=s.workers,
+                                  steps=s.pipe_steps, warmup=min(1, s.warmup), repeats=s.pipe_repeats,
+                                  amp=fast_amp(dev), channels_last=True, compile=compile, paths=["device"])  # fmt: skip
+
+    fallback = None
+    try:
+        r = bench(cuda)
+    except Exception as exc:  # noqa: BLE001 - see first_call_or_eager; anything but compiling fails eagerly too
+        if not cuda:
+            raise
+        fallback = f"torch.compile failed, timed eagerly: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        r = bench(False)
     return {"synthetic_img_s": r["synthetic_img_s"], "real_img_s": r["img_s"]["device"],
             "ratio": r["img_s"]["device"] / r["synthetic_img_s"], "path": "device", "batch": s.batch,
             "workers": s.workers, "steps_per_round": r["steps_per_round"], "data": r["data"], "config": r["config"],
-            "decoder": r["decoder"]}  # fmt: skip
+            "decoder": r["decoder"], "eager_fallback": fallback}  # fmt: skip
 
 
 def stage_infer(dev: torch.device, s: Sizes) -> dict:
@@ -203,7 +216,10 @@ def stage_train_run(dev: torch.device, s: Sizes, data: str, run_dir: Path) -> di
         raise UserError(f"alexnet train logged fewer than two step records in {seconds:.0f} s (exit {rc}): "
                         + " | ".join(tail))  # fmt: skip
     steps = [r for r in records if r.get("kind") == "step"]
-    return {"img_s": img_s, "paper_recipe_hours": PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / img_s / 3600,
+    # train falls back to eager itself when compiling fails, and says so in one line
+    fallback = next((line.strip() for line in log.read_text(errors="replace").splitlines()
+                     if "torch.compile failed" in line), None)  # fmt: skip
+    return {"img_s": img_s, "eager_fallback": fallback, "paper_recipe_hours": PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / img_s / 3600,
             "batch": s.train_batch, "seconds": seconds, "steps": steps[-1]["step"], "step_records": len(steps),
             "exit_code": rc, "command": " ".join(cmd[1:]), "log": str(log),
             "records": str(run_dir.parent / "train_run.jsonl"),
@@ -358,82 +374,3 @@ def save(out: Path, result: dict) -> None:
 
 def load(out: str | Path) -> dict:
     return read_json(Path(out) / "gpu.json")
-
-
-def _fmt(value, spec: str = ",.0f", unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "not measured"
-    return f"{value:{spec}}{unit}"
-
-
-def markdown(r: dict) -> str:
-    """gpu.json as a section ready for BENCHMARKS.md: one table, the command and the machine."""
-    env = r.get("env") or {}
-    ts, pipe, inf, run, tests = (r.get(k) or {} for k in ("train_step", "pipeline", "infer", "train_run", "tests"))
-    sz = r["sizes"]
-    machine = env.get("gpu") or env.get("processor") or r.get("device")
-    quick = " (quick: toy sizes, the figures mean nothing)" if r["quick"] else ""
-    command = "PYTHONPATH=. python -m alexnet bench gpu --out OUT"
-    command += f" --quick --device {r['device']}" if quick else ""
-    img = lambda v: _fmt(v, ",.0f", " img/s")  # noqa: E731
-    cfg = ts.get("config") or {}
-    step_how = f"{cfg.get('amp') or 'fp32'}, compile {cfg.get('compile') or 'off'}, {cfg.get('optimizer')}"
-    if ts.get("eager_fallbacks"):
-        step_how += "; eager fallbacks: " + "; ".join(f"{k}: {v}" for k, v in ts["eager_fallbacks"].items())
-    rows = [
-        (f"bf16 matmul {sz['matmul']}³", _fmt(r.get("matmul_tflops"), ".1f", " TFLOP/s"), f"median of {sz['repeats']}"),
-        (f"training step, ours as `train --fast` runs it, {cfg.get('input')} px", img(ts.get("ours_img_s")),
-         f"batch {ts.get('batch')}, {step_how}; medians of {sz['repeats']} alternating rounds after "
-         f"{sz['warmup']} warm-up"),
-        (f"training step, ours at {cfg.get('same_input')} px", img(ts.get("ours_same_input_img_s")), "same rounds"),
-        (f"training step, torchvision eager fp32, {cfg.get('torchvision_input')} px",
-         img(ts.get("torchvision_fp32_img_s")), f"{cfg.get('torchvision_optimizer')}; same rounds"),
-        ("training step, torchvision eager bf16 + channels_last", img(ts.get("torchvision_bf16_img_s")),
-         "the reference scripts' way; same rounds"),
-        ("training step, torchvision compiled bf16 + channels_last", img(ts.get("torchvision_bf16_compiled_img_s")),
-         "its best settings; same rounds"),
-        ("ours / torchvision eager bf16, both at the same input", _fmt(ts.get("ratio_same_input_vs_eager_bf16"),
-         ".2f", "×"), "goal ≥ 2×"),
-        ("ours / torchvision compiled bf16, both at the same input",
-         _fmt(ts.get("ratio_same_input_vs_compiled_bf16"), ".2f", "×"), "goal ≥ 0.9× (its net has no LRN, no groups)"),
-        ("ours at 227 px / torchvision compiled bf16 at 224 px", _fmt(ts.get("ratio_paper_input_vs_compiled_bf16"),
-         ".2f", "×"), "each net's own input size"),
-        ("MFU against the measured matmul rate", _fmt(ts.get("mfu_measured"), ".1%"),
-         f"{_fmt(ts.get('train_flops_per_image'), ',')} FLOPs per training image, counted exactly"),
-        ("MFU against the published dense bf16 peak", _fmt(ts.get("mfu_published"), ".1%")
-         if ts.get("published_peak_tflops") else "no published peak known for this device",
-         f"peak {ts['published_peak_tflops']:,.0f} TFLOP/s; goal ≥ 35 %" if ts.get("published_peak_tflops")
-         else "goal ≥ 35 %"),
-        ("pipeline: device path / fixed batch on the GPU",
-         f"{_fmt(pipe.get('ratio'), '.2f')} ({_fmt(pipe.get('real_img_s'))} / {img(pipe.get('synthetic_img_s'))})",
-         f"{pipe.get('workers')} workers, generated {sz['image_size']}-px JPEGs; goal ≥ 0.9"),
-        (f"inference batch {inf.get('batch')}: ours / torchvision fp32",
-         f"{_fmt(inf.get('ours_img_s'))} / {img(inf.get('torchvision_img_s'))}",
-         "ours bf16 + channels_last + CUDA graph"),
-        ("inference batch 1 latency: ours / torchvision fp32",
-         f"{_fmt(inf.get('ours_latency_ms'), '.2f')} / {_fmt(inf.get('torchvision_latency_ms'), '.2f', ' ms')}",
-         f"median of {sz['latency_repeats']}"),
-        ("`alexnet train --fast`, steady state", img(run.get("img_s")),
-         f"batch {run.get('batch')}, {_fmt(run.get('seconds'), '.0f', ' s')} run, median of step records after "
-         "the first"),
-        ("paper's 90 epochs × 1,281,167 images at that rate", _fmt(run.get("paper_recipe_hours"), ".1f", " h"),
-         "the paper: 5–6 days on two GTX 580"),
-        ("GPU tests (`pytest -m gpu`)", _tests_cell(tests), ""),
-    ]  # fmt: skip
-    lines = [f"### GPU: {machine}, {env.get('date', '?')[:10]}{quick}", "",
-             f"`{command}`; torch {env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}, "
-             f"CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, driver {env.get('driver')}.", "",
-             "| figure | value | how |", "|---|---|---|"]  # fmt: skip
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    if r.get("errors"):
-        lines += ["", "Stages that failed: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
-    return "\n".join(lines) + "\n"
-
-
-def _tests_cell(tests: dict) -> str:
-    if not tests:
-        return "not run"
-    if "skipped" in tests and isinstance(tests["skipped"], str):
-        return f"not run ({tests['skipped']})"
-    text = f"{tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"
-    return text + (" (timed out)" if tests.get("timed_out") else "")

@@ -23,7 +23,6 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from alexnet.bench.common import environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
@@ -34,6 +33,7 @@ from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
 from alexnet.model import build_model
 from alexnet.optim import PaperSGD
+from alexnet.step import Stepper
 
 PATHS = ("host", "device", "nvjpeg")
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches buffered per worker
@@ -58,21 +58,6 @@ def generate_set(
     prepare(src, prepared, size=size, val_fraction=0.0, workers=workers)
     shutil.rmtree(src, ignore_errors=True)
     return prepared
-
-
-def _step_fn(model, optimizer, amp: torch.dtype | None, channels_last: bool) -> Callable:
-    """One training step on (images, labels) already on the model's device (as train.train_step)."""
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def _endless(loader, device: torch.device):
@@ -159,13 +144,16 @@ def _contenders(ps: PreparedSet, dev: torch.device, step: Callable, *, paths: li
 
 def _training_step(ps: PreparedSet, dev: torch.device, *, crop: int, amp: str | None, channels_last: bool,
                    compile: bool) -> Callable:  # fmt: skip
-    """The paper net (seeded) with PaperSGD, as one step function on batches already on `dev`."""
+    """The paper net (seeded) with PaperSGD, as one step function on batches already on `dev`: the
+    step train runs (alexnet/step.py), compiled as `train --compile` compiles it."""
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=max(1000, ps.num_classes), input_size=crop).to(dev).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    return _step_fn(torch.compile(model) if compile else model, optimizer, AMP_DTYPES[amp], channels_last)
+    stepper = Stepper(model, optimizer, autocast_dtype=AMP_DTYPES[amp], channels_last=channels_last,
+                      backend="inductor" if compile else None)  # fmt: skip
+    return lambda x, y: stepper(x, y)
 
 
 def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: int | None = None, crop: int = 227,
