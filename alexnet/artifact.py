@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,7 +49,16 @@ from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
 from alexnet.errors import UsageError, UserError, check_whole, not_found, option
 from alexnet.metrics import average_probabilities
-from alexnet.transforms import ClassScore, Prediction, Transforms, caffe_batch, prepare_image  # noqa: F401 - re-exported
+from alexnet.transforms import (  # noqa: F401 - caffe_batch, prepare_image re-exported
+    ClassScore,
+    Prediction,
+    Transforms,
+    caffe_batch,
+    check_crops,
+    images_of,
+    path_of,
+    prepare_image,
+)
 
 NORMALIZE = ("mean_image", "channel", "caffe")
 RESIZE = ("shorter", "warp")
@@ -248,24 +256,6 @@ def num_outputs(model: nn.Module) -> int | None:
 # ---------------------------------------------------------------- the trained net
 
 
-def _items(images):
-    """Inputs one by one: a uint8 (N, 3, S, S) batch's rows, a list's (or any iterable's) items, or
-    the one image given."""
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        return iter(images)
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
-        return iter([images])
-    try:
-        return iter(images)
-    except TypeError:
-        raise UsageError(f"not an image: {type(images).__name__} (give a path, PIL image, array or tensor)") from None
-
-
-def _path(image) -> str | None:
-    """An input's file path, or None for an in-memory image."""
-    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
-
-
 class TrainedNet:
     """A trained model with its preprocessing and class names (see the module docstring).
 
@@ -317,8 +307,8 @@ class TrainedNet:
         if isinstance(images, torch.Tensor) and images.dim() == 4 and images.dtype == torch.uint8:
             yield from ((None, x, None) for x in images)  # a batch of prepared images: no resize
             return
-        for i, image in enumerate(_items(images)):
-            path = _path(image)
+        for i, image in enumerate(images_of(images)):
+            path = path_of(image)
             try:
                 yield path, self.prepare(image), None
             except (BadImageError, UserError) as exc:
@@ -354,7 +344,7 @@ class TrainedNet:
 
     def probabilities(self, images, crops: int = 1, *, batch_size: int = 16) -> torch.Tensor:
         """Images -> (N, C) softmax on the CPU, averaged over the crops (paper §4.1), batch by batch."""
-        _check_crops(crops)
+        check_crops(crops)
         rows = [
             self._probs(torch.stack([x for _, x, _ in b]), crops) for b in self._batches(images, batch_size, "raise")
         ]
@@ -368,7 +358,7 @@ class TrainedNet:
         flat in the number of inputs; `images` may be a generator). errors: "raise" (an unusable
         input raises UserError naming it) or "report" (its Prediction carries .error)."""
         check_whole("topk", topk)
-        _check_crops(crops)
+        check_crops(crops)
         for batch in self._batches(images, batch_size, errors):
             ready = [x for _, x, _ in batch if x is not None]
             probs = iter(self._probs(torch.stack(ready), crops)) if ready else iter(())
@@ -397,7 +387,7 @@ class TrainedNet:
         unusable input raises UserError naming it."""
         if not hasattr(self.model, "fc7_features"):
             raise UserError(f"fc7 features need an AlexNet; {self.path} is a {type(self.model).__name__}")
-        _check_crops(crops)
+        check_crops(crops)
         rows = []
         for batch in self._batches(images, batch_size, "raise"):
             x = self.normalize(torch.stack([x for _, x, _ in batch]), crops)
@@ -409,11 +399,6 @@ class TrainedNet:
         if not rows:
             raise UsageError("no images given")
         return torch.cat(rows)
-
-
-def _check_crops(crops: int) -> None:
-    if crops not in (1, 10):
-        raise UsageError(f"{option('crops', crops)}: choose 1 (centre crop) or 10 (the paper's)")
 
 
 def transforms_for(source, crops: int = 1, device=None) -> Transforms:

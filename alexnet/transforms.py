@@ -106,6 +106,33 @@ def caffe_batch(x: torch.Tensor, *, mean_bgr: torch.Tensor, crop: int, crops: in
     return torch.stack(views + [v.flip(-1) for v in views], dim=1)
 
 
+# ---------------------------------------------------------------- inputs
+
+
+def images_of(images):
+    """Inputs one by one: a uint8 (N, 3, S, S) batch's rows, a list's (or any iterable's) items, or
+    the one image given."""
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        return iter(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        return iter([images])
+    try:
+        return iter(images)
+    except TypeError:
+        raise UsageError(f"not an image: {type(images).__name__} (give a path, PIL image, array or tensor)") from None
+
+
+def path_of(image) -> str | None:
+    """An input's file path, or None for an in-memory image."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+
+
+def check_crops(crops: int) -> None:
+    """UsageError unless crops is 1 (centre) or 10 (the paper's)."""
+    if crops not in (1, 10):
+        raise UsageError(f"{option('crops', crops)}: choose 1 (centre crop) or 10 (the paper's)")
+
+
 # ---------------------------------------------------------------- the callable
 
 
@@ -117,8 +144,7 @@ class Transforms:
     checkpoint's name, for messages."""
 
     def __init__(self, preprocess: dict, *, crops: int = 1, device=None, where: str = "checkpoint"):
-        if crops not in (1, 10):
-            raise UsageError(f"{option('crops', crops)}: choose 1 (centre crop) or 10 (the paper's)")
+        check_crops(crops)
         self.preprocess, self.crops, self.where = preprocess, crops, where
         self.device = torch.device(device or "cpu")
         stats = preprocess["stats"]

@@ -112,6 +112,33 @@ def test_cuda_graph_inference_equals_eager():
     assert torch.allclose(gb(xc).float(), eb.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_nvjpeg_decode_leaves_memory_the_training_stream_still_reads():
+    """torchvision's decoder writes from a private stream that does not wait for the caller's: memory
+    freed while kernels queued on the training stream still read it must not reach the decoder.
+    Each round queues a long kernel, then one sum per image-sized tensor, frees the tensors and
+    decodes a batch the size of those tensors; every sum must still see its tensor's values."""
+    from torchvision.io import encode_jpeg
+
+    from alexnet.data.device import DeviceAugment
+
+    torch.manual_seed(0)
+    images = [torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8) for _ in range(8)]
+    parts = [encode_jpeg(x).view(torch.uint8) for x in images]
+    offsets = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)
+    data = torch.cat(parts)
+    augment = DeviceAugment({}, device="cuda", pca="off", normalize="channel")
+    for _ in range(20):
+        held = [torch.full((3, SIZE, SIZE), i + 1, dtype=torch.uint8, device="cuda") for i in range(8)]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(20_000_000)  # the sums below wait behind this on the training stream
+        sums = [x.sum(dtype=torch.int64) for x in held]
+        del held  # freed on the training stream while its sums are still queued
+        decoded = augment.decode((data, offsets))
+        torch.cuda.synchronize()
+        assert [int(t) for t in sums] == [(i + 1) * 3 * SIZE * SIZE for i in range(8)]
+        assert decoded.shape == (8, 3, SIZE, SIZE)
+
+
 def _json(capsys, argv):
     assert main(argv) == 0
     return json.loads(capsys.readouterr().out)

@@ -68,7 +68,11 @@ def register(sub) -> None:
         "ignored with a note on other devices",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step: forward, loss, backward, optimizer update (train.compile)",
+    )
     add_progress_option(p, "progress output on stderr: a bar on a terminal, plain lines otherwise")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.set_defaults(func=run)
