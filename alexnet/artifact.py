@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import check_metadata, load_checkpoint, model_from_checkpoint
 from alexnet.data.images import BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
@@ -122,20 +122,28 @@ def load_safetensors(path: str) -> dict:
     if meta.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
     stats = {k[len(STATS_PREFIX) :]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
-    preprocess = (
-        json.loads(meta["preprocess"])
-        if "preprocess" in meta
-        else {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
-    )
-    return {
-        "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
-        "model_name": meta["model_name"],
-        "model_kwargs": json.loads(meta["model_kwargs"]),
-        "classes": {"ids": json.loads(meta["class_ids"]), "names": json.loads(meta["class_names"])},
-        "stats": stats,
-        "preprocess": preprocess,
-        "path": str(path),
-    }
+    try:
+        preprocess = (
+            json.loads(meta["preprocess"])
+            if "preprocess" in meta
+            else {"crop": int(meta["input_size"]), "normalize": meta["normalize"]}
+        )
+        state = {
+            "model": {k: v for k, v in tensors.items() if not k.startswith(STATS_PREFIX)},
+            "model_name": meta["model_name"],
+            "model_kwargs": json.loads(meta["model_kwargs"]),
+            "classes": {"ids": json.loads(meta["class_ids"]), "names": json.loads(meta["class_names"])},
+            "stats": stats,
+            "preprocess": preprocess,
+            "path": str(path),
+        }
+    except KeyError as exc:
+        raise UserError(f"{path}: damaged alexnet metadata (no {exc.args[0]!r}); export it again") from None
+    except ValueError as exc:  # JSONDecodeError, a non-number input_size
+        raise UserError(f"{path}: damaged alexnet metadata ({str(exc)[:80]}); export it again") from None
+    if not isinstance(state["preprocess"], dict) or not all(isinstance(v, list) for v in state["classes"].values()):
+        raise UserError(f"{path}: damaged alexnet metadata (preprocess or class lists of the wrong kind)")
+    return state
 
 
 def load_model_state(path) -> dict:
@@ -420,6 +428,7 @@ def open_artifact(source, device=None, *, fallback_stats: dict | None = None) ->
         state["path"] = str(Path(source))
     if not isinstance(device, torch.device):  # None/"auto": cuda (this rank's GPU under torchrun) -> mps -> cpu
         device = pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option=option("device"))
+    check_metadata(state)  # before anything reads it: damaged metadata is one line, nothing allocated
     pre = checkpoint_preprocess(state, fallback_stats)
     check_preprocess(pre, state.get("path", "checkpoint"))
     model = model_from_checkpoint(state, device)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from alexnet.errors import UserError, not_found
 from alexnet.io import atomic_write_bytes
-from alexnet.model import build_model
+from alexnet.model import MODELS, build_model
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs")
+MAX_CLASSES = 1_000_000  # more outputs than any real label set: metadata saying so is damage, not a net
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -65,6 +68,33 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def check_same_data(state: dict, class_ids, stats: dict, data_root: str) -> None:
+    """UserError naming the difference when a training checkpoint was not trained on this prepared
+    set (--resume with another set): its class ids, in order, and its normalisation statistics."""
+    where = state.get("path", "checkpoint")
+    ids = list((state.get("classes") or {}).get("ids") or [])
+    if ids and ids != list(class_ids):
+        first = next((i for i, (a, b) in enumerate(zip(ids, class_ids)) if a != b), min(len(ids), len(class_ids)))
+        detail = (
+            f"{len(ids)} classes vs {len(class_ids)}"
+            if len(ids) != len(class_ids)
+            else f"class {first} is {ids[first]!r} there, {list(class_ids)[first]!r} here"
+        )
+        raise UserError(
+            f"{where} was trained on other classes than {data_root} ({detail}); resume with the prepared "
+            "set the run started on, or start a new run with another --out"
+        )
+    saved = state.get("stats") or {}
+    for key in sorted(saved.keys() & stats.keys()):
+        a, b = np.asarray(saved[key], np.float32), np.asarray(stats[key], np.float32)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-5):
+            raise UserError(
+                f"{where} was trained on data with other normalisation statistics than {data_root} "
+                f"({key} differs: the same classes, other images); resume with the prepared set the run "
+                "started on, or start a new run"
+            )
+
+
 def clean_state_dict(state_dict: dict) -> dict:
     """Strip the prefixes DDP ('module.') and torch.compile ('_orig_mod.') add to parameter names."""
     out = {}
@@ -76,10 +106,92 @@ def clean_state_dict(state_dict: dict) -> dict:
     return out
 
 
+class SkipInit(TorchFunctionMode):
+    """Makes torch.nn.init's functions no-ops: building a net only to check its shapes or options
+    (on the meta device) draws nothing, and takes milliseconds instead of a second."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else next(iter((kwargs or {}).values()))
+        return func(*args, **(kwargs or {}))
+
+
+def nonfinite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
+    return [
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_finite(state: dict) -> None:
+    """UserError when a checkpoint's weights hold NaN or infinite values (a diverged run's): such a
+    net answers nonsense (a loss of nan, probabilities of nan%), so no command uses it."""
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserError(
+            f"{state.get('path', 'checkpoint')}: weights {bad[0]}{more} hold NaN or infinite values "
+            "(a diverged run?); use an earlier checkpoint"
+        )
+
+
+def check_metadata(state: dict) -> dict:
+    """Check what a checkpoint says about its model before anything uses it: the registered name,
+    the options (a dict; num_classes a sane count), the class list's length against the outputs.
+    Returns the builder's kwargs. One UserError naming the file and the fault."""
+    where = state.get("path", "checkpoint")
+    name, kwargs = state.get("model_name"), state.get("model_kwargs")
+    if not isinstance(name, str) or name not in MODELS:
+        raise UserError(f"{where}: damaged metadata: model_name {name!r} is not one of {', '.join(MODELS)}")
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{where}: damaged metadata: model_kwargs is a {type(kwargs).__name__}, not a dict")
+    kwargs = {k: v for k, v in kwargs.items() if k != "variant"}  # implied by the registry name
+    n = kwargs.get("num_classes", 1000)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        raise UserError(f"{where}: damaged metadata: num_classes {n!r} is not a count in 1..{MAX_CLASSES}")
+    ids = (state.get("classes") or {}).get("ids")
+    if ids and len(ids) != n:
+        raise UserError(f"{where}: damaged metadata: {len(ids)} class ids for a net with {n} outputs")
+    if not isinstance(state.get("model"), dict):
+        raise UserError(f"{where}: damaged checkpoint: its weights are not a dict of tensors")
+    return kwargs
+
+
+def check_shapes(state: dict, kwargs: dict) -> None:
+    """UserError when the tensors present are not those of the model the metadata describes
+    (built on the meta device: nothing allocated, even for num_classes in the millions)."""
+    where, name = state.get("path", "checkpoint"), state["model_name"]
+    try:
+        with torch.device("meta"), SkipInit():  # shapes only: nothing allocated, nothing drawn
+            expected = {k: tuple(v.shape) for k, v in build_model(name, **kwargs).state_dict().items()}
+    except UserError as exc:
+        raise UserError(f"{where}: damaged metadata: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{where}: damaged metadata: model_kwargs {kwargs} ({str(exc)[:120]})") from None
+    got = {k: tuple(v.shape) for k, v in clean_state_dict(state["model"]).items() if isinstance(v, torch.Tensor)}
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = [k for k in expected if k in got and expected[k] != got[k]]
+    if missing or extra or wrong:
+        detail = (
+            f"{wrong[0]} is {got[wrong[0]]}, the model's is {expected[wrong[0]]}"
+            if wrong
+            else (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
+        )
+        count = len(missing) + len(extra) + len(wrong)
+        raise UserError(
+            f"{where}: weights do not fit model {name} with its metadata ({detail}"
+            f"{f'; {count - 1} more' if count > 1 else ''})"
+        )
+
+
 def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the registered model a checkpoint describes and load its weights; eval mode."""
-    kwargs = dict(state["model_kwargs"])
-    kwargs.pop("variant", None)  # implied by the registry name
+    """Rebuild the registered model a checkpoint describes and load its weights; eval mode.
+    The metadata is checked first (check_metadata), and weights with NaN or inf are refused."""
+    kwargs = check_metadata(state)
+    check_shapes(state, kwargs)
+    check_finite(state)
     model = build_model(state["model_name"], **kwargs)
     try:
         model.load_state_dict(clean_state_dict(state["model"]))

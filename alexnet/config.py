@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -213,6 +214,8 @@ def _coerce(value, kind, name: str, source: str):
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
+            if not math.isfinite(float(value)):  # nan or inf would pass every range check after this
+                raise UsageError(f"{source}: {name} = {value!r} is not a finite number")
             return float(value)
         if kind is str:
             if not isinstance(value, str):

@@ -23,6 +23,17 @@ class Dist:
     world: int = 1
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this module initialised the process group (and tears it down)
+    # A net split over several processes (alexnet/parallel) gives them the same images: the batch is
+    # then cut `replicas` ways (this process takes share `replica`), metrics are summed over `group`
+    # (one process per share; None: all), and every process draws the same random numbers.
+    replica: int | None = None  # None: rank
+    replicas: int | None = None  # None: world
+    group: object | None = None
+    shared_rng: bool = False
+
+    def __post_init__(self):
+        self.replica = self.rank if self.replica is None else self.replica
+        self.replicas = self.world if self.replicas is None else self.replicas
 
     @property
     def main(self) -> bool:
@@ -81,9 +92,9 @@ def teardown(info: Dist) -> None:
 
 
 def all_reduce_sum(t: torch.Tensor, info: Dist) -> torch.Tensor:
-    """Sum of t over ranks (in place); t itself in one process."""
+    """Sum of t over the ranks of info.group (all by default; in place); t itself in one process."""
     if info.enabled:
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=info.group)
     return t
 
 

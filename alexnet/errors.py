@@ -14,9 +14,19 @@ from __future__ import annotations
 _STYLE = {"cli": False}  # True while the `alexnet` command runs (alexnet.cli.main sets it)
 _UNSET = object()
 
+_WORKER_PREFIX = "Caught UserError"  # how torch's DataLoader re-raises an exception from a worker
+
 
 class UserError(ValueError):
     """A mistake the user can fix (bad path, option, file). The message names it and the fix."""
+
+    def __init__(self, message: str = "", *args):
+        # A DataLoader re-raises a worker's UserError with the worker's traceback in the message:
+        # keep only the original line, so that it still reads as one line.
+        if isinstance(message, str) and message.startswith(_WORKER_PREFIX) and "\n" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.split("UserError: ", 1)[-1]
+        super().__init__(message, *args)
 
 
 class UsageError(UserError):
@@ -55,3 +65,12 @@ def check_whole(name: str, value, minimum: int = 1) -> None:
     """UsageError unless `value` is a whole number >= minimum (batch sizes, worker counts, top-k)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise UsageError(f"{option(name, value)}: must be a whole number >= {minimum}")
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal (SIGINT, SIGTERM, SIGUSR1) after saving its state; `signum` says
+    which, and the CLI exits with 128 + signum (130, 143, 138) as the shell would report it."""
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signum)
+        self.signum = signum

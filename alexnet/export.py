@@ -29,10 +29,18 @@ from alexnet.artifact import (
     load_model_state,
     load_safetensors,  # noqa: F401 - re-exported: exports are read back through here too
 )
-from alexnet.checkpoint import clean_state_dict, model_from_checkpoint, save_checkpoint, state_dict_error
+from alexnet.checkpoint import (
+    check_finite,
+    check_metadata,
+    check_shapes,
+    clean_state_dict,
+    model_from_checkpoint,
+    save_checkpoint,
+    state_dict_error,
+)
 from alexnet.errors import UsageError, UserError, not_found, option
 from alexnet.exportable import WithPreprocessing, traceable
-from alexnet.io import atomic_write_path
+from alexnet.io import atomic_write_bytes, atomic_write_path
 from alexnet.model import LocalResponseNorm, MaxPool2d, build_model
 from alexnet.modelcard import model_card, write_model_card
 from alexnet.transforms import Transforms
@@ -72,13 +80,15 @@ def export_safetensors(state: dict, out: str) -> dict:
     """Write a checkpoint's weights, statistics and metadata as safetensors (atomically).
 
     Returns {"out", "format", "tensors", "bytes"}."""
-    from safetensors.torch import save_file  # lazy: start-up time of the other commands
+    from safetensors.torch import save  # lazy: start-up time of the other commands
 
     info = _meta_of(state)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(state["model"]).items()}
     for key, value in info["pre"]["stats"].items():
         tensors[STATS_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
-    atomic_write_path(out, lambda tmp: save_file(tensors, tmp, metadata=info["meta"]))
+    # safetensors' own writer raises a SafetensorError without the errno on a full disk: the bytes
+    # go through alexnet.io's writer instead
+    atomic_write_bytes(out, lambda f: f.write(save(tensors, metadata=info["meta"])))
     return {
         "out": os.path.abspath(out),
         "format": "safetensors",
@@ -290,6 +300,8 @@ def export(path, fmt: str, out: str, *, include_preprocessing: bool = False) -> 
             "(a safetensors file holds weights and statistics only)"
         )
     state = dict(path) if isinstance(path, dict) else load_model_state(path)
+    check_shapes(state, check_metadata(state))
+    check_finite(state)  # an export of a diverged net would spread it
     if fmt == "safetensors":
         result = export_safetensors(state, out)
     elif fmt == "onnx":

@@ -37,11 +37,65 @@ def disk_error(path: str | Path, exc: OSError) -> UserError | None:
     return UserError(f"{path}: cannot write ({reason})") if reason else None
 
 
+def open_new(path: str | Path):
+    """Open a new file for writing (binary). Every writer here goes through it, so that a write
+    error is an OSError with its errno (torch.save and safetensors given a file NAME raise a
+    RuntimeError without one on a full disk); tests replace it to simulate a full disk."""
+    return open(path, "wb")
+
+
+def _disk_state(folder: Path) -> int | None:
+    """ENOSPC or EROFS when the file system holding `folder` is full or read-only, else None: the
+    diagnosis of a writer that failed without an OSError (ONNX's exporter writes files itself)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < 1 << 20:  # under 1 MiB free: the write ran out of room
+        return errno.ENOSPC
+    return None
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """exc if it is an OSError, else the first OSError it was raised from or while handling."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def check_writable(path: str | Path) -> None:
+    """UserError naming `path` when a file cannot be created beside it (read-only, no permission,
+    no space): checked BEFORE a long job whose result would go there (nothing is left behind)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory; give a file name to write")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        error = disk_error(path, exc)
+        raise (error or UserError(f"{path}: cannot write ({exc.strerror or exc}); choose another path")) from None
+    code = _disk_state(path.parent)
+    if code is not None:
+        raise disk_error(path, OSError(code, os.strerror(code)))
+
+
 def atomic_write_path(path: str | Path, write) -> None:
     """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`.
 
-    For writers that want a file name (safetensors, ONNX, numpy). A crash at any point leaves the
-    old file or the new one, never half of one; the new file gets an ordinary file's mode.
+    For writers that want a file name (safetensors, ONNX, numpy); they should open it with
+    open_new. A crash at any point leaves the old file or the new one, never half of one; the new
+    file gets an ordinary file's mode. A full or read-only disk is one UserError naming `path`.
     """
     path = Path(path)
     try:
@@ -61,8 +115,12 @@ def atomic_write_path(path: str | Path, write) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and disk_error(path, exc):
-            raise disk_error(path, exc) from None
+        cause = _os_error_in(exc)  # torch.save wraps a failed write in a RuntimeError
+        if cause is not None and disk_error(path, cause):
+            raise disk_error(path, cause) from None
+        code = None if isinstance(exc, (KeyboardInterrupt, UserError)) else _disk_state(path.parent)
+        if code is not None:  # e.g. torch's "basic_ios::clear: iostream error" on a full disk
+            raise disk_error(path, OSError(code, os.strerror(code))) from None
         raise
 
 
@@ -70,7 +128,7 @@ def atomic_write_bytes(path: str | Path, write) -> None:
     """Call write(file) on a temporary binary file beside `path`, fsync, then rename over `path`."""
 
     def to_path(tmp: str) -> None:
-        with open(tmp, "wb") as f:
+        with open_new(tmp) as f:
             write(f)
             f.flush()
 

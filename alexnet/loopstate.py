@@ -97,12 +97,12 @@ class LoopState:
         return torch.stack([t.detach().to(device, torch.float64) for t in values])
 
     def recent_loss(self, info: Dist, window: int) -> float:
-        """Mean training loss of the last `window` steps, averaged over ranks."""
+        """Mean training loss of the last `window` steps, averaged over the batch's shares (ranks)."""
         values = self._recent(window)
         mean = values.mean().reshape(1) if values.numel() else torch.zeros(1, dtype=torch.float64)
         if info.enabled:
             mean = mean.to(info.device)
-        return all_reduce_sum(mean, info).item() / info.world
+        return all_reduce_sum(mean, info).item() / info.replicas
 
     def next_epoch(self) -> None:
         self.epoch += 1

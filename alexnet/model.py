@@ -9,6 +9,9 @@ Variants (paper §3; docs/paper.md):
     paper       two towers: groups=2 on conv2/4/5, LRN after ReLU 1 and 2, 3/2 pooling,
                 dropout on the outputs of fc6 and fc7, the paper's init. 60,965,224 params.
     ungrouped   the same widths on one GPU (groups=1): 62,378,344 params.
+    one_gpu     §3.2's one-GPU baseline, "a net with half as many kernels in each convolutional layer
+                trained on one GPU", except the last conv layer and the fully-connected layers, which
+                the paper did not halve (its footnote): 48-128-192-192-256, groups=1: 59,798,312 params.
     torchvision "one weird trick" widths 64-192-384-256-256, no LRN, dropout on the inputs of
                 fc6 and fc7, PyTorch's default init: 61,100,840 params.
 """
@@ -34,7 +37,7 @@ __all__ = [
     "model_input_size",
 ]
 
-VARIANTS = ("paper", "ungrouped", "torchvision")
+VARIANTS = ("paper", "ungrouped", "one_gpu", "torchvision")
 INITS = ("paper", "kaiming", "caffe", "default")
 
 
@@ -46,6 +49,7 @@ INITS = ("paper", "kaiming", "caffe", "default")
 _CONV_SPECS = {
     "paper": [(96, 11, 4, 0, 1), (256, 5, 1, 2, 2), (384, 3, 1, 1, 1), (384, 3, 1, 1, 2), (256, 3, 1, 1, 2)],
     "ungrouped": [(96, 11, 4, 0, 1), (256, 5, 1, 2, 1), (384, 3, 1, 1, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
+    "one_gpu": [(48, 11, 4, 0, 1), (128, 5, 1, 2, 1), (192, 3, 1, 1, 1), (192, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
     "torchvision": [(64, 11, 4, 2, 1), (192, 5, 1, 2, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
 }
 
@@ -67,7 +71,7 @@ class AlexNet(nn.Module):
     """AlexNet with a named variant and the paper's ablation switches.
 
     Args:
-        variant: "paper" (default), "ungrouped" or "torchvision" (see the module docstring).
+        variant: "paper" (default), "ungrouped", "one_gpu" or "torchvision" (see the module docstring).
         num_classes: size of the last layer (1000 for ImageNet).
         input_size: 227 (the paper's arithmetic; the default) or 224 (conv1 then pads by 2, later
             shapes unchanged); other sizes keep the paper's padding 0 and warn once (conv5's map is
@@ -95,6 +99,9 @@ class AlexNet(nn.Module):
 
     # A speed switch, not part of the net (not in `config` or checkpoints): see _inference_layout.
     cpu_inference_channels_last: bool = True
+    # The widths: conv1..conv5 per variant, and the units of fc6 and fc7 (a subclass may narrow them).
+    conv_specs: dict = _CONV_SPECS
+    fc_units: int = 4096
 
     def __init__(
         self,
@@ -158,7 +165,7 @@ class AlexNet(nn.Module):
 
         layers: list[nn.Module] = []
         in_ch = 3
-        for i, (out_ch, kernel, stride, pad, groups) in enumerate(_CONV_SPECS[variant], start=1):
+        for i, (out_ch, kernel, stride, pad, groups) in enumerate(self.conv_specs[variant], start=1):
             if i == 1 and variant != "torchvision" and input_size == 224:
                 pad = 2  # a 224 crop: pad conv1 by 2 so conv1 is still 55x55 (torchvision's way)
             layers += [nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups), act()]
@@ -173,25 +180,26 @@ class AlexNet(nn.Module):
         # Identity at the paper's sizes (conv5's pool is already 6x6); lets larger inputs through.
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         drop = lambda: nn.Dropout(dropout)  # noqa: E731
+        units = self.fc_units
         if dropout_placement == "paper":
             classifier = [
-                nn.Linear(256 * 6 * 6, 4096),
+                nn.Linear(in_ch * 6 * 6, units),
                 act(),
                 drop(),
-                nn.Linear(4096, 4096),
+                nn.Linear(units, units),
                 act(),
                 drop(),
-                nn.Linear(4096, num_classes),
+                nn.Linear(units, num_classes),
             ]
         else:
             classifier = [
                 drop(),
-                nn.Linear(256 * 6 * 6, 4096),
+                nn.Linear(in_ch * 6 * 6, units),
                 act(),
                 drop(),
-                nn.Linear(4096, 4096),
+                nn.Linear(units, units),
                 act(),
-                nn.Linear(4096, num_classes),
+                nn.Linear(units, num_classes),
             ]
         self.classifier = nn.Sequential(*classifier)
         init_weights(self, init)
@@ -311,6 +319,10 @@ def _torchvision_builder(name: str):
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "alexnet": (lambda **kw: AlexNet("paper", **kw), "the paper's two-tower net (default)"),
     "alexnet_ungrouped": (lambda **kw: AlexNet("ungrouped", **kw), "paper widths, groups=1 (one GPU)"),
+    "alexnet_one_gpu": (
+        lambda **kw: AlexNet("one_gpu", **kw),
+        "§3.2's one-GPU baseline: half the kernels of conv1-4; conv5 and fc not halved",
+    ),
     "alexnet_torchvision": (
         lambda **kw: AlexNet("torchvision", **kw),
         "torchvision's 'one weird trick' AlexNet; loads its weights",

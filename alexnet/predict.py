@@ -31,10 +31,10 @@ from alexnet.artifact import (
 )
 from alexnet.checkpoint import unwrap
 from alexnet.data import PackedDataset, PreparedSet
-from alexnet.data.images import BadImageError, is_image_name, load_rgb
+from alexnet.data.images import BadImageError, is_image_name, load_rgb, os_reason
 from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import prepared_batches
-from alexnet.io import atomic_write_bytes
+from alexnet.io import atomic_write_bytes, check_writable
 from alexnet.metrics import average_probabilities
 
 __all__ = [
@@ -139,9 +139,11 @@ def _expand(item: str, recursive: bool) -> list[tuple[str, str | None]]:
         folders = sum(os.path.isdir(os.path.join(item, f)) for f in os.listdir(item))
         hint = f" (it has {folders} subfolder(s): add --recursive to take their images)" if folders else ""
         return [(item, "directory holds no image files" + hint)]
-    if os.path.exists(item):
-        return [(item, None)]
-    return [(item, "no such file or directory")]
+    try:
+        os.stat(item)
+    except OSError as exc:  # missing, or a symbolic link loop (which os.path.exists calls missing)
+        return [(item, os_reason(exc))]
+    return [(item, None)]
 
 
 class Predictor:
@@ -185,6 +187,8 @@ class Predictor:
         """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image."""
         if topk < 1:
             raise UsageError(f"--topk {topk}: must be at least 1")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size {batch_size}: must be at least 1")
         pending: list[tuple[str, torch.Tensor | None, str | None]] = []
 
         def flush():
@@ -303,6 +307,7 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     """
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     prepared._need(split)
+    check_writable(out)  # before the pass over the split, not after it
     net = open_artifact(checkpoint, device, fallback_stats=prepared.stats)
     check_image_size(net.state, net.preprocess, prepared)
     dataset = PackedDataset(prepared, split)

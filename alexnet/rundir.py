@@ -1,12 +1,19 @@
 """A training run's directory: RUN/config.json, config.toml, env.json, log.jsonl, checkpoints/{last,best}.pt.
 
-Only rank 0 writes. Every file is replaced atomically (alexnet/io.py), so a kill at any moment
-leaves the previous version or the new one; log.jsonl is appended line by line and, on resume,
-cut back to the checkpoint's step so that no record is written twice.
+Only rank 0 writes, and only one process at a time: RUN/.alexnet-run marks the folder as a run
+directory and is locked (a POSIX record lock, which the kernel drops when the process ends in any
+way, SIGKILL included) before anything is written; a second `train` on the same RUN stops with one
+line naming the holder's PID. A folder holding files without the marker (or, for runs of older
+versions, without env.json or checkpoints/last.pt) is not a run directory and is refused untouched.
+Every file is replaced atomically (alexnet/io.py), so a kill at any moment leaves the previous
+version or the new one; log.jsonl is appended line by line and, on resume, cut back to the
+checkpoint's step so that no record is written twice. Weights with NaN or inf are never saved.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -21,24 +28,30 @@ import torch
 
 from alexnet import __version__
 from alexnet import config as cfg
+from alexnet import io as fileio
+from alexnet.checkpoint import nonfinite_tensors
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_path, disk_error, dumps, write_json, write_text
 
+MARKER = ".alexnet-run"  # in every run directory: says it is one, and is what the writer locks
+
 # Tests make the trainer SIGKILL itself at a chosen point, e.g. "step:7" (after global step 7) or
 # "phase:checkpoint-write:2" (the second time this process reaches that point), to check resumes.
 KILL_ENV = "ALEXNET_TEST_KILL_AT"
+KILL_SIGNAL_ENV = "ALEXNET_TEST_KILL_SIGNAL"  # the signal to send there instead of SIGKILL, e.g. SIGTERM
 _reached: dict[str, int] = {}
 
 
 def kill_point(phase: str, step: int | None = None) -> None:
-    """SIGKILL this process if $ALEXNET_TEST_KILL_AT names this point (testing only; a no-op otherwise)."""
+    """SIGKILL (or $ALEXNET_TEST_KILL_SIGNAL) this process if $ALEXNET_TEST_KILL_AT names this point
+    (testing only; a no-op otherwise)."""
     target = os.environ.get(KILL_ENV)
     if not target:
         return
     _reached[phase] = _reached.get(phase, 0) + 1
     if target == f"phase:{phase}:{_reached[phase]}" or (phase == "step" and target == f"step:{step}"):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL_ENV) or "SIGKILL"))
 
 
 class RunDir:
@@ -51,16 +64,31 @@ class RunDir:
         self.best = self.root / "checkpoints" / "best.pt"
         self.log_path = self.root / "log.jsonl"
         self.last_epoch_record = None
+        self._lock = None
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: exists and is not a directory; choose another --out")
-        if not resume and self.last.is_file():
-            raise UserError(f"{self.root} already holds a run; continue it with --resume or choose another --out")
         if info.main:
+            if not is_run_dir(self.root):
+                raise UserError(
+                    f"{self.root}: holds files and is not a run directory of `alexnet train` (no {MARKER}); "
+                    "nothing in it was touched; choose a new or empty folder for --out"
+                )
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise (disk_error(self.root, exc) or exc) from None
+            self._lock = lock_run(self.root)
+        if not resume and self.last.is_file():
+            self.close()
+            raise UserError(f"{self.root} already holds a run; continue it with --resume or choose another --out")
+        if info.main:
             self._remove_partial_checkpoints()
+
+    def close(self) -> None:
+        """Release the run directory (also done by the kernel when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def has_checkpoint(self) -> bool:
         return self.last.is_file()
@@ -132,8 +160,17 @@ class RunDir:
         old last.pt, whose resume redoes the epoch and writes both again, so best.pt never lags.
         """
 
+        bad = nonfinite_tensors(payload["model"])
+        if bad:  # the loss check runs every log interval; this is the last line of defence
+            raise UserError(
+                f"the weights became NaN or infinite ({bad[0]}{' and more' if len(bad) > 1 else ''}), so "
+                f"training stopped without saving them; {self.last} is the last good checkpoint. Lower "
+                "the learning rate or use --set model.init=kaiming"
+            )
+
         def write(tmp: str) -> None:
-            torch.save(payload, tmp)
+            with fileio.open_new(tmp) as f:  # a file object: a full disk is an OSError with its errno
+                torch.save(payload, f)
             kill_point("checkpoint-write")
             if best:
                 _replace_with_link(tmp, self.best)
@@ -174,6 +211,57 @@ class Board:
 
     def close(self):
         self.writer.close()
+
+
+def is_run_dir(root: Path) -> bool:
+    """Whether `root` may be used as a run directory: missing or empty, marked by MARKER, or a run
+    of an older version (env.json written by `alexnet train`, or checkpoints/last.pt)."""
+    try:
+        if not root.exists() or not any(root.iterdir()) or (root / MARKER).is_file():
+            return True
+    except OSError:
+        return True  # unreadable: mkdir or the lock says why in one line
+    if (root / "checkpoints" / "last.pt").is_file():
+        return True
+    try:
+        env = json.loads((root / "env.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(env, dict) and {"alexnet", "torch", "command"} <= env.keys()
+
+
+def lock_run(root: Path):
+    """Take RUN/MARKER's exclusive lock and write this process's PID into it; returns the open file
+    (the lock lasts while it is open, or until the process ends). UserError naming the holder's PID
+    when another process has it."""
+    path = root / MARKER
+    try:
+        f = open(path, "a+")
+    except OSError as exc:
+        raise (disk_error(path, exc) or exc) from None
+    try:
+        # lockf, not flock: a POSIX lock is not inherited by forked data-loader workers, which may
+        # outlive a killed trainer by a few seconds and would block its immediate restart
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise UserError(
+                f"{root}: another `alexnet train` (PID {holder}) is writing this run directory; "
+                "wait for it to end (or stop it), or choose another --out"
+            ) from None
+        raise
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError as exc:
+        f.close()
+        raise (disk_error(path, exc) or exc) from None
+    return f
 
 
 def _replace_with_link(src: str, dest: Path) -> None:

@@ -22,19 +22,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from alexnet import config as cfg
-from alexnet.checkpoint import clean_state_dict, load_checkpoint, state_dict_error, unwrap
+from alexnet.checkpoint import (
+    SkipInit,
+    check_same_data,
+    clean_state_dict,
+    load_checkpoint,
+    state_dict_error,
+)
 from alexnet.data import PreparedSet, make_loader
 from alexnet.data.device import make_device_loader
 from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
-from alexnet.errors import UserError
+from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.io import read_json
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer
+from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
 from alexnet.progress import resolve_mode
 from alexnet.rundir import RunDir, kill_point
 from alexnet.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
@@ -75,21 +81,12 @@ class ModelConfig:
             raise ValueError(str(exc)) from None
 
 
-class _SkipInit(TorchFunctionMode):
-    """Makes torch.nn.init's functions no-ops: building a net only to check its options draws nothing."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else next(iter((kwargs or {}).values()))
-        return func(*args, **(kwargs or {}))
-
-
 @functools.lru_cache(maxsize=64)
 def _check_model(name: str, options: tuple) -> None:
     """Build the model on the meta device (no memory, no weights drawn): its errors name the bad option."""
     if name in MODEL_NAMES and not options:
         return  # a registered model with its own defaults: nothing to check
-    with torch.device("meta"), _SkipInit():
+    with torch.device("meta"), SkipInit():
         build_model(name, num_classes=2, **dict(options))
 
 
@@ -110,10 +107,13 @@ class DataConfig:
     pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
 
     def validate(self):
-        if self.batch_size < 1 or self.crop < 1:
-            raise ValueError("batch_size and crop must be positive")
+        if self.batch_size < 1 or self.crop < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
+            raise ValueError("batch_size, eval_batch_size and crop must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -127,8 +127,12 @@ class OptimConfig:
     decay_biases: bool = True
 
     def validate(self):
-        if self.lr < 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("lr, momentum and weight_decay must be non-negative")
+        if not 0 <= self.lr <= FLOAT32_MAX:  # the optimizer's step is float32 arithmetic
+            raise ValueError(f"lr {self.lr:g}: must be >= 0 and at most float32's {FLOAT32_MAX:.3g}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum {self.momentum:g}: must be in [0, 1)")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay {self.weight_decay:g}: must be in [0, 1)")
 
 
 @dataclass
@@ -144,6 +148,8 @@ class ScheduleConfig:
     def validate(self):
         if not 0 < self.factor <= 1 or self.patience < 1 or self.max_drops < 0 or self.warmup_epochs < 0:
             raise ValueError("need 0 < factor <= 1, patience >= 1, max_drops >= 0, warmup_epochs >= 0")
+        if any(m < 1 for m in self.milestones) or self.min_lr < 0:
+            raise ValueError("milestones are epochs from 1 on, and min_lr must be >= 0")
 
 
 @dataclass
@@ -189,6 +195,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def resolve_config(out, config_file=None, overrides=(), resume: bool = False) -> TrainConfig:
@@ -212,7 +219,7 @@ class NonFiniteLoss(UserError):
 
 def model_kwargs(config: TrainConfig, num_classes: int) -> dict:
     """What build_model needs for this run (stored in every checkpoint)."""
-    kwargs = {"num_classes": num_classes, **config.model.options()}
+    kwargs = {"num_classes": num_classes, **model_options(config.parallel, config.model.name, config.model.options())}
     if config.model.name.startswith("alexnet"):
         kwargs["input_size"] = config.data.crop
     return kwargs
@@ -234,18 +241,19 @@ class Loop:
     run: RunDir
     train_loader: object
     val_loader: object | None
-    raw: torch.nn.Module  # the plain model (what checkpoints store)
+    raw: torch.nn.Module  # the plain model (what checkpoints store), or this process's share of a split one
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     meta: dict  # the checkpoint keys that do not change during the run (model options, classes, config)
     printer: Printer
     state: LoopState = field(default_factory=LoopState)
     extra_states: dict = field(default_factory=dict)
+    layout: Layout | None = None  # how the processes share net and batch (alexnet/parallel)
     model: torch.nn.Module | None = None  # what trains: raw, or DDP around it
     evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
     stepper: Stepper | None = None  # the training step of model (alexnet/step.py), compiled or eager
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
-    interrupted: bool = False  # Ctrl-C: stop after this step, save, exit
+    interrupted: int = 0  # the number of a stop signal (SIGINT, SIGTERM, SIGUSR1): stop after this step, save, exit
     tb: object | None = None
 
     @property
@@ -267,12 +275,13 @@ class Loop:
         return self.stepper(images, labels)
 
 
-def checkpoint_payload(loop: Loop, rng: dict) -> dict:
-    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds."""
+def checkpoint_payload(loop: Loop, rng: dict, model: dict, optimizer: dict) -> dict:
+    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds.
+    model, optimizer: the whole net's state dicts (Layout.full_states)."""
     return {
         **loop.meta,
-        "model": unwrap(loop.raw).state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": loop.schedule.state_dict(),
         "rng": rng,
         **loop.state.state_dict(),
@@ -282,9 +291,13 @@ def checkpoint_payload(loop: Loop, rng: dict) -> dict:
 
 def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
     """Write last.pt (and best.pt) from rank 0. collective=False: a save the other ranks do not join."""
+    if not collective and loop.layout.split:  # a split net is gathered by all its processes
+        loop.printer.warn(f"a net split over processes cannot be saved alone; {loop.run.last} is the last save")
+        return
     rng = gather_rng(loop.info, collective)
+    model, optimizer = loop.layout.full_states(loop.raw, loop.optimizer)
     if loop.info.main:
-        loop.run.save(checkpoint_payload(loop, rng), best=best)
+        loop.run.save(checkpoint_payload(loop, rng, model, optimizer), best=best)
     if collective:
         barrier(loop.info)
 
@@ -292,19 +305,19 @@ def save(loop: Loop, *, best: bool = False, collective: bool = True) -> None:
 def restore(loop: Loop) -> None:
     """Load last.pt into the model, optimizer, schedule, loop state and RNGs; cut the log back to it."""
     ckpt = load_checkpoint(loop.run.last)
+    check_same_data(ckpt, loop.data.class_ids, loop.data.stats, loop.data.root)
     config = loop.config
     try:
-        loop.raw.load_state_dict(clean_state_dict(ckpt["model"]))
         saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
         if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
             raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
-        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        loop.layout.load_states(loop.raw, loop.optimizer, clean_state_dict(ckpt["model"]), ckpt["optimizer"])
         loop.schedule.load_state_dict(ckpt["scheduler"])
         for key, obj in loop.extra_states.items():
             if key in ckpt:
                 obj.load_state_dict(ckpt[key])
         loop.state.load_state_dict(ckpt)
-        set_rng(ckpt["rng"], loop.info.rank, loop.info.device)
+        set_rng(ckpt["rng"], 0 if loop.info.shared_rng else loop.info.rank, loop.info.device)
     except KeyError as exc:
         raise UserError(
             f"{loop.run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
@@ -326,9 +339,14 @@ def check_finite(loop: Loop) -> None:
     if state.nonfinite is None:
         return
     if all_reduce_sum(state.nonfinite.clone(), loop.info).item() > 0:
+        saved = (
+            f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint"
+            if loop.run.has_checkpoint()
+            else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLoss(
             f"step {state.step}: the training loss became NaN or infinite, so training stopped; "
-            f"{loop.run.last} (step {state.saved_step}) is the last good checkpoint. Lower the learning "
+            f"{saved}. Lower the learning "
             f"rate (optim.lr is {loop.config.optim.lr:g}) or use --set model.init=kaiming."
         )
 
@@ -357,10 +375,12 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
             f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
         )
-    if config.data.batch_size % info.world:
+    tc = config.train
+    layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
+    if config.data.batch_size % info.replicas:
         raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {info.world} "
-            "processes; the global batch is split evenly"
+            f"data.batch_size {config.data.batch_size} is not divisible by the {info.replicas} "
+            "data-parallel shares of the batch (processes, or pairs of towers); the global batch is split evenly"
         )
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
@@ -368,7 +388,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
             "learning rate; prepare it with `alexnet prepare --val-fraction 0.02`, or use "
             "--set schedule.name=step --set schedule.milestones=[30,60,80]"
         )
-    train_loader, val_loader = _loaders(ps, config, info)
+    train_loader, val_loader = _loaders(ps, config, info, layout)
     if len(train_loader) == 0:
         raise UserError(f"{ps.root}: the training split is empty")
     run = RunDir(out, info, resume=resume)
@@ -376,6 +396,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     kwargs = model_kwargs(config, ps.num_classes)
     raw = build_model(config.model.name, **kwargs).to(info.device)
     kwargs = dict(getattr(raw, "config", kwargs))  # AlexNets: the full set of the variant's options
+    raw = layout.local_model(raw)  # a split layout: this process's share (the rest is dropped)
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
@@ -405,12 +426,13 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     loop = Loop(
         config, info, ps, run, train_loader, val_loader, raw, optimizer, schedule, meta, Printer(info, progress)
     )
+    loop.layout = layout
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
     return loop
 
 
-def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
+def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist, layout: Layout):
     """(training loader, validation loader or None), each process taking its share of the batch."""
     d = config.data
     common = dict(
@@ -418,9 +440,9 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
         normalize=d.normalize,
         workers=d.workers,
         seed=config.train.seed,
-        distributed=info.enabled,
         pin_memory=info.device.type == "cuda",
     )
+    shard, val_shard = layout.shards(info.replicas)  # (index, count) of each batch this process takes
     pipeline = resolve_pipeline(d.pipeline, info.device)
     make = make_loader
     if pipeline != "host":  # the same batches, augmented where the model is (alexnet/data/device.py)
@@ -431,10 +453,19 @@ def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist):
             decode="device" if pipeline == "nvjpeg" else "host",
         )
     train_loader = make(
-        ps, "train", train=True, batch_size=d.batch_size // info.world, pca=d.pca, flip=d.flip, **common
+        ps,
+        "train",
+        train=True,
+        batch_size=d.batch_size // shard[1],
+        pca=d.pca,
+        flip=d.flip,
+        distributed=shard,
+        **common,
     )
-    eval_batch = max(1, (d.eval_batch_size or d.batch_size) // info.world)
-    val_loader = make(ps, "val", train=False, batch_size=eval_batch, **common) if "val" in ps.splits else None
+    eval_batch = max(1, (d.eval_batch_size or d.batch_size) // val_shard[1])
+    val_loader = None
+    if "val" in ps.splits:
+        val_loader = make(ps, "val", train=False, batch_size=eval_batch, distributed=val_shard, **common)
     return train_loader, val_loader
 
 
@@ -450,12 +481,7 @@ def wrap(loop: Loop, compiled: bool) -> None:
     """Set the model to train, the one to evaluate and the step: DDP first, then torch.compile
     around it, so that the compiled backward all-reduces gradient buckets as they are ready."""
     backend = loop.config.train.compile_backend if compiled else None
-    model = loop.raw
-    if loop.info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
-
-        device = loop.info.device
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = loop.layout.wrap(loop.raw)  # DDP under torchrun; a net split over processes as it is
     loop.model = model
     loop.evaluator = torch.compile(loop.raw, backend=backend) if compiled else loop.raw
     loop.stepper = Stepper(
@@ -624,23 +650,31 @@ def fit(loop: Loop) -> None:
         save(loop)
 
 
+# Ctrl-C; what SLURM, Kubernetes and `timeout` send to stop a job; SLURM's --signal=USR1@SECONDS warning
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 @contextlib.contextmanager
 def stop_on_ctrl_c(loop: Loop):
-    """A first Ctrl-C (SIGINT) finishes the current step, saves last.pt and ends the run (the caller
-    raises KeyboardInterrupt); a second one interrupts at once. Main thread only (signals)."""
+    """A first SIGINT (Ctrl-C), SIGTERM or SIGUSR1 finishes the current step, saves last.pt and ends
+    the run (the caller raises Stopped); a second one acts as it would have without this. Main
+    thread only (signals). loop.interrupted holds the signal's number."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {}
 
     def handler(signum, frame):
-        loop.interrupted = True
-        signal.signal(signal.SIGINT, previous)
+        loop.interrupted = loop.interrupted or signum
+        signal.signal(signum, previous[signum])
 
-    previous = signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(
@@ -661,14 +695,15 @@ def train(
         progress: "bar" (tqdm), "lines" (plain lines on stderr), "off" (warnings only) or "auto" (a bar
             on a terminal, lines otherwise); only rank 0 prints.
     Returns a summary dict: run, epoch, step, best_val_top1_error, last val metrics, seconds, stalled.
-    Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, KeyboardInterrupt
-    (after saving last.pt).
+    Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, Stopped (a
+    KeyboardInterrupt, after saving last.pt, on SIGINT, SIGTERM or SIGUSR1).
     """
     # a config built in Python is checked as --set checks it, before anything is created
     config = cfg.checked(TrainConfig() if config is None else config, TrainConfig)
     resolve_mode(progress)
     tc = config.train
     info = setup(tc.device)
+    loop = None
     try:
         loop = build_loop(data, out, config, info, resume=resume, progress=progress)
         if tc.deterministic:
@@ -680,7 +715,8 @@ def train(
         else:
             if resume:
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
-            torch.manual_seed(tc.seed + info.rank)  # dropout masks differ between ranks
+            # dropout masks differ between ranks, unless a split net's ranks draw each mask together
+            torch.manual_seed(tc.seed + (0 if info.shared_rng else info.rank))
             loop.run.start(config, loop.data, command)
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
@@ -693,11 +729,12 @@ def train(
                 loop.tb.close()
         state = loop.state
         if loop.interrupted:
+            name = signal.Signals(loop.interrupted).name
             loop.printer.say(
-                f"interrupted at step {state.step}; saved {loop.run.last}. Resume with: "
-                f"alexnet train {loop.data.root} --out {loop.run.root} --resume"
+                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; saved "
+                f"{loop.run.last}. Resume with: alexnet train {loop.data.root} --out {loop.run.root} --resume"
             )
-            raise KeyboardInterrupt
+            raise Stopped(int(loop.interrupted))
         best = state.best_val_top1_error
         return {
             "run": str(loop.run.root),
@@ -710,6 +747,8 @@ def train(
             "checkpoint": str(loop.run.last),
         }
     finally:
+        if loop is not None:
+            loop.run.close()
         teardown(info)
 
 

@@ -123,7 +123,7 @@ def test_architecture_names_every_module():
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     package = ROOT / "alexnet"
     modules = [p for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
-    for folder in ("data", "bench", "report", "experiments"):
+    for folder in ("data", "parallel", "bench", "report", "experiments"):
         modules += [p for p in (package / folder).glob("*.py") if p.name != "__init__.py"]
     missing = sorted(
         str(p.relative_to(package)) for p in modules if f"{p.name}`" not in text and f"{p.name}," not in text

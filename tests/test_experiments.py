@@ -204,6 +204,7 @@ def test_each_variant_switches_exactly_one_setting():
         "no-dropout": {"model.dropout": 0.0},
         "non-overlapping-pool": {"model.pool": "non-overlapping"},
         "no-bias-decay": {"optim.decay_biases": False},
+        "one-gpu": {"model.name": "alexnet_one_gpu"},
     }
     for variant in ABLATIONS + EXTRA_VARIANTS:
         c = run_config(variant, 0, config, 99)

@@ -16,7 +16,7 @@ import torch
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
-from alexnet.rundir import KILL_ENV
+from alexnet.rundir import KILL_ENV, KILL_SIGNAL_ENV
 
 # The paper's AlexNet (two towers, LRN, dropout 0.5 on, so dropout's RNG stream must resume too) at a
 # 67-px input to be quick; 24 images / batch 4 = 6 steps per epoch, a checkpoint every 2 steps.
@@ -164,10 +164,13 @@ def small(tmp_path_factory):
     return root / "prep"
 
 
-def _tiny(data, run, workers: int, kill: str | None = None) -> subprocess.CompletedProcess:
-    """One launch, always with --resume (as a job script would pass it), killing itself at `kill`."""
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    env.update({"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"})
+def _tiny(
+    data, run, workers: int, kill: str | None = None, signal_name: str = "SIGKILL"
+) -> subprocess.CompletedProcess:
+    """One launch, always with --resume (as a job script would pass it), sending itself
+    `signal_name` at `kill`."""
+    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, KILL_SIGNAL_ENV)}
+    env.update({"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", KILL_SIGNAL_ENV: signal_name})
     if kill:
         env[KILL_ENV] = kill
     sets = [arg for item in TINY + [f"data.workers={workers}"] for arg in ("--set", item)]
@@ -256,6 +259,23 @@ def test_killed_at_a_chosen_point_and_resumed_equals_uninterrupted(small, refere
         killed = _tiny(small, run, workers, kill)
         assert killed.returncode == -signal.SIGKILL, f"{kill}: {killed.stderr}"
     done = _tiny(small, run, workers)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(reference, run)
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), pytest.param("SIGUSR1", 138, marks=pytest.mark.slow)])
+def test_sigterm_saves_like_ctrl_c_and_resume_equals_uninterrupted(small, reference, tmp_path, name, status):
+    # SLURM, Kubernetes and `timeout` stop a job with SIGTERM (SLURM's --signal warns with SIGUSR1):
+    # mid-epoch (step 4, between checkpoints)
+    run = tmp_path / "run"
+    stopped = _tiny(small, run, 0, "step:4", signal_name=name)
+    assert stopped.returncode == status, stopped.stderr
+    lines = stopped.stderr.strip().splitlines()
+    assert f"stopped by {name} at step 4" in lines[-2] and "Resume with: alexnet train" in lines[-2]
+    assert lines[-1] == "alexnet train: interrupted" and "Traceback" not in stopped.stderr
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 4, 4)  # nothing lost
+    done = _tiny(small, run, 0)
     assert done.returncode == 0, done.stderr
     _assert_same_run(reference, run)
 

@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"alexnet {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # SIGINT 130; a run stopped by SIGTERM 143 (errors.Stopped)
     except BrokenPipeError:  # stdout piped into e.g. `head`, which has exited: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141

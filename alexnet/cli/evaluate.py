@@ -64,10 +64,12 @@ def run(args) -> int:
     from alexnet.data import PreparedSet
     from alexnet.distributed import pick_device, setup, teardown
     from alexnet.evaluate import evaluate_checkpoints, format_table
-    from alexnet.io import write_json
+    from alexnet.io import check_writable, write_json
     from alexnet.progress import Progress
 
     refuse_overwrite(args.out, args.force)  # before the evaluation, not after it
+    if args.out:
+        check_writable(args.out)
     device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
     info = setup(str(device))
     try:

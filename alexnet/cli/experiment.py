@@ -78,7 +78,7 @@ def _add_relu_vs_tanh_parser(inner) -> None:
 
 def _add_ablations_parser(inner) -> None:
     """`alexnet experiment ablations`' options."""
-    from alexnet.experiments.ablations import ABLATIONS, EXTRA_VARIANTS, RECIPES
+    from alexnet.experiments.ablations import ABLATIONS, RECIPES
 
     p = add_parser(
         inner, "ablations", "LRN, overlapping pooling, PCA noise, dropout: each switched off", ABLATION_DESCRIPTION
@@ -96,7 +96,8 @@ def _add_ablations_parser(inner) -> None:
         default=",".join(ABLATIONS),
         metavar="LIST",
         help=f"comma-separated ablations to run beside the paper net: {', '.join(ABLATIONS)} "
-        f"(default), and {', '.join(EXTRA_VARIANTS)} (weight decay on weights only)",
+        f"(default), and, when named, no-bias-decay (weight decay on weights only) and one-gpu (§3.2's "
+        "one-GPU net with half the kernels)",
     )
     p.add_argument(
         "--recipe",

@@ -41,6 +41,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse (as a bad input) images of more pixels, width x height; unset: 100000000 "
+        "(decoding takes up to 24 bytes a pixel)",
+    )
+    p.add_argument(
         "--format",
         choices=FORMATS,
         default="text",
@@ -74,8 +81,14 @@ def _csv_row(entry: dict, topk: int) -> list:
 def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
     from alexnet.artifact import load_model_state
+    from alexnet.data import images
+    from alexnet.errors import UserError
     from alexnet.predict import Predictor, format_prediction
 
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise UserError(f"--max-pixels {args.max_pixels}: must be at least 1")
+        images.MAX_PIXELS = args.max_pixels
     fmt = "json" if args.json else args.format
     predictor = Predictor(load_model_state(args.checkpoint), crops=args.crops, device=args.device)
     entries, failed = [], 0

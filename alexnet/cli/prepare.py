@@ -20,9 +20,15 @@ Layouts (auto-detected):
   flowers17  SRC/jpg/image_0001.jpg ... (80 per class), datasplits.mat used when present
   cifar10    data_batch_1..5, test_batch, batches.meta (python version); test_batch becomes val.
              CIFAR's 32-px images are kept at 32 by default (train with a crop <= 32, e.g. 28);
-             --size 256 upscales them to the paper's input size.
+             --size 256 upscales them to the paper's input size. The batches are pickles: they
+             are read with an unpickler that admits containers, bytes, strings, numbers and numpy
+             arrays only, so a crafted file is refused in one line and nothing in it runs.
 A source without a validation split gets one from --val-fraction (stratified, seeded).
-Unreadable, truncated or non-image files are skipped and listed in the manifest.
+Unreadable, truncated or non-image files, images over --max-pixels (100 M pixels; decoding takes up
+to 24 bytes a pixel, 2.4 GB at the limit) and anything that is not a regular file (a FIFO, a
+device, a symbolic link loop) are skipped and listed in the manifest. File names need not be UTF-8.
+Memory: the workers decode one image each at a time, so at worst workers x 24 bytes x --max-pixels;
+fewer workers run when that would pass half the machine's memory.
 
 OUT appears only when complete; the work is committed every --chunk-size images in a hidden
 .OUT.partial beside it. An interrupted prepare (killed, Ctrl-C, disk full) continues where it
@@ -46,7 +52,11 @@ def register(sub) -> None:
                    help="fraction of each class held out as val when the source has no val split")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes; unset: min(cores, 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes; unset: min(cores, 8); fewer when that many decoding images of "
+                   "--max-pixels at 24 bytes a pixel would pass half the machine's memory")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip (and list) source images of more pixels (width x height); unset: 100000000")  # fmt: skip
     p.add_argument("--force", action="store_true",
                    help="replace an existing prepared OUT, or start an interrupted prepare over")  # fmt: skip
     p.add_argument("--resume", action="store_true",
@@ -68,7 +78,7 @@ def run(args) -> int:
         manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers, force=args.force,
                            seed=args.seed, quality=args.quality, resume=args.resume, chunk_size=args.chunk_size,
-                           progress=args.progress)  # fmt: skip
+                           progress=args.progress, max_pixels=args.max_pixels)  # fmt: skip
     except KeyboardInterrupt:
         print(f"prepare interrupted: its finished chunks are kept; the same command with --resume continues "
               f"into {args.out}", file=sys.stderr)  # fmt: skip

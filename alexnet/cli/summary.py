@@ -35,13 +35,38 @@ def register(sub) -> None:
         default=None,
         help="input height = width in pixels (default: 227 for the paper's nets, 224 otherwise)",
     )
+    parser.add_argument(
+        "--comm",
+        action="store_true",
+        help="instead of the layer table: the bytes each worker sends per training step in data "
+        "parallelism, the paper's two towers, towers x data and one weird trick, for 2, 8, 64 and 1,024 "
+        "workers (AlexNet models; docs/training.md)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=128,
+        help="with --comm: images per step of one copy of the net (a data-parallel worker, a pair of "
+        "towers, a weird-trick worker); default 128, the paper's",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from alexnet.errors import UserError
     from alexnet.summary import format_table, summarize
 
+    if args.comm:
+        from alexnet.parallel.traffic import comm_table, format_comm
+
+        if not args.model.startswith("alexnet"):
+            raise UserError(f"--comm: the parallel layouts split an AlexNet (--model alexnet*), not {args.model}")
+        if args.batch < 1:
+            raise UserError(f"--batch {args.batch}: must be at least 1")
+        table = comm_table(args.model, args.batch, input_size=args.input)
+        print_json(table) if args.json else print(format_comm(table))
+        return 0
     summary = summarize(args.model, args.input)
     if args.json:
         print_json(summary.to_json())

@@ -27,14 +27,14 @@ TASK = 32  # images per task sent to a worker process
 # ---------------------------------------------------------------- worker side
 
 
-def _prepare_one(item, size: int, fmt: str, quality: int) -> tuple[bytes, np.ndarray]:
+def _prepare_one(item, size: int, fmt: str, quality: int, max_pixels: int | None = None) -> tuple[bytes, np.ndarray]:
     """One sample -> (stored bytes, the (size, size, 3) uint8 pixels the loader will see)."""
     if isinstance(item, np.ndarray):  # CIFAR: already pixels
         img = Image.fromarray(item)
         if img.size != (size, size):
             img = resize_center_crop(img, size)
     else:
-        img = resize_center_crop(load_rgb(item, draft_size=size), size)
+        img = resize_center_crop(load_rgb(item, draft_size=size, max_pixels=max_pixels), size)
     if fmt == "raw":
         pixels = np.asarray(img, dtype=np.uint8)
         return pixels.tobytes(), pixels
@@ -48,12 +48,12 @@ def _prepare_one(item, size: int, fmt: str, quality: int) -> tuple[bytes, np.nda
 
 def _process_task(task):
     """Worker: a task of (item, label) -> ([(bytes|None, label, reason)], partial stats or None)."""
-    samples, size, fmt, quality, with_stats = task
+    samples, size, fmt, quality, with_stats, max_pixels = task
     out = []
     acc = StatsAccumulator(size) if with_stats else None
     for item, label in samples:
         try:
-            data, pixels = _prepare_one(item, size, fmt, quality)
+            data, pixels = _prepare_one(item, size, fmt, quality, max_pixels)
         except BadImageError as exc:
             out.append((None, label, exc.reason))
             continue
@@ -134,7 +134,7 @@ def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, b
     end = int(partial.record(name, done - 1)["end"]) if done else 0
     n_chunks = -(-len(samples) // chunk)
     # (chunk, first index, then the worker's task): tasks never straddle two chunks
-    tasks = [(k, i, samples[i : min(i + TASK, (k + 1) * chunk)], size, fmt, quality, name == "train")
+    tasks = [(k, i, samples[i : min(i + TASK, (k + 1) * chunk)], size, fmt, quality, name == "train", opts.get("max_pixels"))
              for k in range(done, n_chunks) for i in range(k * chunk, min((k + 1) * chunk, len(samples)), TASK)]  # fmt: skip
     work = [t[2:] for t in tasks]
     results = pool.imap(_process_task, work) if pool is not None else map(_process_task, work)

@@ -13,8 +13,10 @@ beyond (speed for big photos).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,8 +24,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Extensions we treat as images when walking a tree (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-# ImageNet has a few very large files; refuse only absurd ones (decompression bombs).
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The largest image (width x height, in pixels) any command decodes; larger ones are refused
+# before decoding (a 400 KB PNG can declare 20000 x 20000). Decoding costs up to ~24 bytes a pixel
+# (an RGBA PNG: the file, the RGBA pixels, their composite on white, the RGB result), so 2.4 GB at
+# this limit. ImageNet's largest photos are a fraction of it. `--max-pixels` (prepare, predict,
+# features) or the max_pixels arguments raise it.
+MAX_PIXELS = 100_000_000
+BYTES_PER_PIXEL = 24  # peak memory of decoding one image, per pixel, at worst (measured: RGBA PNG)
+Image.MAX_IMAGE_PIXELS = None  # PIL's own guard only errs at twice its limit and warns below: ours instead
 
 
 class BadImageError(Exception):
@@ -43,39 +51,70 @@ def _read_bytes(path_or_bytes) -> bytes:
         data = bytes(path_or_bytes)
     else:
         try:
-            with open(path_or_bytes, "rb") as f:
-                data = f.read()
+            # O_NONBLOCK: opening a FIFO returns at once (to be refused below) instead of waiting for a writer
+            fd = os.open(path_or_bytes, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise BadImageError(f"unreadable file ({exc.strerror or exc})") from None
+            raise BadImageError(os_reason(exc)) from None
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):  # a FIFO would hang, /dev/zero never ends
+                raise BadImageError(f"not a regular file (a {_file_kind(mode)}); only files are read as images")
+            try:
+                data = f.read()
+            except OSError as exc:
+                raise BadImageError(os_reason(exc)) from None
     if not data:
         raise BadImageError("empty file (0 bytes)")
     return data
 
 
-def load_rgb(path_or_bytes, *, draft_size: int | None = None) -> Image.Image:
+def os_reason(exc: OSError) -> str:
+    """A short reason for a file that cannot be opened, naming a symbolic link loop as such."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link points back to itself)"
+    if exc.errno == errno.ENOENT:
+        return "no such file or directory"
+    return f"unreadable file ({exc.strerror or exc})"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def load_rgb(path_or_bytes, *, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open a file (path or bytes) as an RGB PIL image with its EXIF orientation applied.
 
     CMYK, grayscale (8/16 bit), palette and RGBA images are converted; transparent pixels are
     composited on white (what a viewer shows). `draft_size` lets JPEG decoding scale down by a power
     of two while keeping both sides >= draft_size (much faster for big photos, same result within
-    the antialiased resize that follows).
+    the antialiased resize that follows). Images of more than `max_pixels` (unset: MAX_PIXELS) pixels
+    are refused before decoding.
 
     Raises:
-        BadImageError: zero-byte, truncated, unreadable or non-image input.
+        BadImageError: zero-byte, truncated, unreadable, too large or non-image input, or not a
+        regular file (FIFO, device).
     """
     data = _read_bytes(path_or_bytes)
+    limit = max_pixels or MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC; they are not errors
             img = Image.open(io.BytesIO(data))
+            if img.width * img.height > limit:
+                raise BadImageError(
+                    f"image too large ({img.width} x {img.height} = {img.width * img.height / 1e6:.0f} M pixels; "
+                    f"the limit is {limit / 1e6:g} M pixels, raised with --max-pixels)"
+                )
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()  # decode now: truncated files fail here, not later
             img = ImageOps.exif_transpose(img)
     except UnidentifiedImageError:
         raise BadImageError("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise BadImageError("image too large (decompression bomb guard)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
         if "truncated" in text or isinstance(exc, EOFError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from importlib import resources
 import numpy as np
 
 from alexnet.data.images import is_image_name
+from alexnet.data.safepickle import RefusedPickle, load_data_pickle
 from alexnet.errors import UsageError, UserError
 
 LAYOUTS = ("auto", "folder", "imagenet", "flowers17", "cifar10")
@@ -297,11 +297,19 @@ def _cifar_dir(root: str) -> str | None:
     return None
 
 
-def _unpickle(path: str) -> dict:
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="bytes")
+def _load_batch(path: str) -> dict:
+    obj = load_data_pickle(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"a {type(obj).__name__}, not a dict")
     # The real files come from Python 2: keys (and label names) load as bytes.
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _refused(path: str, exc: RefusedPickle) -> UserError:
+    return UserError(
+        f"{path}: refused: it asks to run {exc} while loading, which no CIFAR-10 file does (crafted or "
+        "not CIFAR-10); nothing of it was run. Use the files of the official cifar-10-python.tar.gz"
+    )
 
 
 def read_cifar10(root: str) -> Source:
@@ -311,8 +319,10 @@ def read_cifar10(root: str) -> Source:
         raise UserError(f"{root}: no data_batch_1 + batches.meta; not the CIFAR-10 python layout")
     meta_path = os.path.join(d, "batches.meta")
     try:
-        meta = _unpickle(meta_path)
+        meta = _load_batch(meta_path)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    except RefusedPickle as exc:
+        raise _refused(meta_path, exc) from None
     except Exception as exc:  # noqa: BLE001 - any damage: say which file and how to fix it
         raise UserError(f"{meta_path}: unreadable CIFAR-10 metadata ({_why(exc)}); "
                         "re-extract cifar-10-python.tar.gz") from None  # fmt: skip
@@ -327,11 +337,13 @@ def read_cifar10(root: str) -> Source:
                 notes.append(f"{name} missing")
                 continue
             try:
-                batch = _unpickle(path)
+                batch = _load_batch(path)
                 data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
                 labels = [int(y) for y in batch["labels"]]
                 if len(labels) != len(data) or not all(0 <= y < len(names) for y in labels):
                     raise ValueError("labels do not match the images or the classes")
+            except RefusedPickle as exc:
+                raise _refused(path, exc) from None
             except Exception as exc:  # noqa: BLE001 - a damaged batch must not stop the run
                 skipped.append({"path": path, "reason": f"unreadable CIFAR-10 batch ({_why(exc)})"})
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
 from alexnet.data.prepare import default_workers
+from alexnet.data.validate import check_prepared, damaged
 from alexnet.errors import UserError, not_found
 
 STATS_KEYS = ("mean_image", "channel_mean", "channel_std", "eigval", "eigvec")
@@ -38,22 +40,28 @@ class PreparedSet:
                 f"{self.root}: not a prepared directory (no manifest.json); "
                 f"create one with `alexnet prepare SRC {root}`"
             )
+        path = manifest
         try:
-            with open(manifest) as f:
+            with open(path) as f:
                 self.manifest = json.load(f)
-            with open(os.path.join(self.root, "classes.json")) as f:
+            with open(path := os.path.join(self.root, "classes.json")) as f:
                 classes = json.load(f)
-            with np.load(os.path.join(self.root, "stats.npz")) as z:
+            with np.load(path := os.path.join(self.root, "stats.npz"), allow_pickle=False) as z:
                 self.stats = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise damaged(path, f"unreadable ({str(exc)[:80]})") from None
+        try:
+            self.class_ids, self.class_names = list(classes["ids"]), list(classes["names"])
+            self.size = int(self.manifest.get("size", 256))
+            self.format = self.manifest.get("format", "jpeg")
+            self.splits = [s for s in self.manifest["splits"] if os.path.isdir(os.path.join(self.root, s))]
+        except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
-                f"{self.root}: damaged prepared directory ({exc}); re-run `alexnet prepare --force`"
+                f"{self.root}: damaged prepared directory (manifest.json or classes.json: {exc!r}); "
+                "re-run `alexnet prepare --force`"
             ) from None
-        self.class_ids, self.class_names = list(classes["ids"]), list(classes["names"])
         self.num_classes = len(self.class_ids)
-        self.size = int(self.manifest.get("size", 256))
-        self.format = self.manifest.get("format", "jpeg")
-        self.splits = [s for s in self.manifest["splits"] if os.path.isdir(os.path.join(self.root, s))]
+        check_prepared(self)
 
     def split_size(self, name: str) -> int:
         self._need(name)
@@ -181,7 +189,11 @@ class PackedDataset(Dataset):
         if self.format == "jpeg":
             start, end = int(self.offsets[i]), int(self.offsets[i + 1])
             data = bytearray(os.pread(handle, end - start, start))
-            return _decoder()[1](torch.frombuffer(data, dtype=torch.uint8))
+            try:
+                return _decoder()[1](torch.frombuffer(data, dtype=torch.uint8))
+            except Exception as exc:  # noqa: BLE001 - any decoder's failure: a damaged file, say where
+                text = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+                raise damaged(self._path, f"sample {i} of split {self.split!r} does not decode ({text})") from None
         return torch.from_numpy(np.array(handle[i])).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, key):
@@ -377,14 +389,15 @@ def _worker_seeds() -> torch.Generator:
 
 def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int | None = None, crop: int = 227,
                 crops: int = 1, pca: str = "paper", normalize: str = "mean_image", flip: bool = True,
-                seed: int = 0, distributed: bool = False, drop_last: bool | None = None,
+                seed: int = 0, distributed: bool | tuple[int, int] = False, drop_last: bool | None = None,
                 pin_memory: bool = False) -> Loader:  # fmt: skip
     """A loader over `split` of a prepared set (path or PreparedSet).
 
     train=True: shuffled per (seed, epoch), the paper's augmentation (TrainTransform). train=False:
     in order, centre crop or 10 crops (EvalTransform). distributed=True with torch.distributed
     initialised: training shards as DistributedSampler does, evaluation takes r::world without
-    padding so that summed metrics count every image once.
+    padding so that summed metrics count every image once. distributed=(index, count): shard
+    `index` of `count` (processes that share a net share a shard).
     """
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
     ps._need(split)
@@ -397,7 +410,9 @@ def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int 
         transform = EvalTransform(stats=ps.stats, crop=crop, crops=crops, normalize=normalize)
     dataset = PackedDataset(ps, split, transform)
     rank, world = 0, 1
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if isinstance(distributed, tuple):  # (index, count): a given share (alexnet/parallel)
+        rank, world = distributed
+    elif distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     sampler = _Sampler(len(dataset), shuffle=train, seed=seed, rank=rank, world=world)
     if drop_last is None:

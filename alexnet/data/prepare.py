@@ -24,6 +24,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from alexnet.data.chunks import StatsAccumulator, assemble_split, run_split
+from alexnet.data.images import BYTES_PER_PIXEL, MAX_PIXELS
 from alexnet.data.layouts import read_source, stratified_split
 from alexnet.data.resume import PARTIAL, Partial
 from alexnet.errors import UsageError, UserError
@@ -38,6 +39,20 @@ KILL_AFTER_ENV = "ALEXNET_TEST_KILL_AFTER_CHUNKS"  # tests: SIGKILL this process
 
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
+def memory_budget() -> int:
+    """Bytes prepare's workers may hold at once decoding images: half the machine's memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def capped_workers(workers: int, max_pixels: int) -> int:
+    """Workers whose images, each at most max_pixels decoded at BYTES_PER_PIXEL, fit memory_budget()
+    together (at least one): a folder of huge images cannot take every worker past the memory."""
+    return max(1, min(workers, memory_budget() // (max_pixels * BYTES_PER_PIXEL)))
 
 
 def _check_out(out: str, force: bool) -> None:
@@ -106,7 +121,7 @@ def _digest(splits: dict) -> str:
     for name, samples in splits.items():
         h.update(f"\0split {name}\0".encode())
         for item, label in samples:
-            h.update(item.encode() if isinstance(item, str) else np.ascontiguousarray(item).tobytes())
+            h.update(os.fsencode(item) if isinstance(item, str) else np.ascontiguousarray(item).tobytes())
             h.update(f"\0{label}\0".encode())
     return h.hexdigest()
 
@@ -175,6 +190,7 @@ def prepare(
     resume: bool = False,
     chunk_size: int = CHUNK_SIZE,
     progress: str = "auto",
+    max_pixels: int | None = None,
 ) -> dict:
     """Prepare `src` into `out` (see the module docstring); returns the manifest plus this run's
     `workers`, `seconds`, `images_per_s` (over the images it processed) and `resumed_images`.
@@ -182,6 +198,8 @@ def prepare(
     size None -> 256 (the paper), except 32 for CIFAR-10 (kept as is; pass 256 to upscale).
     resume: continue an interrupted prepare into `out` (same arguments); force: replace an existing
     `out`, or start an interrupted one over. progress: auto, bar, lines or off (alexnet.progress).
+    max_pixels: larger source images are skipped (unset: images.MAX_PIXELS); fewer workers run when
+    that many of them decoding such images at once would pass memory_budget().
     """
     start = time.perf_counter()
     _check_options(fmt, val_fraction, quality, size, chunk_size, progress)
@@ -191,7 +209,10 @@ def prepare(
     early = {"source": os.path.abspath(src), "format": fmt, "val_fraction": val_fraction, "seed": seed,
              "quality": quality, "chunk_size": chunk_size}  # fmt: skip
     resuming = _claim(partial, resume=resume, force=force, early=early)
-    workers = workers or default_workers()
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: must be at least 1")
+    max_pixels = max_pixels or MAX_PIXELS
+    workers = capped_workers(workers or default_workers(), max_pixels)
     try:
         if resuming and partial.complete():  # killed while moving the finished set into place
             partial.finish()
@@ -205,7 +226,7 @@ def prepare(
             partial.check(args)
         else:
             _start(partial, args)
-        opts = {"size": size, "fmt": fmt, "quality": quality, "chunk_size": chunk_size}
+        opts = {"size": size, "fmt": fmt, "quality": quality, "chunk_size": chunk_size, "max_pixels": max_pixels}
         resumed = sum(min(partial.count(s) * chunk_size, len(v)) for s, v in splits.items())
         total = sum(len(v) for v in splits.values())
         pool = get_context("fork").Pool(workers) if workers > 1 and total > resumed else None

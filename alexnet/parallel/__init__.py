@@ -1,0 +1,227 @@
+"""Parallel layouts: how the processes of a torchrun launch share the net and the batch.
+
+- data (default): every process holds the whole net and takes 1/W of the batch; DDP all-reduces
+  the gradients (alexnet/distributed.py).
+- towers (`parallel.towers=2`): the paper's two-GPU training (§3.2). Each pair of processes holds
+  one net, tower 1's weights on one and tower 2's on the other, and exchanges activations (and
+  their gradients) only at the paper's points: the input of conv3 and of fc6, fc7 and fc8
+  (alexnet/parallel/nets.py, TowerNet). WORLD_SIZE = 2 x D runs D such pairs data-parallel (a
+  data x tower mesh: ranks 2d and 2d+1 are pair d), each tower's gradients averaged over its D copies.
+- one weird trick (`parallel.fc=model`; Krizhevsky 2014): convolutions data-parallel, the
+  fully-connected layers split over all K processes (WeirdTrickNet); only the convolutional
+  weights' gradients are all-reduced.
+
+`train.py` asks `make_layout` for the layout, then the layout for the model to train
+(`local_model`, `wrap`), and the gradient synchroniser comes with it (hooks on the weights that
+run once the backward pass is done). Checkpoints are always the whole net's (`full_states`
+gathers them on rank 0; `load_states` cuts them), so they resume into any layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from alexnet.checkpoint import unwrap
+from alexnet.distributed import Dist
+from alexnet.errors import UserError
+from alexnet.parallel.comm import SENT, Comm, new_groups
+from alexnet.parallel.nets import Spec, SplitNet, TowerNet, WeirdTrickNet, part
+
+__all__ = ["SENT", "Layout", "ParallelConfig", "make_layout"]
+
+
+@dataclass
+class ParallelConfig:
+    # 1: each process holds the whole net (data parallel); 2: the paper's two-GPU split (§3.2), each of a
+    # pair of processes holding one tower; WORLD_SIZE = 2 x D runs D pairs data-parallel
+    towers: int = 1
+    # data: every process holds the fully-connected layers too; model: "one weird trick" (Krizhevsky
+    # 2014): convolutions data-parallel, fc6/fc7/fc8 split over all processes
+    fc: Literal["data", "model"] = "data"
+
+    def validate(self):
+        if self.towers not in (1, 2):
+            raise ValueError(f"towers = {self.towers}: choose 1 (whole net per process) or 2 (the paper's split)")
+        if self.towers == 2 and self.fc == "model":
+            raise ValueError("towers = 2 and fc = model are two different layouts: choose one")
+
+
+def model_options(pc: ParallelConfig, name: str, options: dict) -> dict:
+    """The model options a layout implies: towers normalise their own maps (lrn_scope="tower")
+    unless model.lrn_scope was set (make_layout then refuses "layer")."""
+    if pc.towers == 2 and name.startswith("alexnet") and name != "alexnet_torchvision":
+        if options.get("lrn", True) and options.get("lrn_scope") is None:
+            return {**options, "lrn_scope": "tower"}
+    return options
+
+
+class Layout:
+    """Data parallelism (DDP); the base of the split layouts."""
+
+    split = False  # a net split over processes (checkpoints gathered, no DDP)
+
+    def __init__(self, info: Dist):
+        self.info = info
+
+    def shards(self, replicas: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(index, count) of the training and of the validation images this process takes."""
+        return (self.info.replica, replicas), (self.info.replica, replicas)
+
+    def local_model(self, net: nn.Module) -> nn.Module:
+        """This process's share of the net (the net itself here)."""
+        return net
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to train: DDP around `model` under torchrun."""
+        if not self.info.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
+
+        device = self.info.device
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+        """(model state dict, optimizer state dict) of the whole net on rank 0 (a collective)."""
+        return unwrap(raw).state_dict(), optimizer.state_dict()
+
+    def load_states(self, raw: nn.Module, optimizer, model: dict, optim: dict) -> None:
+        """Load the whole net's states (a checkpoint's) into this process's share."""
+        raw.load_state_dict(model)
+        optimizer.load_state_dict(optim)
+
+
+class SplitLayout(Layout):
+    """A net split over the ranks of `comm`, data-parallel over those of `data` (or none)."""
+
+    split = True
+
+    def __init__(self, info: Dist, comm: Comm, data: Comm | None):
+        super().__init__(info)
+        self.comm, self.data = comm, data
+        self.net: SplitNet | None = None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model  # the synchroniser's hooks are on the weights already (local_model)
+
+    def _hooks(self, net: SplitNet, reduced: list[nn.Parameter], comm: Comm | None, scale: float) -> None:
+        """Once per backward pass: all-reduce the gradients of `reduced` over comm (one flat buffer),
+        then divide every gradient by `scale` (the ranks' losses are means over their own images)."""
+        queued = [False]
+
+        def sync():
+            queued[0] = False
+            grads = [p.grad for p in reduced if p.grad is not None]
+            if comm is not None and comm.size > 1 and grads:
+                flat = comm.all_reduce(_flatten_dense_tensors(grads), kind="gradients")
+                for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                    g.copy_(synced)
+            if scale != 1:
+                for p in net.parameters():
+                    if p.grad is not None:
+                        p.grad.div_(scale)
+
+        def ready(_):
+            if not queued[0]:
+                queued[0] = True
+                torch.autograd.Variable._execution_engine.queue_callback(sync)
+
+        for p in net.parameters():
+            p.register_post_accumulate_grad_hook(ready)
+
+    def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+        if 0 not in self.comm.ranks:  # every pair holds the same weights: rank 0's writes them
+            return None, None
+        specs = self.net.specs
+        model = {name: self._gather(t, specs.get(name)) for name, t in raw.state_dict().items()}
+        optim = optimizer.state_dict()
+        names = [name for name, _ in raw.named_parameters()]
+        state = {}
+        for index, name in enumerate(names):
+            values, spec = optim["state"].get(index, {}), specs.get(name)
+            # sharded weights have state on every rank (or on none yet); whole ones: the first rank's
+            state[index] = {k: self._gather_value(v, spec) for k, v in sorted(values.items())}
+        if self.comm.index != 0:
+            return None, None
+        return model, {"state": {i: s for i, s in state.items() if s}, "param_groups": optim["param_groups"]}
+
+    def _gather(self, t: torch.Tensor, spec: Spec) -> torch.Tensor | None:
+        if spec is None:
+            return t if self.comm.index == 0 else None
+        return self.comm.gather_to_first(t, spec[0])
+
+    def _gather_value(self, value, spec: Spec):
+        return self._gather(value, spec) if isinstance(value, torch.Tensor) and value.dim() else value
+
+    def load_states(self, raw: nn.Module, optimizer, model: dict, optim: dict) -> None:
+        specs = self.net.specs
+        local = {name: part(t, specs.get(name)) for name, t in model.items()}
+        raw.load_state_dict(local)
+        names = [name for name, _ in raw.named_parameters()]
+        state = {}
+        for index, values in optim["state"].items():
+            spec = specs.get(names[int(index)])
+            state[index] = {
+                k: part(v, spec) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in values.items()
+            }
+        optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
+
+
+class Towers(SplitLayout):
+    """The paper's two towers per pair of ranks, D pairs data-parallel."""
+
+    def local_model(self, net: nn.Module) -> nn.Module:
+        self.net = tower = TowerNet(net, self.comm)
+        d, replicas = self.info.replica, self.info.replicas
+        tower.batch_factor = replicas  # this pair's rows of the global batch: d::D (the sampler's shards)
+        tower.dropout_rows = lambda mask: mask[d::replicas]
+        self._hooks(tower, list(tower.parameters()), self.data, self.data.size if self.data else 1)
+        return tower
+
+
+class WeirdTrick(SplitLayout):
+    """One weird trick over all K ranks."""
+
+    def shards(self, replicas: int):
+        return (self.info.replica, replicas), (0, 1)  # evaluation: every rank runs the whole split
+
+    def local_model(self, net: nn.Module) -> nn.Module:
+        self.net = trick = WeirdTrickNet(net, self.comm)
+        k = self.comm.size
+        # gathered rows are rank-major (rank r's j-th image at r N + j); rank r holds global rows r::K
+        trick.dropout_rows = lambda mask: mask.view(-1, k, mask.shape[1]).transpose(0, 1).flatten(0, 1)
+        self._hooks(trick, list(trick.features.parameters()), self.comm, k)
+        return trick
+
+
+def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, amp: str) -> Layout:
+    """The layout for this launch; sets info.group / replica / replicas / shared_rng for a split net.
+    Every rank must call it (it creates process groups). A layout that cannot run is a UserError."""
+    if pc.towers == 1 and pc.fc == "data":
+        return Layout(info)
+    what = "parallel.towers=2" if pc.towers == 2 else "parallel.fc=model"
+    if not model.startswith("alexnet"):
+        raise UserError(f"{what} splits an AlexNet (model.name alexnet*), not {model}")
+    if compile or amp == "fp16":
+        raise UserError(f"{what} runs eagerly in fp32 or bf16: drop train.compile=true / train.amp=fp16")
+    if pc.towers == 2 and info.world % 2:
+        raise UserError(
+            f"{what} needs an even number of processes (2 x D), got {info.world}; "
+            "e.g. torchrun --nproc_per_node=2 -m alexnet train ..."
+        )
+    world, rank = info.world, info.rank
+    if pc.towers == 2:
+        comm = new_groups([[2 * d, 2 * d + 1] for d in range(world // 2)], rank)
+        data = new_groups([list(range(t, world, 2)) for t in range(2)], rank)
+        info.replica, info.replicas, info.group = rank // 2, world // 2, data.group
+        info.shared_rng = True
+        return Towers(info, comm, data)
+    comm = new_groups([list(range(world))], rank) if world > 1 else None
+    if comm is None:
+        return Layout(info)  # one process: nothing to split
+    info.shared_rng = True
+    return WeirdTrick(info, comm, None)
