@@ -167,7 +167,7 @@ def test_api_train_checks_a_python_config_before_touching_the_disk(tiny_prepared
     for section, key, value, words in (
         ("data", "batch_size", "big", "data.batch_size = 'big' is not a valid int"),
         ("optim", "name", "adam", "optim.name = 'adam' is not valid"),
-        ("data", "batch_size", 0, "batch_size and crop must be positive"),
+        ("data", "batch_size", 0, "batch_size, eval_batch_size and crop must be at least 1"),
     ):
         config = alexnet.TrainConfig()
         setattr(getattr(config, section), key, value)
