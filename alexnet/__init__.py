@@ -20,6 +20,7 @@ Python API (the same steps as the commands):
     alexnet.train("data/prepared", "run", alexnet.TrainConfig())
     alexnet.evaluate(["run"], "data/prepared", crops=10)   # the paper's 10-crop test protocol
     alexnet.features("run", "data/prepared", "val", "feats.npz")   # fc7 features of a split, to a file
+    alexnet.probe("run", "data/prepared", layer="fc7")   # a linear probe on a layer's frozen features
 
 A run directory means its checkpoints/best.pt (else last.pt), as in every command. Mistakes raise
 UserError (a ValueError), UsageError (a bad argument) or NotFoundError (a FileNotFoundError).
@@ -51,6 +52,7 @@ _LAZY = {
     "train": ("alexnet.train", "train"),
     "evaluate": ("alexnet.evaluate", "evaluate_checkpoints"),
     "features": ("alexnet.predict", "features_of_split"),
+    "probe": ("alexnet.probe", "probe"),
 }
 # `alexnet.train` and `alexnet.evaluate` are also submodules, and the import system sets a package's
 # attribute to its submodule whenever one is imported (`from alexnet.train import X` included). The

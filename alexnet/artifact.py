@@ -48,6 +48,7 @@ from alexnet.data.images import BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
 from alexnet.errors import UsageError, UserError, check_whole, not_found, option
+from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
 from alexnet.transforms import (  # noqa: F401 - caffe_batch, prepare_image re-exported
     ClassScore,
@@ -232,8 +233,9 @@ def check_classes(state: dict, class_ids: Sequence[str], data_root: str) -> None
             first = next(i for i, (a, b) in enumerate(zip(ids, class_ids)) if a != b)
             detail = f"class {first} is {ids[first]!r} vs {class_ids[first]!r}"
         raise UserError(
-            f"{where} was trained on other classes than {data_root} ({detail}); "
-            "evaluate it on the prepared set it was trained on"
+            f"{where} was trained on other classes than {data_root} ({detail}); evaluate it on the "
+            f"prepared set it was trained on, or fine-tune it to these classes: alexnet train {data_root} "
+            f"--out RUN --init-from {where}"
         )
 
 
@@ -389,21 +391,19 @@ class TrainedNet:
         return list(self.iter_predict(images, topk, crops, batch_size=batch_size, errors=errors))
 
     @torch.inference_mode()
-    def features(self, images, crops: int = 1, *, batch_size: int = 64) -> torch.Tensor:
-        """Images -> (N, 4096) fc7 after its ReLU, no dropout (paper Figure 4 right), averaged over
-        the crops; float32 on the CPU, computed batch_size images at a time. AlexNet only. An
-        unusable input raises UserError naming it."""
-        if not hasattr(self.model, "fc7_features"):
-            raise UserError(f"fc7 features need an AlexNet; {self.path} is a {type(self.model).__name__}")
+    def features(self, images, crops: int = 1, *, layer: str = "fc7", batch_size: int = 64) -> torch.Tensor:
+        """Images -> activations at `layer` (alexnet.layers: conv1..conv5 (N, C, H, W), pool5 (N, 9216),
+        fc6/fc7 (N, 4096) after the ReLU, no dropout, fc8 logits), averaged over the crops; float32
+        on the CPU, computed batch_size images at a time. Default fc7, the paper's Figure 4 (right).
+        AlexNet only. An unusable input raises UserError naming it."""
+        check_feature_layer(self.model, layer)
         check_crops(crops)
-        rows = []
-        for batch in self._batches(images, batch_size, "raise"):
-            x = self.normalize(torch.stack([x for _, x, _ in batch]), crops)
-            if x.dim() == 5:
-                n = x.shape[0]
-                rows.append(self.model.fc7_features(x.flatten(0, 1)).view(n, x.shape[1], -1).mean(dim=1).float().cpu())
-            else:
-                rows.append(self.model.fc7_features(x).float().cpu())
+        rows = [
+            batch_features(self.model, self.normalize(torch.stack([x for _, x, _ in batch]), crops), layer)
+            .float()
+            .cpu()
+            for batch in self._batches(images, batch_size, "raise")
+        ]
         if not rows:
             raise UsageError("no images given")
         return torch.cat(rows)

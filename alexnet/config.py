@@ -87,9 +87,18 @@ def apply_override(config: T, item: str, *, check: bool = True) -> T:
         raise UsageError(f"--set {item!r}: unknown section {section_name!r}; valid sections: {', '.join(sections)}")
     section = getattr(config, section_name)
     fields = {f.name: f for f in dataclasses.fields(section)}
+    key, _, entry = key.partition(".")  # section.key.entry: one entry of a table (dict) key
     if key not in fields:
         raise UsageError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: {', '.join(fields)}")
-    value = _coerce(_parse_literal(raw.strip()), _resolve(type(section), fields[key]), dotted, "--set")
+    kind = _resolve(type(section), fields[key])
+    value = _parse_literal(raw.strip())
+    if entry:
+        if typing.get_origin(kind) is not dict:
+            raise UsageError(
+                f"--set {item!r}: {section_name}.{key} is not a table; use --set {section_name}.{key}=VALUE"
+            )
+        value = {**getattr(section, key), entry: value}
+    value = _coerce(value, kind, f"{section_name}.{key}", "--set")
     config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{key: value})})
     return _validated(config, "--set") if check else config
 
@@ -123,6 +132,9 @@ def to_toml(config) -> str:
         for key, value in section.items():
             if value is None:
                 lines.append(f"# {key} = (unset)")
+            elif isinstance(value, dict):  # a TOML inline table
+                items = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{{items}}}")
             else:
                 lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
@@ -193,6 +205,11 @@ def _coerce(value, kind, name: str, source: str):
         if value not in args:
             raise UsageError(f"{source}: {name} = {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value
+    if origin is dict:  # a table: {name: value}, each value of the second type argument
+        if not isinstance(value, dict):
+            raise UsageError(f"{source}: {name} = {value!r} is not a table; give {{key = value, ...}}")
+        inner = args[1] if len(args) > 1 else str
+        return {str(k): _coerce(v, inner, f"{name}.{k}", source) for k, v in value.items()}
     if origin in (list, tuple):
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
         inner = args[0] if args else str

@@ -186,7 +186,8 @@ def evaluate_checkpoints(
         out = num_outputs(net.model)
         if out is not None and out != prepared.num_classes:
             raise UserError(
-                f"{net.path}: the net has {out} outputs but {prepared.root} has {prepared.num_classes} classes"
+                f"{net.path}: the net has {out} outputs but {prepared.root} has {prepared.num_classes} classes; "
+                f"fine-tune it to these classes: alexnet train {prepared.root} --out RUN --init-from {net.path}"
             )
         nets.append(net)
     dataset = PackedDataset(prepared, split)

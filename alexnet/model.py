@@ -14,6 +14,10 @@ Variants (paper §3; docs/paper.md):
                 the paper did not halve (its footnote): 48-128-192-192-256, groups=1: 59,798,312 params.
     torchvision "one weird trick" widths 64-192-384-256-256, no LRN, dropout on the inputs of
                 fc6 and fc7, PyTorch's default init: 61,100,840 params.
+    bn          AlexNet-BN, the net the LARS paper (You, Gitman & Ginsburg 2017) scales to large
+                batches: the ungrouped widths with batch normalisation after every convolution
+                (before its ReLU) in place of LRN; the convolutions lose their biases (the
+                normalisation's shift replaces them): 62,379,720 params.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ __all__ = [
     "model_input_size",
 ]
 
-VARIANTS = ("paper", "ungrouped", "one_gpu", "torchvision")
+VARIANTS = ("paper", "ungrouped", "one_gpu", "torchvision", "bn")
 INITS = ("paper", "kaiming", "caffe", "default")
 
 
@@ -52,6 +56,7 @@ _CONV_SPECS = {
     "one_gpu": [(48, 11, 4, 0, 1), (128, 5, 1, 2, 1), (192, 3, 1, 1, 1), (192, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
     "torchvision": [(64, 11, 4, 2, 1), (192, 5, 1, 2, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
 }
+_CONV_SPECS["bn"] = _CONV_SPECS["ungrouped"]
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -71,14 +76,14 @@ class AlexNet(nn.Module):
     """AlexNet with a named variant and the paper's ablation switches.
 
     Args:
-        variant: "paper" (default), "ungrouped", "one_gpu" or "torchvision" (see the module docstring).
+        variant: "paper" (default), "ungrouped", "one_gpu", "torchvision" or "bn" (see the module docstring).
         num_classes: size of the last layer (1000 for ImageNet).
         input_size: 227 (the paper's arithmetic; the default) or 224 (conv1 then pads by 2, later
             shapes unchanged); other sizes keep the paper's padding 0 and warn once (conv5's map is
             then resampled to 6x6). The torchvision variant always pads conv1 by 2 and defaults to 224.
         activation: "relu" (the paper) or "tanh" (the saturating baseline of §3.1).
         lrn: local response normalisation after ReLU 1 and 2 (§3.3); default on except torchvision
-            (which has none: lrn=True or other LRN options are refused there).
+            and bn (which have none: lrn=True or other LRN options are refused there).
         lrn_scope: "layer" (the paper's formula: the window runs over all the layer's kernels) or
             "tower" (each tower's channels on their own, 48 of conv1's 96 and 128 of conv2's 256:
             what a net split over two GPUs computes).
@@ -126,7 +131,7 @@ class AlexNet(nn.Module):
         input_size = input_size or (224 if variant == "torchvision" else 227)
         if input_size < 1:
             raise UserError(f"input_size must be a positive number of pixels, got {input_size}")
-        lrn = (variant != "torchvision") if lrn is None else lrn
+        lrn = (variant not in ("torchvision", "bn")) if lrn is None else lrn
         lrn_options = _lrn_options(variant, lrn, lrn_scope, lrn_k, lrn_alpha_per_size)
         dropout_placement = dropout_placement or ("torchvision" if variant == "torchvision" else "paper")
         _check_choice("dropout_placement", dropout_placement, ("paper", "torchvision"))
@@ -163,20 +168,8 @@ class AlexNet(nn.Module):
         else:
             norm = nn.Identity
 
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for i, (out_ch, kernel, stride, pad, groups) in enumerate(self.conv_specs[variant], start=1):
-            if i == 1 and variant != "torchvision" and input_size == 224:
-                pad = 2  # a 224 crop: pad conv1 by 2 so conv1 is still 55x55 (torchvision's way)
-            layers += [nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups), act()]
-            if i in (1, 2):
-                if variant != "torchvision":
-                    layers.append(norm())
-                layers.append(MaxPool2d(pool_k, pool_s))
-            elif i == 5:
-                layers.append(MaxPool2d(pool_k, pool_s))
-            in_ch = out_ch
-        self.features = nn.Sequential(*layers)
+        self.features = _features(variant, input_size, act, norm, (pool_k, pool_s), self.conv_specs[variant])
+        in_ch = self.conv_specs[variant][-1][0]  # conv5's maps feed fc6
         # Identity at the paper's sizes (conv5's pool is already 6x6); lets larger inputs through.
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         drop = lambda: nn.Dropout(dropout)  # noqa: E731
@@ -240,12 +233,32 @@ class AlexNet(nn.Module):
         return [m for m in self.classifier if isinstance(m, nn.Linear)]
 
 
+def _features(variant: str, input_size: int, act, norm, pool: tuple[int, int], specs) -> nn.Sequential:
+    """conv1..conv5 (`specs`: (out_channels, kernel, stride, padding, groups) each) with their
+    activations, LRN (or batch normalisation) and max-pools."""
+    layers: list[nn.Module] = []
+    in_ch, bn = 3, variant == "bn"
+    for i, (out_ch, kernel, stride, pad, groups) in enumerate(specs, start=1):
+        if i == 1 and variant != "torchvision" and input_size == 224:
+            pad = 2  # a 224 crop: pad conv1 by 2 so conv1 is still 55x55 (torchvision's way)
+        layers.append(nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=not bn))
+        layers += [nn.BatchNorm2d(out_ch), act()] if bn else [act()]
+        if i in (1, 2):
+            if variant not in ("torchvision", "bn"):
+                layers.append(norm())
+            layers.append(MaxPool2d(*pool))
+        elif i == 5:
+            layers.append(MaxPool2d(*pool))
+        in_ch = out_ch
+    return nn.Sequential(*layers)
+
+
 def _lrn_options(variant: str, lrn: bool, scope: str, k: float, alpha_per_size: bool) -> dict:
     """The LRN switches to record in the model's config: only those applied (none without LRN)."""
     _check_choice("lrn_scope", scope, ("layer", "tower"))
-    if variant == "torchvision" and (lrn or scope != "layer" or k != 2.0 or alpha_per_size):
+    if variant in ("torchvision", "bn") and (lrn or scope != "layer" or k != 2.0 or alpha_per_size):
         raise UserError(
-            "the torchvision variant has no LRN layers: drop lrn / lrn_scope / lrn_k / "
+            f"the {variant} variant has no LRN layers: drop lrn / lrn_scope / lrn_k / "
             "lrn_alpha_per_size, or use the paper or ungrouped variant"
         )
     if not lrn:
@@ -284,14 +297,16 @@ def init_weights(model: AlexNet, init: str) -> None:
             if init == "kaiming":
                 nonlinearity = "linear" if index == 8 else "relu"
                 nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity=nonlinearity)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
                 continue
             std = 0.005 if (init == "caffe" and index in (6, 7)) else 0.01
             nn.init.normal_(layer.weight, 0.0, std)
             # paper §5: "biases in the 2nd, 4th, 5th conv layers and the fully-connected hidden layers
             # with the constant 1"; the rest 0.
             one = 0.1 if init == "caffe" else 1.0
-            nn.init.constant_(layer.bias, one if index in (2, 4, 5, 6, 7) else 0.0)
+            if layer.bias is not None:  # AlexNet-BN's convolutions have none
+                nn.init.constant_(layer.bias, one if index in (2, 4, 5, 6, 7) else 0.0)
 
 
 def _check_choice(option: str, value, choices) -> None:
@@ -326,6 +341,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "alexnet_torchvision": (
         lambda **kw: AlexNet("torchvision", **kw),
         "torchvision's 'one weird trick' AlexNet; loads its weights",
+    ),
+    "alexnet_bn": (
+        lambda **kw: AlexNet("bn", **kw),
+        "AlexNet-BN (LARS paper): batch norm after every conv, no LRN, one GPU",
     ),
     "vgg16": (_torchvision_builder("vgg16"), "VGG-16 (torchvision), for comparison"),
     "googlenet": (_torchvision_builder("googlenet"), "GoogLeNet (torchvision, no aux heads)"),

@@ -11,7 +11,9 @@ still carries steps taken at the old lr, torch's buffer is rescaled by the new o
 
 `Schedule` sets the learning rate of an optimizer before every step: "plateau" (the paper: divide
 by 10 when the validation error stops improving, at most 3 times), "step" (milestone epochs),
-"cosine" or "constant", each after an optional linear warm-up.
+"cosine", "poly" (lr (1 - t/T)^power: the LARS paper's, power 2) or "constant", each after an
+optional linear warm-up. `build_optimizer` also builds LARS (alexnet/lars.py), and
+`scaled_lr` applies the linear scaling rule.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import math
 
 import torch
 from torch.optim import Optimizer
+
+from alexnet.lars import LARS
+
+BASE_BATCH = 128  # the paper's batch (§5), the one its learning rate is for
 
 
 class PaperSGD(Optimizer):
@@ -101,31 +107,61 @@ def paper_update(params, grads, velocities, lr: torch.Tensor, momentum: float, w
 
 
 def build_optimizer(
-    name: str, params, *, lr: float, momentum: float, weight_decay: float, decay_biases: bool = True
+    name: str,
+    params,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    decay_biases: bool = True,
+    trust: float = 0.001,
+    lars_skip_1d: bool = True,
 ) -> Optimizer:
-    """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters.
+    """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD; "lars" -> LARS (trust coefficient `trust`),
+    all with the same hyper-parameters.
 
-    decay_biases=False: two parameter groups, the weights with `weight_decay` and the 1-D
-    parameters (biases; also normalisation scales in the torchvision nets) without it.
+    params: tensors, or groups (dicts, e.g. with an "lr_mult": Schedule sets their lr to lr x lr_mult).
+    decay_biases=False: each group split in two, the weights with `weight_decay` and the 1-D
+    parameters (biases; also normalisation scales and shifts) without it. LARS splits them too:
+    with lars_skip_1d=True its 1-D halves keep lambda = 1 (no layer-wise adaptation).
     """
-    if not decay_biases:
-        params = list(params)
-        params = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
+    params = list(params)
+    if not decay_biases or name == "lars":
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        split = []
+        for g in groups:
+            weights = {**g, "params": [p for p in g["params"] if p.ndim > 1]}
+            others = {**g, "params": [p for p in g["params"] if p.ndim <= 1]}
+            if not decay_biases:
+                others["weight_decay"] = 0.0
+            if name == "lars" and lars_skip_1d:
+                others["adapt"] = False
+            split += [weights, others]
+        params = split
     if name == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose paper or sgd")
+    if name == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust)
+    raise ValueError(f"unknown optimizer {name!r}; choose paper, sgd or lars")
+
+
+def scaled_lr(lr: float, batch_size: int, scaling: str = "none", base_batch: int = BASE_BATCH) -> float:
+    """The learning rate for a global batch of `batch_size` images. scaling="linear": the linear
+    scaling rule (Goyal et al. 2017), lr * batch_size / base_batch; "none": lr unchanged."""
+    if scaling == "none":
+        return lr
+    if scaling == "linear":
+        return lr * batch_size / base_batch
+    raise ValueError(f"unknown lr scaling {scaling!r}; choose none or linear")
 
 
 class Schedule:
     """Learning rate per step, with the paper's reduce-on-plateau state.
 
     Args:
-        name: "plateau" | "step" | "cosine" | "constant".
+        name: "plateau" | "step" | "cosine" | "poly" | "constant".
         lr: the base learning rate.
         epochs: total epochs (cosine's horizon).
         steps_per_epoch: optimizer steps per epoch (warm-up and cosine work in steps).
@@ -134,7 +170,8 @@ class Schedule:
         max_drops: at most this many plateau drops (3 in the paper).
         milestones: epochs at whose start the "step" schedule multiplies lr by `factor`.
         warmup_epochs: linear warm-up from lr/steps to lr over this many epochs (0: none).
-        min_lr: cosine's final lr.
+        min_lr: cosine's and poly's final lr.
+        power: poly's exponent (2: gamma_0 (1 - t/T)^2, the LARS paper's Algorithm 1).
         threshold: an epoch "improves" when its error is below best - threshold.
     """
 
@@ -152,15 +189,16 @@ class Schedule:
         warmup_epochs: float = 0.0,
         min_lr: float = 0.0,
         threshold: float = 1e-4,
+        power: float = 2.0,
     ):
-        if name not in ("plateau", "step", "cosine", "constant"):
+        if name not in ("plateau", "step", "cosine", "poly", "constant"):
             raise ValueError(f"unknown schedule {name!r}")
         self.name, self.base_lr = name, lr
         self.epochs, self.steps_per_epoch = epochs, max(1, steps_per_epoch)
         self.factor, self.patience, self.max_drops = factor, patience, max_drops
         self.milestones = sorted(int(m) for m in milestones)
         self.warmup_steps = int(round(warmup_epochs * self.steps_per_epoch))
-        self.min_lr, self.threshold = min_lr, threshold
+        self.min_lr, self.threshold, self.power = min_lr, threshold, power
         # plateau state
         self.drops, self.best, self.bad_epochs = 0, math.inf, 0
         self.drop_epochs: list[int] = []
@@ -172,10 +210,11 @@ class Schedule:
             lr = self.base_lr * self.factor**self.drops
         elif self.name == "step":
             lr = self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
-        elif self.name == "cosine":
+        elif self.name in ("cosine", "poly"):
             total = max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
             t = min(max(step - self.warmup_steps, 0), total) / total
-            lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+            shape = 0.5 * (1 + math.cos(math.pi * t)) if self.name == "cosine" else (1 - t) ** self.power
+            lr = self.min_lr + (self.base_lr - self.min_lr) * shape
         else:
             lr = self.base_lr
         if step < self.warmup_steps:
@@ -183,10 +222,11 @@ class Schedule:
         return lr
 
     def apply(self, optimizer: Optimizer, step: int) -> float:
-        """Set the lr of every parameter group for step `step`; returns it."""
+        """Set the lr of every parameter group for step `step` (times the group's "lr_mult", if
+        any: per-layer multipliers, Caffe's convention); returns the base lr."""
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def epoch_end(self, epoch: int, val_error: float | None) -> bool:

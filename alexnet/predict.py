@@ -1,4 +1,4 @@
-"""Using a trained net: images -> the top-k classes with readable names, and fc7 features of a split.
+"""Using a trained net: images -> the top-k classes with readable names, and features from any layer.
 
 Images get the net's own preprocessing (alexnet.artifact): any file Pillow reads is turned into RGB
 with its EXIF orientation applied, resized the net's way (shorter side to 256 and the central
@@ -6,9 +6,11 @@ with its EXIF orientation applied, resized the net's way (shorter side to 256 an
 checkpoint's own crop (centre, or the paper's 10 crops) and normalisation. A bad file never stops
 the others: it gets an error entry naming the reason.
 
-Features file (docs/architecture.md, "Features file"): an .npz with `features` float32 (N, 4096)
-(fc7 after its ReLU, the paper's Figure 4 right), `labels` int64 (N,), `indices` int64 (N,) (row in
-the split), `class_ids` and `class_names` (str arrays) and `meta` (a JSON string).
+Features file (docs/architecture.md, "Features file"): an .npz with `features` float32 (N, ...) (the
+layer's shape: (N, 4096) for fc7 after its ReLU, the paper's Figure 4 right; (N, C, H, W) for a conv
+layer), `labels` int64 (N,; -1 for image files), `indices` int64 (N,) (row in the split, or in the
+`paths` str array for image files), `class_ids` and `class_names` (str arrays) and `meta` (a JSON
+string, with `layer`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from alexnet.data.images import BadImageError, is_image_name, load_rgb, os_reaso
 from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.io import atomic_write_bytes, check_writable
+from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Predictor",
     "class_names",
     "extract_features",
+    "features_of_images",
     "features_of_split",
     "format_prediction",
     "imagenet_classes",
@@ -234,29 +238,24 @@ def format_prediction(entry: dict) -> str:
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
-                     progress=None) -> dict:  # fmt: skip
-    """fc7 activations (after ReLU, no dropout) of every image a loader yields, in its order.
+                     progress=None, layer: str = "fc7") -> dict:  # fmt: skip
+    """Activations at `layer` (alexnet.layers; default fc7 after its ReLU, no dropout) of every
+    image a loader yields, in its order.
 
     loader yields (images (N, 3, H, W) or (N, 10, 3, H, W), labels (N,)); with crops the features are
-    averaged over them. Returns {"features" float32 (M, 4096), "labels" int64 (M,), "indices" int64
-    (M,)} as numpy arrays; indices count from 0 in the loader's order (an evaluation loader keeps the
-    split's order, so they are row numbers of the split).
+    averaged over them. Returns {"features" float32 (M, ...) e.g. (M, 4096), "labels" int64 (M,),
+    "indices" int64 (M,)} as numpy arrays; indices count from 0 in the loader's order (an evaluation
+    loader keeps the split's order, so they are row numbers of the split).
     """
     net = unwrap(model)
-    if not hasattr(net, "fc7_features"):
-        raise UserError(f"fc7 features need an AlexNet; this net is a {type(net).__name__}")
+    check_feature_layer(net, layer)
     was_training = net.training
     net.eval()
     device = torch.device(device)
     feats, labels = [], []
     try:
         for images, target in loader:
-            images = images.to(device)
-            if images.dim() == 5:
-                n = images.shape[0]
-                f = net.fc7_features(images.flatten(0, 1)).view(n, images.shape[1], -1).mean(dim=1)
-            else:
-                f = net.fc7_features(images)
+            f = batch_features(net, images.to(device), layer)
             feats.append(f.float().cpu())
             labels.append(torch.as_tensor(target).cpu())
             if progress is not None:
@@ -269,9 +268,11 @@ def extract_features(model: nn.Module, loader: Iterable, *, device: str | torch.
 
 
 def save_features(path: str, features: dict, *, class_ids: Sequence[str], class_names: Sequence[str],
-                  meta: dict | None = None) -> None:  # fmt: skip
-    """Atomically write a features file (.npz; keys in the module docstring)."""
+                  meta: dict | None = None, paths: Sequence[str] | None = None) -> None:  # fmt: skip
+    """Atomically write a features file (.npz; keys in the module docstring; `paths` for image files)."""
+    extra = {} if paths is None else {"paths": np.asarray(list(paths), dtype=str)}
     arrays = {
+        **extra,
         "features": np.asarray(features["features"], np.float32),
         "labels": np.asarray(features["labels"], np.int64),
         "indices": np.asarray(features["indices"], np.int64),
@@ -293,14 +294,17 @@ def load_features(path: str) -> dict:
     if missing:
         raise UserError(f"{path}: not an alexnet features file (missing {', '.join(missing)})")
     out["class_ids"], out["class_names"] = out["class_ids"].tolist(), out["class_names"].tolist()
+    if "paths" in out:
+        out["paths"] = out["paths"].tolist()
     out["meta"] = json.loads(str(out["meta"]))
     return out
 
 
 def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size: int = 64,
                       workers: int | None = None, device: str | torch.device | None = None,
-                      progress=None) -> dict:  # fmt: skip
-    """fc7 features of a prepared split with a checkpoint's preprocessing (centre crop), saved to `out`.
+                      progress=None, layer: str = "fc7") -> dict:  # fmt: skip
+    """Features at `layer` (default fc7) of a prepared split with a checkpoint's preprocessing
+    (centre crop), saved to `out`.
 
     The split may come from another set than the checkpoint's (transfer, retrieval): labels and class
     names are the data's. Returns a summary {"out", "n", "dim", "split", "data", "checkpoint"}.
@@ -309,18 +313,19 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     prepared._need(split)
     check_writable(out)  # before the pass over the split, not after it
     net = open_artifact(checkpoint, device, fallback_stats=prepared.stats)
+    check_feature_layer(net.model, layer)
     check_image_size(net.state, net.preprocess, prepared)
     dataset = PackedDataset(prepared, split)
     batches = prepared_batches(dataset, range(len(dataset)), batch_size=batch_size, workers=workers)
     feats = extract_features(
-        net.model, ((net.normalize(x), y) for x, y in batches), device=net.device, progress=progress
+        net.model, ((net.normalize(x), y) for x, y in batches), device=net.device, progress=progress, layer=layer
     )
     pre = net.preprocess
     meta = {
         "checkpoint": net.path,
         "data": prepared.root,
         "split": split,
-        "layer": "fc7",
+        "layer": layer,
         "crop": pre["crop"],
         "normalize": pre["normalize"],
     }
@@ -328,6 +333,58 @@ def features_of_split(checkpoint: str, data, split: str, out: str, *, batch_size
     return {
         "out": os.path.abspath(out),
         "n": int(len(feats["labels"])),
-        "dim": int(feats["features"].shape[1]),
+        "dim": int(np.prod(feats["features"].shape[1:])),
+        "shape": list(feats["features"].shape[1:]),
+        "layer": layer,
         **{k: meta[k] for k in ("split", "data", "checkpoint")},
     }
+
+
+def features_of_images(checkpoint: str, inputs: Sequence[str], out: str, *, layer: str = "fc7",
+                       batch_size: int = 16, recursive: bool = False, device: str | torch.device | None = None,
+                       progress=None, warn=None) -> dict:  # fmt: skip
+    """Features at `layer` of image files and folders (as predict takes them), centre crop, saved to
+    `out` with the features file's keys plus `paths` (str, one per row); labels are -1 (unknown).
+    A file that cannot be read is skipped: warn(line) is called and meta["errors"] lists it."""
+    net = open_artifact(checkpoint, device)
+    check_feature_layer(net.model, layer)
+    feats, paths, errors, pending = [], [], [], []
+
+    def flush():
+        if pending:
+            feats.append(batch_features(net.model, net.normalize(torch.stack([x for _, x in pending])), layer).cpu())
+            paths.extend(p for p, _ in pending)
+            if progress is not None:
+                progress(len(pending))
+            pending.clear()
+
+    with torch.inference_mode():
+        for path, error in iter_inputs(inputs, recursive=recursive):
+            if error is None:
+                try:
+                    pending.append((path, net.prepare(path)))
+                except BadImageError as exc:
+                    error = exc.reason
+            if error is not None:
+                errors.append({"path": path, "error": error})
+                if warn is not None:
+                    warn(f"{path}: {error}; skipped")
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    if not paths:
+        raise UserError(f"no readable images among {', '.join(inputs)}; nothing written")
+    features = torch.cat(feats).float().numpy()
+    n = len(paths)
+    pre = net.preprocess
+    meta = {
+        "checkpoint": net.path,
+        "layer": layer,
+        "crop": pre["crop"],
+        "normalize": pre["normalize"],
+        "errors": errors,
+    }
+    arrays = {"features": features, "labels": np.full(n, -1, np.int64), "indices": np.arange(n, dtype=np.int64)}
+    save_features(out, arrays, class_ids=[], class_names=[], meta=meta, paths=paths)  # no labels: no classes
+    return {"out": os.path.abspath(out), "n": n, "dim": int(np.prod(features.shape[1:])),
+            "shape": list(features.shape[1:]), "layer": layer, "checkpoint": net.path, "skipped": len(errors)}  # fmt: skip

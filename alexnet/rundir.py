@@ -100,8 +100,8 @@ class RunDir:
             for tmp in folder.glob(".*.pt.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
-    def start(self, config, prepared, command) -> None:
-        """Write the resolved config and the environment, and start an empty log."""
+    def start(self, config, prepared, command, extra: dict | None = None) -> None:
+        """Write the resolved config and the environment (plus `extra` keys), and start an empty log."""
         if not self.info.main:
             return
         self.write_config(config)
@@ -119,6 +119,7 @@ class RunDir:
             "data": prepared.root,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": list(command) if command is not None else sys.argv,
+            **(extra or {}),
         }
         write_json(self.root / "env.json", env)
         write_text(self.log_path, "")

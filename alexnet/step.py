@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alexnet.accumulate import accumulated_step
 from alexnet.metrics import topk_correct
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends train.compile_backend accepts
@@ -78,14 +79,14 @@ class Stepper:
     """The step of a run: stepper(images, labels) -> (loss (), meter row (4,)), both on the device.
 
     model: what trains (the plain module, or DDP around it); backend: a torch.compile backend
-    (COMPILE_BACKENDS) or None for eager. fullgraph defaults to True without DDP (the paper's nets
+    (COMPILE_BACKENDS) or None for eager; accumulate: micro-batches per optimizer step. fullgraph defaults to True without DDP (the paper's nets
     trace whole; a break is an error, not a slow path) and False under DDP (its hooks run eagerly).
     Compilation happens at the first call; it may raise there (train falls back to eager).
     """
 
     def __init__(self, model, optimizer, *, autocast_dtype=None, channels_last=False, scaler=None,
-                 backend: str | None = None, fullgraph: bool | None = None):  # fmt: skip
-        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+                 backend: str | None = None, fullgraph: bool | None = None, accumulate: int = 1):  # fmt: skip
+        self.model, self.optimizer, self.scaler, self.accumulate = model, optimizer, scaler, accumulate
         self.autocast_dtype, self.channels_last, self.backend = autocast_dtype, channels_last, backend
         self.forward = self._forward
         if backend is not None:
@@ -99,6 +100,11 @@ class Stepper:
         return forward_loss(self.model, images, labels, self.autocast_dtype, self.channels_last)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.accumulate > 1:  # the same step over micro-batches (alexnet/accumulate.py)
+            return accumulated_step(
+                self.forward, self.model, self.optimizer, images, labels, steps=self.accumulate,
+                scaler=self.scaler, exact_dropout=self.backend is None,
+            )  # fmt: skip
         loss, row = self.forward(images, labels)
         backward_update(loss, self.optimizer, self.scaler)
         return loss.detach(), row

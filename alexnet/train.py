@@ -6,7 +6,9 @@ and best.pt. It resumes exactly (`resume=True`): a checkpoint records the positi
 the meters and every RNG state, and batches depend only on (seed, epoch, index), so a run killed at
 any moment and resumed ends with the same weights, optimizer state and log as an uninterrupted one.
 Under torchrun it trains with DDP (alexnet/distributed.py); `data.batch_size` is the global batch,
-split evenly over the processes; lr is not rescaled.
+split evenly over the processes, and each process may split its share further into
+`data.accumulate` micro-batches (alexnet/accumulate.py). lr is rescaled only when asked
+(`optim.lr_scaling=linear`), and the start of a run says which batch and lr it trains with.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Literal
 import torch
 
 from alexnet import config as cfg
+from alexnet import divergence, finetune
 from alexnet.checkpoint import (
     SkipInit,
     check_same_data,
@@ -37,9 +40,10 @@ from alexnet.distributed import Dist, all_reduce_sum, barrier, setup, teardown
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.io import read_json
+from alexnet.layers import param_groups
 from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.optim import Schedule, build_optimizer
+from alexnet.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
 from alexnet.progress import resolve_mode
 from alexnet.rundir import RunDir, kill_point
@@ -64,6 +68,12 @@ class ModelConfig:
     # AlexNet nets with LRN: "layer" = the window over all the layer's kernels (the paper's formula, §3.3);
     # "tower" = each tower's half of the channels on its own (what a net split over two GPUs computes). Unset: layer
     lrn_scope: str | None = None
+    # fine-tuning: a checkpoint, run directory, exported .safetensors or import (import-torchvision,
+    # import-caffe) whose weights start the run; its architecture and preprocessing are kept, layers whose
+    # shapes differ (the head, for other classes) are new (model.init). Unset: train from scratch
+    init_from: str | None = None
+    # layers not trained: every layer up to and including this one (AlexNet: conv1..conv5, fc6, fc7); unset: none
+    freeze: str | None = None
 
     def options(self) -> dict:
         """The builder options this section sets (unset ones are left to the model's defaults)."""
@@ -105,10 +115,15 @@ class DataConfig:
     # and normalise each image; device = workers decode to uint8, the batch is augmented on the training
     # device; nvjpeg = device, with the JPEGs decoded there too (nvJPEG on CUDA); auto = device on CUDA, else host
     pipeline: Literal["auto", "host", "device", "nvjpeg"] = "auto"
+    # micro-batches per optimizer step: each process runs forward/backward on batch_size / (W * accumulate)
+    # images at a time and steps once per batch_size (gradient accumulation; not in the paper)
+    accumulate: int = 1
 
     def validate(self):
         if self.batch_size < 1 or self.crop < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError("batch_size, eval_batch_size and crop must be at least 1")
+        if self.accumulate < 1:
+            raise ValueError("accumulate must be positive (1: no gradient accumulation)")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
 
@@ -118,13 +133,23 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 @dataclass
 class OptimConfig:
-    name: Literal["paper", "sgd"] = "paper"  # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD
-    lr: float = 0.01  # learning rate epsilon (§5), for the global batch_size above
+    # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD; lars: layer-wise adaptive
+    # rates (You, Gitman & Ginsburg 2017; alexnet/lars.py)
+    name: Literal["paper", "sgd", "lars"] = "paper"
+    lr: float = 0.01  # learning rate epsilon (§5) for a global batch of base_batch images (= batch_size unless scaled)
     momentum: float = 0.9  # (§5)
     weight_decay: float = 5e-4  # (§5)
     # true: weight decay on every parameter, biases included (the update rule of §5 as written);
     # false: on the weights only (1-D parameters exempt), as cuda-convnet's layer files set it
     decay_biases: bool = True
+    # per-layer learning-rate multipliers (Caffe's lr_mult), e.g. --set optim.lr_mult.fc8=10: the layer's
+    # weights and biases train at lr x this; layers not named: 1. Names as model.freeze's
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    # none: lr as given, whatever the batch; linear: lr * data.batch_size / base_batch (Goyal et al. 2017)
+    lr_scaling: Literal["none", "linear"] = "none"
+    base_batch: int = 128  # images per step the lr is for under lr_scaling=linear (the paper's batch, §5)
+    trust: float = 0.001  # lars: trust coefficient eta of the local rates (You et al. 2017: 0.001)
+    lars_skip_1d: bool = True  # lars: biases and normalisation parameters keep lambda = 1 (not adapted)
 
     def validate(self):
         if not 0 <= self.lr <= FLOAT32_MAX:  # the optimizer's step is float32 arithmetic
@@ -133,23 +158,31 @@ class OptimConfig:
             raise ValueError(f"momentum {self.momentum:g}: must be in [0, 1)")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay {self.weight_decay:g}: must be in [0, 1)")
+        if any(not m >= 0 for m in self.lr_mult.values()):
+            raise ValueError("lr_mult values must be non-negative")
+        if self.trust <= 0 or self.base_batch < 1:
+            raise ValueError("trust and base_batch must be positive")
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["plateau", "step", "cosine", "constant"] = "plateau"  # plateau: divide when val error stalls (§5)
+    # plateau: divide when val error stalls (§5); poly: lr (1 - t/T)^power (the LARS paper's, power 2)
+    name: Literal["plateau", "step", "cosine", "poly", "constant"] = "plateau"
     factor: float = 0.1  # lr multiplier at a drop ("divided by 10", §5)
     patience: int = 3  # plateau: epochs without a lower val top-1 error before a drop (short enough for small runs)
     max_drops: int = 3  # plateau: at most this many drops ("reduced three times", §5)
     milestones: list[int] = field(default_factory=list)  # step: epochs (1-based) at whose START lr is times factor
     warmup_epochs: float = 0.0  # linear warm-up from lr/steps to lr over this many epochs (not in the paper)
-    min_lr: float = 0.0  # cosine: final lr
+    min_lr: float = 0.0  # cosine, poly: final lr
+    power: float = 2.0  # poly: the exponent (You et al. 2017: 2)
 
     def validate(self):
         if not 0 < self.factor <= 1 or self.patience < 1 or self.max_drops < 0 or self.warmup_epochs < 0:
             raise ValueError("need 0 < factor <= 1, patience >= 1, max_drops >= 0, warmup_epochs >= 0")
         if any(m < 1 for m in self.milestones) or self.min_lr < 0:
             raise ValueError("milestones are epochs from 1 on, and min_lr must be >= 0")
+        if self.power <= 0:
+            raise ValueError("power must be positive")
 
 
 @dataclass
@@ -176,10 +209,18 @@ class TrainSection:
     stall_tolerance: float = 0.02  # "stalled" = mean loss within this fraction of ln(num_classes)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable, slower on GPU)
     tensorboard: bool = False  # also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)
+    # divergence check, at log points up to this step: warn when the mean loss over the last
+    # train.stall_window steps exceeds diverge_factor x ln(num_classes), or rose at each of the last 4 log
+    # points (by 25% in all) while above ln(num_classes); 0 = never
+    diverge_steps: int = 300
+    diverge_factor: float = 2.0  # "far above chance": this many times ln(num_classes)
+    diverge_stop: bool = False  # stop the run (one-line error) instead of warning
 
     def validate(self):
         if self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 0 or self.stall_steps < 0:
             raise ValueError("need epochs >= 1, log_every >= 1, checkpoint_every >= 0, stall_steps >= 0")
+        if self.diverge_steps < 0 or not self.diverge_factor > 1:
+            raise ValueError("need diverge_steps >= 0 and diverge_factor > 1")
         if self.checkpoint_epochs < 0:
             raise ValueError("checkpoint_epochs must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:
@@ -370,18 +411,28 @@ def log_record(loop: Loop, record: dict) -> None:
 def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, progress: str) -> Loop:
     """Data, run directory, model, optimizer and schedule of a run (nothing resumed or written yet)."""
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
+    config, ps, start = finetune.plan(config, ps, out, resume=resume)  # --init-from: the source's model, data
     if config.data.crop > ps.size:
         raise UserError(
             f"data.crop {config.data.crop}: larger than the {ps.size}-px images of {ps.root}; "
             f"use --set data.crop=N with N <= {ps.size}, or prepare with --size {config.data.crop} or more"
         )
     tc = config.train
-    layout = make_layout(config.parallel, info, model=config.model.name, compile=tc.compile, amp=tc.amp)
-    if config.data.batch_size % info.replicas:
+    layout = make_layout(
+        config.parallel,
+        info,
+        model=config.model.name,
+        compile=tc.compile,
+        amp=tc.amp,
+        accumulate=config.data.accumulate,
+    )
+    split = config.parallel.towers != 1 or config.parallel.fc != "data"
+    if split and (config.optim.lr_mult or config.model.freeze):
         raise UserError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {info.replicas} "
-            "data-parallel shares of the batch (processes, or pairs of towers); the global batch is split evenly"
+            "model.freeze and optim.lr_mult name layers of the whole net; with parallel.towers=2 or "
+            "parallel.fc=model each process holds a share of it: use them data-parallel (the defaults)"
         )
+    _check_batch_split(config, info.replicas)
     if config.schedule.name == "plateau" and "val" not in ps.splits:
         raise UserError(
             f"{ps.root}: no val split, so schedule.name=plateau (the default) would never lower the "
@@ -394,18 +445,28 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     run = RunDir(out, info, resume=resume)
     torch.manual_seed(config.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
     kwargs = model_kwargs(config, ps.num_classes)
-    raw = build_model(config.model.name, **kwargs).to(info.device)
+    raw, start_note = finetune.build_run_model(start, config, ps, kwargs)
+    raw = raw.to(info.device)
     kwargs = dict(getattr(raw, "config", kwargs))  # AlexNets: the full set of the variant's options
     raw = layout.local_model(raw)  # a split layout: this process's share (the rest is dropped)
     if config.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     o, sc = config.optim, config.schedule
+    params = param_groups(raw, o.lr_mult) if (o.lr_mult or config.model.freeze) else raw.parameters()
+    lr = batch_plan(config, info.replicas)["lr_effective"]
     optimizer = build_optimizer(
-        o.name, raw.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, decay_biases=o.decay_biases
+        o.name,
+        params,
+        lr=lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        decay_biases=o.decay_biases,
+        trust=o.trust,
+        lars_skip_1d=o.lars_skip_1d,
     )
     schedule = Schedule(
         sc.name,
-        o.lr,
+        lr,
         epochs=config.train.epochs,
         steps_per_epoch=len(train_loader),
         factor=sc.factor,
@@ -414,6 +475,7 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
         milestones=[m - 1 for m in sc.milestones],
         warmup_epochs=sc.warmup_epochs,
         min_lr=sc.min_lr,
+        power=sc.power,
     )
     meta = {
         "model_name": config.model.name,
@@ -429,7 +491,50 @@ def build_loop(data, out, config: TrainConfig, info: Dist, *, resume: bool, prog
     loop.layout = layout
     if config.train.amp == "fp16":  # fp16 gradients underflow unscaled; the scale is part of the run's state
         loop.extra_states["scaler"] = torch.amp.GradScaler(info.device.type)
+    loop.extra_states["divergence"] = divergence.DivergenceCheck(config.train, ps.num_classes)
+    if start_note:
+        loop.printer.say(start_note)
     return loop
+
+
+def _check_batch_split(config: TrainConfig, replicas: int) -> None:
+    """UserError unless data.batch_size splits evenly over the replicas and micro-batches."""
+    parts = replicas * config.data.accumulate
+    if config.data.batch_size % parts:
+        raise UserError(
+            f"data.batch_size {config.data.batch_size} is not divisible by {replicas} data-parallel "
+            f"share(s) (processes, or pairs of towers) x data.accumulate {config.data.accumulate} = {parts}; "
+            f"the global batch is split evenly (use a multiple of {parts}, e.g. "
+            f"--set data.batch_size={parts * max(1, round(config.data.batch_size / parts))})"
+        )
+
+
+def batch_plan(config: TrainConfig, replicas: int) -> dict:
+    """How each step's global batch is split over `replicas` data-parallel shares and micro-batches,
+    and the lr it trains with (said at start, in env.json)."""
+    d, o = config.data, config.optim
+    return {
+        "batch_global": d.batch_size,
+        "batch_per_process": d.batch_size // replicas,
+        "accumulate": d.accumulate,
+        "batch_micro": d.batch_size // (replicas * d.accumulate),
+        "lr_scaling": o.lr_scaling,
+        "lr_effective": scaled_lr(o.lr, d.batch_size, o.lr_scaling, o.base_batch),
+    }
+
+
+def describe_batch(config: TrainConfig, replicas: int) -> str:
+    """One line: the batch split and the effective lr, e.g. for the start of a run."""
+    p, o = batch_plan(config, replicas), config.optim
+    split = f"{replicas} process{'es' * (replicas > 1)} x {p['accumulate']} micro-batch{'es' * (p['accumulate'] > 1)}"
+    if o.lr_scaling == "linear":
+        why = f"optim.lr {o.lr:g} x {p['batch_global']} / {o.base_batch} (optim.lr_scaling=linear)"
+    else:
+        why = "optim.lr as given; --set optim.lr_scaling=linear scales it with the batch"
+    return (
+        f"batch {p['batch_global']} per optimizer step = {split} x {p['batch_micro']} images; "
+        f"lr {p['lr_effective']:g} ({why}); optimizer {o.name}"
+    )
 
 
 def _loaders(ps: PreparedSet, config: TrainConfig, info: Dist, layout: Layout):
@@ -491,6 +596,7 @@ def wrap(loop: Loop, compiled: bool) -> None:
         channels_last=loop.config.train.channels_last,
         scaler=loop.extra_states.get("scaler"),
         backend=backend,
+        accumulate=loop.config.data.accumulate,
     )
     loop.compile_pending = compiled
 
@@ -540,7 +646,9 @@ def train_one_epoch(loop: Loop) -> None:
         state.batch += 1
         if state.step % tc.log_every == 0 or state.batch == n:
             check_finite(loop)
-            log_record(loop, state.interval_record(loop.info, state.epoch, lr))
+            record = state.interval_record(loop.info, state.epoch, lr)
+            log_record(loop, record)
+            divergence.check(loop, record)
         if tc.stall_steps and state.step == tc.stall_steps:
             check_stall(loop)
         kill_point("step", state.step)
@@ -717,7 +825,9 @@ def train(
                 loop.printer.say(f"{loop.run.last}: no checkpoint yet; starting from the beginning")
             # dropout masks differ between ranks, unless a split net's ranks draw each mask together
             torch.manual_seed(tc.seed + (0 if info.shared_rng else info.rank))
-            loop.run.start(config, loop.data, command)
+            loop.run.start(loop.config, loop.data, command, extra=batch_plan(loop.config, info.replicas))
+        if loop.printer.mode != "off":  # progress off: warnings only; env.json has it all the same
+            loop.printer.say(describe_batch(loop.config, info.replicas))
         wrap(loop, tc.compile)
         loop.tb = loop.run.tensorboard() if tc.tensorboard else None
         start = time.perf_counter()
@@ -730,8 +840,9 @@ def train(
         state = loop.state
         if loop.interrupted:
             name = signal.Signals(loop.interrupted).name
+            saved = "its last save is" if loop.layout.split else "saved"  # a split net saves only together
             loop.printer.say(
-                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; saved "
+                f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; {saved} "
                 f"{loop.run.last}. Resume with: alexnet train {loop.data.root} --out {loop.run.root} --resume"
             )
             raise Stopped(int(loop.interrupted))

@@ -217,3 +217,5 @@ def test_layout_mistakes_are_one_line_errors(tiny_prepared, tmp_path, capsys):
     assert "choose 1" in capsys.readouterr().err
     assert main([*common, "--set", "parallel.towers=2", "--set", "parallel.fc=model"]) != 0
     assert "choose one" in capsys.readouterr().err
+    assert main([*common, "--set", "parallel.fc=model", "--set", "data.accumulate=2"]) != 0
+    assert "drop data.accumulate=2" in capsys.readouterr().err

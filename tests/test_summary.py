@@ -18,6 +18,7 @@ from alexnet.summary import smallest_input, summarize
         ("alexnet", 60_965_224, 724_406_816),
         ("alexnet_ungrouped", 62_378_344, 1_135_256_096),
         ("alexnet_torchvision", 61_100_840, 714_188_480),
+        ("alexnet_bn", 62_379_720, 1_135_256_096),  # ungrouped's MACs: batch norm is not counted
     ],
 )
 def test_alexnet_counts(name, params, macs):

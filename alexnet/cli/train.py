@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -27,8 +28,10 @@ backward, the optimizer's update fused into one pass); --amp fp16 uses a GradSca
 
 Many GPUs / nodes: torchrun --standalone --nproc_per_node=8 -m alexnet train DATA --out RUN
 (data.batch_size is the global batch, split over the processes; lr is not rescaled).
-If the loss stays at ln(classes), see the warning it prints: --set model.init=kaiming
---set data.normalize=channel is the robust alternative to the paper's init."""
+If the loss stays at ln(classes), or runs far above it in the first steps, see the warning it
+prints: --set model.init=kaiming --set data.normalize=channel is the robust alternative to the
+paper's init, and --init-from CHECKPOINT starts from trained weights (fine-tuning: docs/training.md,
+"Fine-tune on your folder")."""
 
 
 def register(sub) -> None:
@@ -55,6 +58,21 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of [section] key = value settings")
     add_set_option(p, "override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt (none yet: start)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="SOURCE",
+        help="fine-tune: start from the weights of a checkpoint, run directory, .safetensors or "
+        "import-torchvision / import-caffe checkpoint (model.init_from); its architecture and "
+        "preprocessing are kept, the head is new when the classes differ; says which layers loaded",
+    )
+    p.add_argument(
+        "--freeze",
+        default=None,
+        metavar="LAYER",
+        help="do not train the layers up to and including LAYER, e.g. conv5 or fc6 (model.freeze); "
+        "per-layer learning rates: --set optim.lr_mult.fc8=10",
+    )
     p.add_argument(
         "--amp",
         default=None,
@@ -125,6 +143,10 @@ def run(args) -> int:
         overrides.append("train.channels_last=true")
     if args.compile:
         overrides.append("train.compile=true")
+    if args.init_from:
+        overrides.insert(0, f"model.init_from={json.dumps(args.init_from)}")  # quoted: any path is a string
+    if args.freeze:
+        overrides.insert(0, f"model.freeze={json.dumps(args.freeze)}")
     config = resolve_config(args.out, args.config, overrides, resume=args.resume)
     if args.fast:
         config = _fast(args, overrides, config)

@@ -198,7 +198,7 @@ class WeirdTrick(SplitLayout):
         return trick
 
 
-def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, amp: str) -> Layout:
+def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, amp: str, accumulate: int = 1) -> Layout:
     """The layout for this launch; sets info.group / replica / replicas / shared_rng for a split net.
     Every rank must call it (it creates process groups). A layout that cannot run is a UserError."""
     if pc.towers == 1 and pc.fc == "data":
@@ -208,6 +208,8 @@ def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, am
         raise UserError(f"{what} splits an AlexNet (model.name alexnet*), not {model}")
     if compile or amp == "fp16":
         raise UserError(f"{what} runs eagerly in fp32 or bf16: drop train.compile=true / train.amp=fp16")
+    if accumulate > 1:  # the synchroniser scales each backward's gradients, not an accumulated sum
+        raise UserError(f"{what} takes whole batches: drop data.accumulate={accumulate} (more processes, or pairs)")
     if pc.towers == 2 and info.world % 2:
         raise UserError(
             f"{what} needs an even number of processes (2 x D), got {info.world}; "
