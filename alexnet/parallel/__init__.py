@@ -139,7 +139,7 @@ class SplitLayout(Layout):
         specs = self.net.specs
         model = {name: self._gather(t, specs.get(name)) for name, t in raw.state_dict().items()}
         optim = optimizer.state_dict()
-        names = [name for name, _ in raw.named_parameters()]
+        names = _state_names(raw, optimizer)
         state = {}
         for index, name in enumerate(names):
             values, spec = optim["state"].get(index, {}), specs.get(name)
@@ -161,7 +161,7 @@ class SplitLayout(Layout):
         specs = self.net.specs
         local = {name: part(t, specs.get(name)) for name, t in model.items()}
         raw.load_state_dict(local)
-        names = [name for name, _ in raw.named_parameters()]
+        names = _state_names(raw, optimizer)
         state = {}
         for index, values in optim["state"].items():
             spec = specs.get(names[int(index)])
@@ -169,6 +169,13 @@ class SplitLayout(Layout):
                 k: part(v, spec) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in values.items()
             }
         optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
+
+
+def _state_names(raw: nn.Module, optimizer) -> list[str]:
+    """The parameter names in the order optimizer.state_dict() numbers them: group by group (with
+    optim.decay_biases=false the weights' group comes first, then the biases')."""
+    names = {id(p): name for name, p in raw.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 class Towers(SplitLayout):

@@ -19,6 +19,10 @@ import collections
 import torch
 import torch.distributed as dist
 
+# torch 2.14 renamed the tensor collectives (the old names warn); older torch has only the old ones
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+
 # Bytes this process sent through a Comm since the start (or the last SENT.clear()), by purpose:
 # "activations" (a training step's exchanges and their gradients), "gradients" (weight gradients)
 # and "inference" (forward passes under torch.inference_mode, e.g. validation).
@@ -42,7 +46,7 @@ class Comm:
         x = x.contiguous()
         out = x.new_empty((self.size * x.shape[0], *x.shape[1:]))  # rank-major along dim 0
         self._count(kind, x, self.size - 1)
-        dist.all_gather_into_tensor(out, x, group=self.group)
+        _all_gather(out, x, group=self.group)
         return torch.cat(out.chunk(self.size), dim=dim) if dim else out
 
     def reduce_scatter(self, x: torch.Tensor, dim: int, kind: str = "activations") -> torch.Tensor:
@@ -50,7 +54,7 @@ class Comm:
         parts = torch.cat(x.chunk(self.size, dim)) if dim else x.contiguous()  # rank-major along dim 0
         out = parts.new_empty((parts.shape[0] // self.size, *parts.shape[1:]))
         self._count(kind, parts, (self.size - 1) / self.size)
-        dist.reduce_scatter_tensor(out, parts, group=self.group)
+        _reduce_scatter(out, parts, group=self.group)
         return out
 
     def all_reduce(self, x: torch.Tensor, kind: str = "activations") -> torch.Tensor:
