@@ -8,14 +8,22 @@ Python API (the same steps as the commands):
 
     import alexnet
     net = alexnet.load("run/checkpoints/best.pt")   # a checkpoint, run directory, .safetensors, an import
-    net.predict("cat.jpg")                          # per image: top-5 class ids, names, probabilities
-    net.predict(["a.jpg", "b.png"], topk=3, crops=10)
+    net.predict("cat.jpg")                          # [Prediction(path, predictions=[ClassScore(class_id,
+                                                    #   name, index, prob), ...top 5], error=None)]
+    net.predict(["a.jpg", "b.png"], topk=3, crops=10, batch_size=16)   # streamed batch by batch
     net.features(images)                            # fc7 after its ReLU: float32 (N, 4096)
+    net(batch)                                      # logits of a normalised (N, 3, crop, crop) batch
+    net.transforms(pil_image)                       # an image -> the net's input, exactly as predict does
 
     model = alexnet.build_model("alexnet")          # or alexnet.AlexNet(variant="paper", ...)
     alexnet.summarize("alexnet")                    # per-layer shapes, parameters, multiply-adds
     alexnet.train("data/prepared", "run", alexnet.TrainConfig())
     alexnet.evaluate(["run"], "data/prepared", crops=10)   # the paper's 10-crop test protocol
+    alexnet.features("run", "data/prepared", "val", "feats.npz")   # fc7 features of a split, to a file
+    alexnet.probe("run", "data/prepared", layer="fc7")   # a linear probe on a layer's frozen features
+
+A run directory means its checkpoints/best.pt (else last.pt), as in every command. Mistakes raise
+UserError (a ValueError), UsageError (a bad argument) or NotFoundError (a FileNotFoundError).
 
 Images for `predict` and `features`: file paths, PIL images, numpy uint8 (H, W, 3) RGB arrays,
 tensors (3, H, W), or a list of them; each net applies its own preprocessing (alexnet.artifact).
@@ -25,7 +33,7 @@ import importlib
 import sys
 import types
 
-from alexnet.errors import UserError
+from alexnet.errors import NotFoundError, UsageError, UserError
 
 __version__ = "0.1.0"
 
@@ -38,30 +46,30 @@ _LAZY = {
     "summarize": ("alexnet.summary", "summarize"),
     "load": ("alexnet.artifact", "open_artifact"),
     "TrainedNet": ("alexnet.artifact", "TrainedNet"),
+    "Prediction": ("alexnet.transforms", "Prediction"),
+    "Transforms": ("alexnet.transforms", "Transforms"),
+    "transforms_for": ("alexnet.artifact", "transforms_for"),
+    "train": ("alexnet.train", "train"),
+    "evaluate": ("alexnet.evaluate", "evaluate_checkpoints"),
+    "features": ("alexnet.predict", "features_of_split"),
+    "probe": ("alexnet.probe", "probe"),
 }
-# `alexnet.train` and `alexnet.evaluate` are submodules, and Python sets a package's attribute to its
-# submodule whenever one is imported, so they cannot also be plain functions. They are the modules,
-# made callable: alexnet.train(...) is alexnet.train.train(...), alexnet.evaluate(...) is
-# alexnet.evaluate.evaluate_checkpoints(...) (paths, prepared data, crops).
-_CALLABLE_MODULES = {"train": "train", "evaluate": "evaluate_checkpoints"}
+# `alexnet.train` and `alexnet.evaluate` are also submodules, and the import system sets a package's
+# attribute to its submodule whenever one is imported (`from alexnet.train import X` included). The
+# package keeps the function instead (see _Package), so alexnet.train is always the function; the
+# modules stay reachable as sys.modules["alexnet.train"] and through `from alexnet.train import ...`.
+_SHADOWED = {name for name, (module, _) in _LAZY.items() if module == f"alexnet.{name}"}
 
-__all__ = ["UserError", "__version__", *_LAZY, *_CALLABLE_MODULES]
-
-
-class _CallableModule(types.ModuleType):
-    """A submodule that, called, runs its main function (see _CALLABLE_MODULES)."""
-
-    def __call__(self, *args, **kwargs):
-        return getattr(self, _CALLABLE_MODULES[self.__name__.rpartition(".")[2]])(*args, **kwargs)
+__all__ = ["NotFoundError", "UsageError", "UserError", "__version__", *_LAZY]
 
 
 class _Package(types.ModuleType):
-    """This package's module type: makes the submodules named in _CALLABLE_MODULES callable the moment
-    the import system attaches them here, whoever imports them first."""
+    """This package's module type: a submodule named in _SHADOWED, attached here by the import
+    system, is replaced by the function of the same public name."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name in _CALLABLE_MODULES and type(value) is types.ModuleType:
-            value.__class__ = _CallableModule
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, _LAZY[name][1])
         super().__setattr__(name, value)
 
 
@@ -69,8 +77,6 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(f"alexnet.{name}")  # attached (callable) by _Package.__setattr__
     if name in _LAZY:
         module, attribute = _LAZY[name]
         value = getattr(importlib.import_module(module), attribute)
@@ -80,4 +86,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)

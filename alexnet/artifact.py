@@ -2,8 +2,10 @@
 
     net = open_artifact("runs/a")                  # run directory (its best.pt), checkpoint file,
     net = open_artifact("net.safetensors")         # exported weights, an imported checkpoint
-    net.predict(["cat.jpg"], topk=5)               # [{"class_ids", "class_names", "probabilities", "indices"}]
+    net.predict(["cat.jpg"], topk=5)               # [Prediction(path, predictions=[ClassScore(...)], error)]
     net.features(images)                           # (N, 4096) fc7 after its ReLU
+    net(x)                                         # logits of a normalised batch (N, 3, crop, crop)
+    net.transforms(image)                          # image -> (3, crop, crop), as predict computes it
     net.probabilities(images, crops=10)            # (N, C) softmax averaged over the paper's 10 crops
     net.inputs(images, crops=1)                    # what the model gets: (N, 3, H, W) or (N, 10, 3, H, W)
 
@@ -11,11 +13,13 @@
 or run directory (`alexnet train`, `alexnet import-torchvision`, a Caffe import), an exported
 `.safetensors` file, or a checkpoint dict already loaded (docs/architecture.md). A TrainedNet has
 `.model` (eval mode, on `.device`), `.preprocess` ({"crop", "normalize", "resize", "size", "stats"}),
-`.class_ids`, `.class_names`, `.device`, `.path` and `.state` (the checkpoint without its weights).
+`.transforms` (alexnet.transforms.Transforms), `.class_ids`, `.class_names`, `.device`, `.path` and
+`.state` (the checkpoint without its weights); `.to(device)` and `.eval()` return the net.
 
 Images: one image or a list of them, each a file path, a PIL image, a numpy uint8 (H, W, 3) RGB
-array or a torch tensor (3, H, W) (uint8, or float in [0, 1]); or a uint8 tensor (N, 3, S, S) of
-prepared images (S = preprocess["size"], e.g. batches of a prepared set), which skip the resize.
+array or a torch tensor (3, H, W) (uint8, or float in [0, 1]), or any iterable of them (taken
+batch_size at a time); or a uint8 tensor (N, 3, S, S) of prepared images (S = preprocess["size"],
+e.g. batches of a prepared set), which skip the resize.
 Preprocessing, in order (docs/evaluation.md):
     resize     "shorter" (default; paper §2, torchvision): shorter side to `size` (antialiased
                bilinear), central size x size; pixel for pixel torchvision's Resize + CenterCrop.
@@ -32,22 +36,30 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from alexnet.checkpoint import check_metadata, load_checkpoint, model_from_checkpoint
-from alexnet.data.augment import Stats, crop_offsets, eval_batch
-from alexnet.data.images import BadImageError, center_crop, load_rgb, resize_shorter, to_rgb, warp
+from alexnet.data.images import BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError, check_whole, not_found, option
 from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
+from alexnet.transforms import (  # noqa: F401 - caffe_batch, prepare_image re-exported
+    ClassScore,
+    Prediction,
+    Transforms,
+    caffe_batch,
+    check_crops,
+    images_of,
+    path_of,
+    prepare_image,
+)
 
 NORMALIZE = ("mean_image", "channel", "caffe")
 RESIZE = ("shorter", "warp")
@@ -101,7 +113,7 @@ def load_safetensors(path: str) -> dict:
     from safetensors import safe_open  # lazy: only exported files need it (start-up time)
 
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise not_found(path)
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
@@ -251,144 +263,159 @@ def num_outputs(model: nn.Module) -> int | None:
     return last[-1].out_features if last else None
 
 
-# ---------------------------------------------------------------- images -> uint8 (3, S, S)
-
-
-def _as_pil(image) -> Image.Image:
-    """A path (decoded, EXIF-rotated; BadImageError when unusable), PIL image, uint8 (H, W, 3) array
-    or (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
-    if isinstance(image, (str, os.PathLike)):
-        return load_rgb(os.fspath(image))  # no JPEG draft mode: the exact pixels torchvision decodes
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise UserError(f"an image tensor must be (3, H, W); got {tuple(image.shape)}")
-        if image.is_floating_point():
-            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-        image = image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise UserError(f"an image array must be uint8 (H, W, 3) RGB; got {image.dtype} {image.shape}")
-        return Image.fromarray(np.ascontiguousarray(image), "RGB")
-    raise UserError(f"not an image: {type(image).__name__} (give a path, PIL image, array or tensor)")
-
-
-def prepare_image(image, size: int, resize: str = "shorter") -> torch.Tensor:
-    """One image -> uint8 (3, size, size): "shorter" = torchvision's Resize(size) + CenterCrop(size),
-    "warp" = the whole image scaled to size x size. Raises BadImageError for an unusable file."""
-    img = _as_pil(image)
-    img = warp(img, size) if resize == "warp" else center_crop(resize_shorter(img, size), size)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def caffe_batch(x: torch.Tensor, *, mean_bgr: torch.Tensor, crop: int, crops: int = 1) -> torch.Tensor:
-    """Caffe's test-time input: uint8 RGB (B, 3, S, S) -> float32 BGR on 0-255 minus the mean, cropped:
-    (B, 3, crop, crop) or (B, 10, 3, crop, crop). mean_bgr: (3,) per channel, or (3, S, S) a mean image
-    (its central S x S when larger), subtracted at the crop's own position."""
-    size = x.shape[-1]
-    bgr = x.flip(1).float()  # RGB -> BGR planes
-    if mean_bgr.dim() == 1:
-        bgr -= mean_bgr.to(x.device)[:, None, None]
-    else:
-        off = (mean_bgr.shape[-1] - size) // 2
-        bgr -= mean_bgr.to(x.device)[:, off : off + size, off : off + size]
-    views = [bgr[:, :, y0 : y0 + crop, x0 : x0 + crop] for y0, x0 in crop_offsets(size, crop, crops)]
-    if crops == 1:
-        return views[0].contiguous()
-    return torch.stack(views + [v.flip(-1) for v in views], dim=1)
-
-
 # ---------------------------------------------------------------- the trained net
 
 
 class TrainedNet:
-    """A trained model with its preprocessing and class names (see the module docstring)."""
+    """A trained model with its preprocessing and class names (see the module docstring).
+
+    Callable like its module: net(x) = net.model(x) for a normalised float batch (N, 3, crop, crop)
+    on .device (a uint8 (N, 3, S, S) batch of prepared images is normalised first)."""
 
     def __init__(self, state: dict, model: nn.Module, pre: dict, device: torch.device):
         self.state, self.model, self.preprocess, self.device = state, model, pre, device
         self.path = state.get("path", "checkpoint")
         self.class_ids, self.class_names = class_names(state)
-        self._stats = Stats(pre["stats"]).to(device)  # mean image and channel statistics as tensors
-        mean = pre["stats"].get("mean_image_bgr")
-        mean = (
-            torch.from_numpy(mean).permute(2, 0, 1)
-            if mean is not None
-            else torch.from_numpy(pre["stats"].get("caffe_mean_bgr", np.zeros(3, np.float32)))
-        )
-        self._mean_bgr = mean.contiguous().to(device)
+        self.transforms = Transforms(pre, device=device, where=self.path)  # image -> input, as predict does
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = self.transforms.normalize(x)
+        return self.model(x.to(self.device))
+
+    def to(self, device) -> TrainedNet:
+        """Move the model and the preprocessing statistics to `device` (returns self)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.transforms.to(self.device)
+        return self
+
+    def eval(self) -> TrainedNet:
+        """The model in eval mode (it is already, unless changed; returns self)."""
+        self.model.eval()
+        return self
 
     def prepare(self, image) -> torch.Tensor:
         """One image -> uint8 (3, S, S), resized the net's way. Raises BadImageError for a bad file."""
-        return prepare_image(image, self.preprocess["size"], self.preprocess["resize"])
+        return self.transforms.prepare(image)
 
     def prepared(self, images) -> torch.Tensor:
         """Images (module docstring) -> uint8 (N, 3, S, S) on the CPU, or the given prepared batch."""
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            if images.dtype == torch.uint8:
-                return images
-            images = list(images)
-        if not isinstance(images, (list, tuple)):
-            images = [images]  # one image (anything else is refused by _as_pil)
-        out = []
-        for image in images:
-            try:
-                out.append(self.prepare(image))
-            except BadImageError as exc:
-                raise UserError(f"{image}: {exc.reason}") from None
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.dtype == torch.uint8:
+            return images
+        out = [x for _, x, _ in self._prepared_items(images, "raise")]
         if not out:
-            raise UserError("no images given")
+            raise UsageError("no images given")
         return torch.stack(out)
+
+    def _prepared_items(self, images, errors: str):
+        """Yield (path or None, uint8 (3, S, S) or None, error or None) per input. errors="raise": an
+        unusable input raises UserError naming it (its path, or "input i"); "report": it is yielded
+        with its reason."""
+        if errors not in ("raise", "report"):
+            raise UsageError(f"{option('errors', errors)}: choose 'raise' or 'report'")
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.dtype == torch.uint8:
+            yield from ((None, x, None) for x in images)  # a batch of prepared images: no resize
+            return
+        for i, image in enumerate(images_of(images)):
+            path = path_of(image)
+            try:
+                yield path, self.prepare(image), None
+            except (BadImageError, UserError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                if errors == "raise":
+                    name = path if path is not None else f"input {i} ({type(image).__name__})"
+                    raise UserError(f"{name}: {reason}") from None
+                yield path, None, reason
+
+    def _batches(self, images, batch_size: int, errors: str):
+        """Yield lists of (name, uint8 (3, S, S) or None, error) holding at most batch_size images."""
+        check_whole("batch_size", batch_size)
+        pending = []
+        for item in self._prepared_items(images, errors):
+            pending.append(item)
+            if sum(x is not None for _, x, _ in pending) >= batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
 
     def normalize(self, x: torch.Tensor, crops: int = 1) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> float32 model input (N, 3, crop, crop) or (N, 10, 3, crop, crop)."""
-        pre = self.preprocess
-        if not 1 <= pre["crop"] <= x.shape[-1]:
-            raise UserError(
-                f"{self.path}: its crop {pre['crop']} does not fit {x.shape[-1]}-px images; "
-                "re-save it with `alexnet train`, or give images of its prepared size"
-            )
-        x = x.to(self.device, non_blocking=True)
-        if pre["normalize"] == "caffe":
-            return caffe_batch(x, mean_bgr=self._mean_bgr, crop=pre["crop"], crops=crops)
-        mean = pre["stats"].get("mean_image")
-        if pre["normalize"] == "mean_image" and mean is not None and mean.shape[0] != x.shape[-1]:
-            raise UserError(f"{self.path} subtracts a {mean.shape[0]}-px mean image but got {x.shape[-1]}-px images")
-        return eval_batch(x, stats=self._stats, crop=pre["crop"], crops=crops, normalize=pre["normalize"])
+        return self.transforms.normalize(x, crops)
 
     def inputs(self, images, crops: int = 1) -> torch.Tensor:
         """Images -> the model's input on .device: (N, 3, crop, crop), or (N, 10, 3, crop, crop)."""
         return self.normalize(self.prepared(images), crops)
 
     @torch.inference_mode()
-    def probabilities(self, images, crops: int = 1) -> torch.Tensor:
-        """Images -> (N, C) softmax on the CPU, averaged over the crops (paper §4.1)."""
-        return average_probabilities([self.model], self.inputs(images, crops))[0].float().cpu()
+    def _probs(self, x: torch.Tensor, crops: int) -> torch.Tensor:
+        return average_probabilities([self.model], self.normalize(x, crops))[0].float().cpu()
 
-    def predict(self, images, topk: int = 5, crops: int = 1) -> list[dict]:
-        """Images -> per image the k most probable classes, best first:
-        {"class_ids", "class_names", "probabilities", "indices"} (lists of k)."""
-        if topk < 1:
-            raise UserError(f"topk {topk}: must be at least 1")
-        probs = self.probabilities(images, crops)
-        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        return [
-            {
-                "class_ids": [self.class_ids[i] for i in idx],
-                "class_names": [self.class_names[i] for i in idx],
-                "probabilities": val,
-                "indices": idx,
-            }
-            for val, idx in zip(values.tolist(), indices.tolist())
+    def probabilities(self, images, crops: int = 1, *, batch_size: int = 16) -> torch.Tensor:
+        """Images -> (N, C) softmax on the CPU, averaged over the crops (paper §4.1), batch by batch."""
+        check_crops(crops)
+        rows = [
+            self._probs(torch.stack([x for _, x, _ in b]), crops) for b in self._batches(images, batch_size, "raise")
         ]
+        if not rows:
+            raise UsageError("no images given")
+        return torch.cat(rows)
+
+    def iter_predict(self, images, topk: int = 5, crops: int = 1, *, batch_size: int = 16,
+                     errors: str = "raise") -> Iterator[Prediction]:  # fmt: skip
+        """Yield a Prediction per input, in order, computing batch_size images at a time (memory
+        flat in the number of inputs; `images` may be a generator). errors: "raise" (an unusable
+        input raises UserError naming it) or "report" (its Prediction carries .error)."""
+        check_whole("topk", topk)
+        check_crops(crops)
+        for batch in self._batches(images, batch_size, errors):
+            ready = [x for _, x, _ in batch if x is not None]
+            probs = iter(self._probs(torch.stack(ready), crops)) if ready else iter(())
+            for path, x, error in batch:
+                if x is None:
+                    yield Prediction(path, [], error)
+                    continue
+                values, indices = next(probs).topk(min(topk, len(self.class_ids)))
+                top = [
+                    ClassScore(self.class_ids[i], self.class_names[i], i, float(v))
+                    for v, i in zip(values.tolist(), indices.tolist())
+                ]
+                yield Prediction(path, top)
+
+    def predict(self, images, topk: int = 5, crops: int = 1, *, batch_size: int = 16,
+                errors: str = "raise") -> list[Prediction]:  # fmt: skip
+        """Images -> a Prediction per image: .predictions = the k most probable ClassScore(class_id,
+        name, index, prob), best first (field names as `alexnet predict --format json`); .path the
+        file (None for in-memory images). Streams batch_size images at a time (see iter_predict)."""
+        return list(self.iter_predict(images, topk, crops, batch_size=batch_size, errors=errors))
 
     @torch.inference_mode()
-    def features(self, images, crops: int = 1, *, layer: str = "fc7") -> torch.Tensor:
+    def features(self, images, crops: int = 1, *, layer: str = "fc7", batch_size: int = 64) -> torch.Tensor:
         """Images -> activations at `layer` (alexnet.layers: conv1..conv5 (N, C, H, W), pool5 (N, 9216),
         fc6/fc7 (N, 4096) after the ReLU, no dropout, fc8 logits), averaged over the crops; float32
-        on the CPU. Default fc7, the paper's Figure 4 (right). AlexNet only."""
+        on the CPU, computed batch_size images at a time. Default fc7, the paper's Figure 4 (right).
+        AlexNet only. An unusable input raises UserError naming it."""
         check_feature_layer(self.model, layer)
-        return batch_features(self.model, self.inputs(images, crops), layer).float().cpu()
+        check_crops(crops)
+        rows = [
+            batch_features(self.model, self.normalize(torch.stack([x for _, x, _ in batch]), crops), layer)
+            .float()
+            .cpu()
+            for batch in self._batches(images, batch_size, "raise")
+        ]
+        if not rows:
+            raise UsageError("no images given")
+        return torch.cat(rows)
+
+
+def transforms_for(source, crops: int = 1, device=None) -> Transforms:
+    """The preprocessing of a checkpoint file, run directory, .safetensors file or checkpoint dict,
+    as a callable: image -> the net's input, exactly as TrainedNet.predict computes it."""
+    state = dict(source) if isinstance(source, dict) else load_model_state(source)
+    pre = checkpoint_preprocess(state)
+    check_preprocess(pre, state.get("path", "checkpoint"))
+    return Transforms(pre, crops=crops, device=device, where=state.get("path", "checkpoint"))
 
 
 def open_artifact(source, device=None, *, fallback_stats: dict | None = None) -> TrainedNet:
@@ -400,7 +427,7 @@ def open_artifact(source, device=None, *, fallback_stats: dict | None = None) ->
     if isinstance(source, (str, os.PathLike)) and "path" not in state:
         state["path"] = str(Path(source))
     if not isinstance(device, torch.device):  # None/"auto": cuda (this rank's GPU under torchrun) -> mps -> cpu
-        device = pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
+        device = pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option=option("device"))
     check_metadata(state)  # before anything reads it: damaged metadata is one line, nothing allocated
     pre = checkpoint_preprocess(state, fallback_stats)
     check_preprocess(pre, state.get("path", "checkpoint"))

@@ -31,7 +31,7 @@ import torch
 
 from alexnet.artifact import imagenet_classes
 from alexnet.checkpoint import save_checkpoint
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError, not_found
 from alexnet.model import build_model
 
 INSTALL_HINT = "pip install 'alexnet[caffe]'"
@@ -246,7 +246,7 @@ def net_layers(net) -> list[SimpleNamespace]:
 def read_caffemodel(path: str) -> tuple[object, list[SimpleNamespace]]:
     """Parse a .caffemodel (binary NetParameter) -> (net message, its layers). Bad files: one line."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file; give BVLC's bvlc_alexnet.caffemodel (docs/evaluation.md)")
+        raise not_found(path, "file", "give BVLC's bvlc_alexnet.caffemodel (docs/evaluation.md)")
     with open(path, "rb") as f:
         data = f.read()
     net = messages().NetParameter()
@@ -271,7 +271,7 @@ def read_prototxt(path: str) -> tuple[object, list[SimpleNamespace]]:
     """Parse a text-format net (deploy.prototxt), ignoring fields outside the subset read here."""
     text_format = _protobuf()[3]
     if not os.path.isfile(path):
-        raise UserError(f"--prototxt {path}: no such file")
+        raise not_found(f"--prototxt {path}", "file")
     net = messages().NetParameter()
     try:
         with open(path, encoding="utf-8") as f:
@@ -284,7 +284,7 @@ def read_prototxt(path: str) -> tuple[object, list[SimpleNamespace]]:
 def read_mean(path: str) -> np.ndarray:
     """A mean.binaryproto (BlobProto, 1 x 3 x H x W, BGR, 0-255) -> float32 (H, W, 3) BGR."""
     if not os.path.isfile(path):
-        raise UserError(f"--mean {path}: no such file; give Caffe's imagenet_mean.binaryproto")
+        raise not_found(f"--mean {path}", "file", "give Caffe's imagenet_mean.binaryproto")
     blob = messages().BlobProto()
     try:
         with open(path, "rb") as f:
@@ -485,7 +485,7 @@ def import_caffe(
     Returns {"out", "num_classes", "params", "layer_form", "net_name", "skipped", "lrn_k", "preprocess"}.
     """
     if resize not in RESIZES:
-        raise UserError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
+        raise UsageError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
     mean_image = read_mean(mean) if mean else None  # before the long read: a bad --mean fails fast
     net, layers = read_caffemodel(model_path)
     path = forward_path(layers, model_path)
@@ -498,7 +498,7 @@ def import_caffe(
         check_prototxt(prototxt, model, k)
     load_weights(model, path, model_path)
     if mean_image is not None and mean_image.shape[0] < model.input_size:
-        raise UserError(
+        raise UsageError(
             f"--mean {mean}: a {mean_image.shape[0]}-px mean image is smaller than the {model.input_size}-px crop"
         )
     classes = imagenet_classes()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, not_found
 from alexnet.io import atomic_write_bytes
 from alexnet.model import MODELS, build_model
 
@@ -40,7 +40,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
             "give a checkpoint file or a run directory written by `alexnet train`"
         )
     if not path.exists():
-        raise UserError(f"{path}: no such checkpoint file")
+        raise not_found(path, "checkpoint file", "give a checkpoint file or a run directory")
     return path
 
 

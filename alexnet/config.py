@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import TypeVar
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, not_found
 
 T = TypeVar("T")
 
@@ -42,11 +42,11 @@ def apply_file(config: T, path: str | Path) -> T:
     """Apply the keys of a TOML file to `config` (the keys it does not name keep their values)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such config file")
+        raise not_found(path, "config file")
     try:
         values = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
     return merge(config, values, source=str(path))
 
 
@@ -60,15 +60,15 @@ def merge(config: T, values: dict, *, source: str = "config") -> T:
     sections = {f.name: f for f in dataclasses.fields(config)}
     for name, section_values in values.items():
         if name not in sections:
-            raise UserError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+            raise UsageError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
         section_cls = _resolve(type(config), sections[name])
         if not isinstance(section_values, dict):
-            raise UserError(f"{source}: [{name}] must be a table of keys")
+            raise UsageError(f"{source}: [{name}] must be a table of keys")
         fields = {f.name: f for f in dataclasses.fields(section_cls)}
         section_kwargs = {}
         for key, value in section_values.items():
             if key not in fields:
-                raise UserError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}")
+                raise UsageError(f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}")
             section_kwargs[key] = _coerce(value, _resolve(section_cls, fields[key]), f"{name}.{key}", source)
         section = dataclasses.replace(getattr(config, name), **section_kwargs)
         config = dataclasses.replace(config, **{name: section})
@@ -79,28 +79,44 @@ def apply_override(config: T, item: str, *, check: bool = True) -> T:
     """Apply one `section.key=value` string (value parsed by the field's type); check=False leaves
     the sections' own checks (validate) to the caller."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=0.005")
+        raise UsageError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=0.005")
     dotted, raw = item.split("=", 1)
     section_name, key = dotted.strip().split(".", 1)
     sections = {f.name: f for f in dataclasses.fields(config)}
     if section_name not in sections:
-        raise UserError(f"--set {item!r}: unknown section {section_name!r}; valid sections: {', '.join(sections)}")
+        raise UsageError(f"--set {item!r}: unknown section {section_name!r}; valid sections: {', '.join(sections)}")
     section = getattr(config, section_name)
     fields = {f.name: f for f in dataclasses.fields(section)}
     key, _, entry = key.partition(".")  # section.key.entry: one entry of a table (dict) key
     if key not in fields:
-        raise UserError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: {', '.join(fields)}")
+        raise UsageError(f"--set {item!r}: unknown key {dotted}; valid keys in {section_name}: {', '.join(fields)}")
     kind = _resolve(type(section), fields[key])
     value = _parse_literal(raw.strip())
     if entry:
         if typing.get_origin(kind) is not dict:
-            raise UserError(
+            raise UsageError(
                 f"--set {item!r}: {section_name}.{key} is not a table; use --set {section_name}.{key}=VALUE"
             )
         value = {**getattr(section, key), entry: value}
     value = _coerce(value, kind, f"{section_name}.{key}", "--set")
     config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{key: value})})
     return _validated(config, "--set") if check else config
+
+
+def checked(config: T, cls: type[T], source: str = "config") -> T:
+    """A config built in Python, checked as a TOML file or --set would be: `cls` itself, every value
+    of the type its field declares (coerced as --set does: "0.1" -> 0.1 for a float) and each
+    section's own checks. Raises UsageError naming the field."""
+    if not isinstance(config, cls):
+        raise UsageError(f"{source}: expected an alexnet {cls.__name__}, got {type(config).__name__}")
+    values = {}
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        section_cls = _resolve(cls, section)
+        if not isinstance(part, section_cls):
+            raise UsageError(f"{source}: {section.name} must be a {section_cls.__name__}, got {type(part).__name__}")
+        values[section.name] = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    return merge(cls(), values, source=source)
 
 
 def to_dict(config) -> dict:
@@ -145,7 +161,7 @@ def _validated(config, source: str):
             try:
                 check()
             except (ValueError, AssertionError) as exc:
-                raise UserError(f"{source}: [{section.name}] {exc}") from None
+                raise UsageError(f"{source}: [{section.name}] {exc}") from None
     return config
 
 
@@ -182,16 +198,16 @@ def _coerce(value, kind, name: str, source: str):
         for candidate in kinds:
             try:
                 return _coerce(value, candidate, name, source)
-            except UserError as exc:
+            except UsageError as exc:
                 errors.append(str(exc))
-        raise UserError(errors[0])
+        raise UsageError(errors[0])
     if origin is typing.Literal:
         if value not in args:
-            raise UserError(f"{source}: {name} = {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
+            raise UsageError(f"{source}: {name} = {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value
     if origin is dict:  # a table: {name: value}, each value of the second type argument
         if not isinstance(value, dict):
-            raise UserError(f"{source}: {name} = {value!r} is not a table; give {{key = value, ...}}")
+            raise UsageError(f"{source}: {name} = {value!r} is not a table; give {{key = value, ...}}")
         inner = args[1] if len(args) > 1 else str
         return {str(k): _coerce(v, inner, f"{name}.{k}", source) for k, v in value.items()}
     if origin in (list, tuple):
@@ -216,12 +232,12 @@ def _coerce(value, kind, name: str, source: str):
             if isinstance(value, bool):
                 raise ValueError
             if not math.isfinite(float(value)):  # nan or inf would pass every range check after this
-                raise UserError(f"{source}: {name} = {value!r} is not a finite number")
+                raise UsageError(f"{source}: {name} = {value!r} is not a finite number")
             return float(value)
         if kind is str:
             if not isinstance(value, str):
                 raise ValueError
             return value
     except (TypeError, ValueError):
-        raise UserError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from None
+        raise UsageError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from None
     return value

@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError
 
 
 @dataclasses.dataclass
@@ -57,14 +57,14 @@ def pick_device(name: str = "auto", local_rank: int = 0, option: str = "train.de
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"{option} {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"{option} {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"{option} {name!r}: CUDA is not available here; use auto or cpu")
+            raise UsageError(f"{option} {name!r}: CUDA is not available here; use auto or cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"{option} {name!r}: MPS is not available here; use auto or cpu")
+        raise UsageError(f"{option} {name!r}: MPS is not available here; use auto or cpu")
     return device
 
 

@@ -9,6 +9,7 @@ split, so every image is counted exactly once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from alexnet.artifact import (
 )
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.prepare import default_workers
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError, check_whole, option
 from alexnet.metrics import Tally, average_probabilities, topk_correct
+from alexnet.progress import Progress, resolve_mode
 
 __all__ = [
     "PAPER_RESULTS",
@@ -112,8 +114,7 @@ def prepared_batches(dataset: PackedDataset, rows: Sequence[int] | np.ndarray, *
                      workers: int | None = None, pin_memory: bool = False) -> DataLoader:  # fmt: skip
     """uint8 images (B, 3, S, S) and int64 labels (B,) of dataset[rows], in order (decoded in
     `workers` processes; the nets normalise on their own device)."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    check_whole("batch_size", batch_size)
     workers = default_workers() if workers is None else max(0, int(workers))
     return DataLoader(
         Subset(dataset, [int(r) for r in rows]),
@@ -140,11 +141,13 @@ def evaluate_checkpoints(
     batch_size: int = 64,
     workers: int | None = None,
     device: str | torch.device | None = None,
-    progress=None,
+    progress="off",
 ) -> dict:
     """The paper's test protocol for one checkpoint or an ensemble of them over a prepared split.
 
-    data: a prepared directory or PreparedSet. crops: 10 (the paper's: 4 corners + centre and their
+    paths: checkpoint files, run directories (their best.pt, else last.pt) or .safetensors files.
+    data: a prepared directory or PreparedSet. progress: "auto", "bar", "lines", "off" (as the
+    command's --progress) or a callable taking the number of images just done. crops: 10 (the paper's: 4 corners + centre and their
     mirrors, softmax averaged) or 1 (centre crop). Preprocessing (crop, normalisation, statistics)
     comes from the checkpoints, which must agree with each other; their classes must be the data's.
     Under an initialised torch.distributed group every rank evaluates a disjoint shard and the counts
@@ -153,10 +156,19 @@ def evaluate_checkpoints(
     "top1_error", "top5_error", "per_model": [{"model", "n", "loss", "top1_error", "top5_error"}],
     "per_class_top1_error": {class id: error or None}}; errors are fractions in [0, 1].
     """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]  # one checkpoint
     if not paths:
-        raise UserError("give at least one checkpoint")
+        raise UsageError("give at least one checkpoint")
     if crops not in (1, 10):
-        raise UserError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
+        raise UsageError(f"{option('crops', crops)}: choose 1 (centre crop) or 10 (the paper's)")
+    check_whole("batch_size", batch_size)
+    if workers is not None:
+        check_whole("workers", workers, 0)
+    if isinstance(progress, str):
+        resolve_mode(progress)
+    elif progress is not None and not callable(progress):
+        raise UsageError(f"{option('progress', progress)}: give auto, bar, lines, off or a callable")
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     prepared._need(split)
     nets = []
@@ -183,9 +195,12 @@ def evaluate_checkpoints(
         dataset, _shard(len(dataset)), batch_size=batch_size, workers=workers, pin_memory=nets[0].device.type == "cuda"
     )
     inputs = ((nets[0].normalize(x, crops), y) for x, y in batches)  # one normalisation for the ensemble
-    result = evaluate(
-        [n.model for n in nets], inputs, device=nets[0].device, num_classes=prepared.num_classes, progress=progress
-    )
+    with contextlib.ExitStack() as stack:
+        if isinstance(progress, str):
+            progress = stack.enter_context(Progress("evaluate", len(batches.dataset), unit="img", mode=progress)).update
+        result = evaluate(
+            [n.model for n in nets], inputs, device=nets[0].device, num_classes=prepared.num_classes, progress=progress
+        )
     per_class = {
         cid: (None if e != e else e)  # NaN (no images of the class) -> null in JSON
         for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])

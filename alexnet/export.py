@@ -38,9 +38,12 @@ from alexnet.checkpoint import (
     save_checkpoint,
     state_dict_error,
 )
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError, not_found, option
+from alexnet.exportable import WithPreprocessing, traceable
 from alexnet.io import atomic_write_bytes, atomic_write_path
 from alexnet.model import LocalResponseNorm, MaxPool2d, build_model
+from alexnet.modelcard import model_card, write_model_card
+from alexnet.transforms import Transforms
 
 # torchvision's ImageNet preprocessing (its AlexNet_Weights.IMAGENET1K_V1 transforms).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
@@ -151,11 +154,31 @@ class _FixedAdaptivePool(nn.Module):
         return self.ph @ x @ self.pwt
 
 
-def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed: int = 0) -> dict:
-    """Export to ONNX (dynamic batch; input `images` (B, 3, H, W) normalised, output `logits`), then
-    run it with onnxruntime on a random batch and compare with PyTorch.
+def _example(pre: dict, batch: int, seed: int, include_preprocessing: bool) -> torch.Tensor:
+    """A random input of what the exported graph takes: uint8 images (B, 3, S, S) with the
+    preprocessing in the graph, else inputs on the scale the net sees (mean-subtracted 0-255 pixels,
+    or unit-variance channels) (B, 3, crop, crop)."""
+    g = torch.Generator().manual_seed(seed)
+    if include_preprocessing:
+        return torch.randint(0, 256, (batch, 3, pre["size"], pre["size"]), generator=g, dtype=torch.uint8)
+    scale = 50.0 if pre["normalize"] in ("mean_image", "caffe") else 1.0
+    return torch.randn(batch, 3, pre["crop"], pre["crop"], generator=g) * scale
 
-    Returns {"out", "format", "opset", "max_abs_diff"}. Needs the `onnx` extra."""
+
+def _eager(model: nn.Module, pre: dict, x: torch.Tensor, include_preprocessing: bool) -> np.ndarray:
+    """The eager net's logits for what the export takes (normalised as TrainedNet.normalize does)."""
+    with torch.inference_mode():
+        return model(Transforms(pre).normalize(x) if include_preprocessing else x).numpy()
+
+
+def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed: int = 0,
+                include_preprocessing: bool = False) -> dict:  # fmt: skip
+    """Export to ONNX (dynamic batch; input `images` (B, 3, H, W) normalised, output `logits`), then
+    run it with onnxruntime on a random batch and compare with PyTorch. include_preprocessing: the
+    input is uint8 RGB images (B, 3, S, S) resized the checkpoint's way, and the centre crop and
+    normalisation (mean image, channel statistics or Caffe's BGR mean) run inside the graph.
+
+    Returns {"out", "format", "opset", "max_abs_diff", "bytes", "include_preprocessing"}. Needs the `onnx` extra."""
     try:
         import onnx
         import onnxruntime as ort
@@ -164,11 +187,11 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
 
     info = _meta_of(state)
     crop = info["pre"]["crop"]
-    reference = model_from_checkpoint(state, "cpu")
     exportable = onnx_ready(model_from_checkpoint(state, "cpu"), crop)
-    # Inputs on the scale the net sees: mean-subtracted 0-255 pixels, or unit-variance channels.
-    scale = 50.0 if info["pre"]["normalize"] in ("mean_image", "caffe") else 1.0
-    x = torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(seed)) * scale
+    if include_preprocessing:
+        exportable = WithPreprocessing(exportable, info["pre"]).eval()
+        info["meta"]["input"] = "uint8 RGB (B, 3, S, S); crop and normalisation in the graph"
+    x = _example(info["pre"], batch, seed, include_preprocessing)
 
     def write(tmp):
         with warnings.catch_warnings():
@@ -200,26 +223,101 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
         ) from None
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"images": x.numpy()})[0]
-    with torch.inference_mode():
-        want = reference(x).numpy()
+    want = _eager(model_from_checkpoint(state, "cpu"), info["pre"], x, include_preprocessing)
     return {
         "out": os.path.abspath(out),
         "format": "onnx",
         "opset": opset,
         "max_abs_diff": float(np.abs(got - want).max()),
         "bytes": os.path.getsize(out),
+        "include_preprocessing": include_preprocessing,
     }
 
 
-def export(path: str, fmt: str, out: str) -> dict:
-    """`alexnet export`: checkpoint (or run directory, or .safetensors) -> safetensors or ONNX."""
-    if fmt not in ("safetensors", "onnx"):
-        raise UserError(f"--format {fmt}: choose safetensors or onnx")
-    state = load_model_state(path)
+# ----------------------------------------------------------------------------------------------
+# TorchScript
+# ----------------------------------------------------------------------------------------------
+
+
+def export_torchscript(state: dict, out: str, *, batch: int = 2, seed: int = 0,
+                       include_preprocessing: bool = False) -> dict:  # fmt: skip
+    """Trace the net (alexnet.exportable: the LRN and max-pools as plain ops, no layout switch) into
+    a TorchScript file; load it back and compare with the eager net on batches of 1 and 3 (the trace
+    used 2). Input as export_onnx's; the checkpoint's metadata rides along as the extra file
+    "alexnet.json" (torch.jit.load(f, _extra_files={"alexnet.json": ""})).
+
+    Returns {"out", "format", "max_abs_diff", "bytes", "include_preprocessing"}."""
+    info = _meta_of(state)
+    module = traceable(model_from_checkpoint(state, "cpu"))
+    if include_preprocessing:
+        module = WithPreprocessing(module, info["pre"]).eval()
+        info["meta"]["input"] = "uint8 RGB (B, 3, S, S); crop and normalisation in the graph"
+    extra = {"alexnet.json": json.dumps(info["meta"])}
+
+    def write(tmp):
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notes
+            example = _example(info["pre"], batch, seed, include_preprocessing)
+            traced = torch.jit.trace(module, (example,), check_trace=False)  # checked below, on other batch sizes
+            torch.jit.save(traced, tmp, _extra_files=extra)
+
+    try:
+        atomic_write_path(out, write)
+    except Exception as exc:  # noqa: BLE001 - tracer failures are reported, not tracebacks
+        if isinstance(exc, (UserError, OSError)):
+            raise
+        raise UserError(f"TorchScript export of {state.get('path', 'checkpoint')} failed: {str(exc)[:200]}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(out, map_location="cpu")
+    diff, reference = 0.0, model_from_checkpoint(state, "cpu")
+    for n in (1, 3):  # batch sizes the trace did not see
+        x = _example(info["pre"], n, seed + n, include_preprocessing)
+        with torch.no_grad():
+            got = loaded(x).numpy()
+        diff = max(diff, float(np.abs(got - _eager(reference, info["pre"], x, include_preprocessing)).max()))
+    return {
+        "out": os.path.abspath(out),
+        "format": "torchscript",
+        "max_abs_diff": diff,
+        "bytes": os.path.getsize(out),
+        "include_preprocessing": include_preprocessing,
+    }
+
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+
+
+def export(path, fmt: str, out: str, *, include_preprocessing: bool = False) -> dict:
+    """`alexnet export`: checkpoint (or run directory, .safetensors, checkpoint dict) -> safetensors, ONNX or
+    TorchScript, and a model card beside it (alexnet.modelcard). Returns the writer's result with
+    "checkpoint" and "model_card" added."""
+    if fmt not in FORMATS:
+        raise UsageError(f"{option('format', fmt)}: choose one of {', '.join(FORMATS)}")
+    if include_preprocessing and fmt == "safetensors":
+        raise UsageError(
+            f"{option('include_preprocessing')} needs a graph: use --format onnx or torchscript "
+            "(a safetensors file holds weights and statistics only)"
+        )
+    state = dict(path) if isinstance(path, dict) else load_model_state(path)
     check_shapes(state, check_metadata(state))
     check_finite(state)  # an export of a diverged net would spread it
-    result = export_safetensors(state, out) if fmt == "safetensors" else export_onnx(state, out)
-    return {"checkpoint": state["path"], **result}
+    if fmt == "safetensors":
+        result = export_safetensors(state, out)
+    elif fmt == "onnx":
+        result = export_onnx(state, out, include_preprocessing=include_preprocessing)
+    else:
+        result = export_torchscript(state, out, include_preprocessing=include_preprocessing)
+    check = None
+    if "max_abs_diff" in result:
+        check = f"max |logit difference| against the eager PyTorch net on random inputs: {result['max_abs_diff']:.2g}"
+    params = sum(int(v.numel()) for k, v in clean_state_dict(state["model"]).items() if not k.endswith("_tracked"))
+    text = model_card(state, fmt, out, params=params, include_preprocessing=include_preprocessing, check=check)
+    return {
+        "checkpoint": state.get("path", "checkpoint"),
+        **result,
+        "model_card": os.path.abspath(write_model_card(out, text)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,9 +339,9 @@ def download_torchvision(weights: str = "IMAGENET1K_V1", *, progress: bool = Tru
     try:
         from torchvision.models import AlexNet_Weights  # lazy: torchvision is only needed here
     except ImportError:
-        raise UserError("--weights needs torchvision: pip install torchvision") from None
+        raise UsageError("--weights needs torchvision: pip install torchvision") from None
     if weights not in AlexNet_Weights.__members__:
-        raise UserError(f"--weights {weights}: torchvision has {', '.join(AlexNet_Weights.__members__)}")
+        raise UsageError(f"--weights {weights}: torchvision has {', '.join(AlexNet_Weights.__members__)}")
     entry = AlexNet_Weights[weights]
     try:
         return entry.get_state_dict(progress=progress)
@@ -259,7 +357,7 @@ def download_torchvision(weights: str = "IMAGENET1K_V1", *, progress: bool = Tru
 def _read_state_dict(path: str) -> dict:
     """A state dict saved with torch.save (or wrapped under "state_dict"/"model"), loaded safely."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file; give a torchvision AlexNet state dict saved with torch.save")
+        raise not_found(path, "file", "give a torchvision AlexNet state dict saved with torch.save")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -279,8 +377,12 @@ def import_torchvision(path: str | None, out: str, *, weights: str | None = None
     torchvision's preprocessing (shorter side 256, centre crop 224, per-channel mean/std on [0, 1]).
     Returns {"out", "num_classes", "params", "source"}.
     """
-    if (path is None) == (weights is None):
-        raise UserError("give either a state dict file or --weights IMAGENET1K_V1 (--download), not both")
+    if path is None and weights is None:
+        raise UsageError(
+            "give a state dict file (FILE.pth, saved with torch.save) or --weights IMAGENET1K_V1 (= --download)"
+        )
+    if path is not None and weights is not None:
+        raise UsageError("give either a state dict file or --weights IMAGENET1K_V1 (--download), not both")
     source = path if path is not None else f"torchvision AlexNet_Weights.{weights}"
     sd = _read_state_dict(path) if path is not None else download_torchvision(weights, progress=progress)
     if not isinstance(sd, dict) or "classifier.6.weight" not in (sd := clean_state_dict(sd)):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from alexnet.checkpoint import unwrap
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 
 FEATURE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")
 
@@ -51,7 +51,7 @@ def check_layer(model: nn.Module, name: str, option: str) -> list[str]:
     """The layer names up to and including `name`; a one-line UserError naming `option` otherwise."""
     names = list(layer_params(model))
     if name not in names:
-        raise UserError(f"{option} {name!r}: not a layer of this model; its layers: {', '.join(names)}")
+        raise UsageError(f"{option} {name!r}: not a layer of this model; its layers: {', '.join(names)}")
     return names[: names.index(name) + 1]
 
 
@@ -74,7 +74,7 @@ def param_groups(model: nn.Module, lr_mult: dict[str, float]) -> list[dict]:
     names = layer_params(model)
     for layer in lr_mult:
         if layer not in names:
-            raise UserError(f"optim.lr_mult.{layer}: not a layer of this model; its layers: {', '.join(names)}")
+            raise UsageError(f"optim.lr_mult.{layer}: not a layer of this model; its layers: {', '.join(names)}")
     params = dict(unwrap(model).named_parameters())
     groups: dict[float, list] = {}
     for layer, owned in names.items():
@@ -103,7 +103,7 @@ def describe_layers(names: list[str]) -> str:
 def check_feature_layer(model: nn.Module, layer: str) -> None:
     """UserError unless `layer` is one of FEATURE_LAYERS and the model an AlexNet."""
     if layer not in FEATURE_LAYERS:
-        raise UserError(f"--layer {layer!r}: choose one of {', '.join(FEATURE_LAYERS)}")
+        raise UsageError(f"--layer {layer!r}: choose one of {', '.join(FEATURE_LAYERS)}")
     net = unwrap(model)
     if not hasattr(net, "fc7_features"):
         raise UserError(f"features from a layer need an AlexNet; this net is a {type(net).__name__}")
@@ -139,7 +139,7 @@ def layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
                 nxt = classifier[i + 1] if i + 1 < len(classifier) else None
                 is_act = nxt is not None and not isinstance(nxt, (nn.Dropout, nn.Linear))
                 return nxt(x) if is_act else x
-    raise UserError(f"--layer {layer}: this net has no such layer")
+    raise UsageError(f"--layer {layer}: this net has no such layer")
 
 
 def batch_features(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:

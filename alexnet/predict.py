@@ -33,8 +33,8 @@ from alexnet.artifact import (
 )
 from alexnet.checkpoint import unwrap
 from alexnet.data import PackedDataset, PreparedSet
-from alexnet.data.images import BadImageError, is_image_name, os_reason
-from alexnet.errors import UserError
+from alexnet.data.images import BadImageError, is_image_name, load_rgb, os_reason
+from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.io import atomic_write_bytes, check_writable
 from alexnet.layers import batch_features, check_feature_layer
@@ -81,11 +81,54 @@ def iter_inputs(inputs: Sequence[str], *, recursive: bool = False, stdin=None) -
     """
     for item in inputs:
         if item == "-":
+            piped = _stdin_image() if stdin is None else None
+            if piped is not None:
+                yield piped, None  # the bytes of one image piped in: `cat x.jpg | alexnet predict CKPT -`
+                continue
             for line in stdin if stdin is not None else sys.stdin:
                 if line.strip():
                     yield from _expand(line.rstrip("\r\n"), recursive)
         else:
             yield from _expand(item, recursive)
+
+
+class StdinImage(str):
+    """The input "-" when standard input holds an image's bytes (.data), not a list of paths."""
+
+    data: bytes = b""
+
+
+STDIN_LIMIT = 512 * 2**20  # bytes of one image read from standard input
+
+
+def _stdin_image() -> StdinImage | None:
+    """Standard input's bytes as one image when they are binary (a NUL byte, or not UTF-8: every
+    image format's signature is), else None (a list of paths). Binary input that is no image is one
+    UsageError."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or not hasattr(stream, "peek"):
+        return None
+    head = stream.peek(512)[:512]
+    try:
+        head[:-4].decode("utf-8")  # a multi-byte character may be cut at the end of the peek
+        text = b"\x00" not in head
+    except UnicodeDecodeError:
+        text = False
+    if text:
+        return None
+    data = stream.read(STDIN_LIMIT + 1)
+    try:
+        if len(data) > STDIN_LIMIT:
+            raise BadImageError(f"more than {STDIN_LIMIT >> 20} MiB")
+        load_rgb(data)
+    except BadImageError as exc:
+        raise UsageError(
+            f"standard input holds binary data that is not a usable image ({exc.reason}); `-` reads image "
+            "paths, one a line (find DIR -name '*.jpg' | alexnet predict CKPT -), or one image's bytes"
+        ) from None
+    image = StdinImage("-")
+    image.data = data
+    return image
 
 
 def _expand(item: str, recursive: bool) -> list[tuple[str, str | None]]:
@@ -95,7 +138,11 @@ def _expand(item: str, recursive: bool) -> list[tuple[str, str | None]]:
         else:
             found = sorted(os.path.join(item, f) for f in os.listdir(item))
         found = [p for p in found if os.path.isfile(p) and is_image_name(p)]
-        return [(p, None) for p in found] or [(item, "directory holds no image files")]
+        if found or recursive:
+            return [(p, None) for p in found] or [(item, "directory holds no image files")]
+        folders = sum(os.path.isdir(os.path.join(item, f)) for f in os.listdir(item))
+        hint = f" (it has {folders} subfolder(s): add --recursive to take their images)" if folders else ""
+        return [(item, "directory holds no image files" + hint)]
     try:
         os.stat(item)
     except OSError as exc:  # missing, or a symbolic link loop (which os.path.exists calls missing)
@@ -113,7 +160,7 @@ class Predictor:
 
     def __init__(self, state, *, crops: int = 1, device: str | torch.device | None = None):
         if crops not in (1, 10):
-            raise UserError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
+            raise UsageError(f"--crops {crops}: choose 1 (centre crop) or 10 (the paper's)")
         self.net = open_artifact(state, device)
         self.crops = crops
         self.model, self.device, self.path = self.net.model, self.net.device, self.net.path
@@ -143,9 +190,9 @@ class Predictor:
                 recursive: bool = False) -> Iterable[dict]:  # fmt: skip
         """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image."""
         if topk < 1:
-            raise UserError(f"--topk {topk}: must be at least 1")
+            raise UsageError(f"--topk {topk}: must be at least 1")
         if batch_size < 1:
-            raise UserError(f"--batch-size {batch_size}: must be at least 1")
+            raise UsageError(f"--batch-size {batch_size}: must be at least 1")
         pending: list[tuple[str, torch.Tensor | None, str | None]] = []
 
         def flush():
@@ -163,7 +210,8 @@ class Predictor:
             image = None
             if error is None:
                 try:
-                    image = self.net.prepare(path)  # uint8 (3, S, S); normalised per batch on the device
+                    source = path.data if isinstance(path, StdinImage) else path
+                    image = self.net.prepare(source)  # uint8 (3, S, S); normalised per batch on the device
                 except BadImageError as exc:
                     error = exc.reason
             pending.append((path, image, error))

@@ -12,16 +12,16 @@ import time
 
 from tqdm import tqdm
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, option
 
 MODES = ("auto", "bar", "lines", "off")
 LINE_EVERY = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
-def resolve_mode(mode: str, option: str = "--progress") -> str:
-    """`auto` becomes `bar` on a terminal and `lines` otherwise; a bad value is one UserError."""
+def resolve_mode(mode: str, name: str = "progress") -> str:
+    """`auto` becomes `bar` on a terminal and `lines` otherwise; a bad value is one UsageError."""
     if mode not in MODES:
-        raise UserError(f"{option} {mode!r}: choose one of {', '.join(MODES)}")
+        raise UsageError(f"{option(name, mode)}: choose one of {', '.join(MODES)}")
     if mode == "auto":
         return "bar" if sys.stderr.isatty() else "lines"
     return mode

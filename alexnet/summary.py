@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.model import LocalResponseNorm, build_model, model_input_size
 
 # Layers that make a new tensor (counted in activation memory); see the module docstring.
@@ -161,7 +161,7 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
     too small for the net raises UserError naming the smallest size that works.
     """
     if input_size is not None and input_size < 1:
-        raise UserError(f"--input must be a positive number of pixels, got {input_size}")
+        raise UsageError(f"--input must be a positive number of pixels, got {input_size}")
     kwargs = dict(model_kwargs)
     if name.startswith("alexnet") and input_size is not None:
         kwargs.setdefault("input_size", input_size)

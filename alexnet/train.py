@@ -45,6 +45,7 @@ from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
 from alexnet.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
+from alexnet.progress import resolve_mode
 from alexnet.rundir import RunDir, kill_point
 from alexnet.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
 
@@ -805,7 +806,9 @@ def train(
     Raises UserError (bad data or run dir, a disk that is full), NonFiniteLoss, Stopped (a
     KeyboardInterrupt, after saving last.pt, on SIGINT, SIGTERM or SIGUSR1).
     """
-    config = config or TrainConfig()
+    # a config built in Python is checked as --set checks it, before anything is created
+    config = cfg.checked(TrainConfig() if config is None else config, TrainConfig)
+    resolve_mode(progress)
     tc = config.train
     info = setup(tc.device)
     loop = None

@@ -4,6 +4,7 @@ checkpoint, each checked against the preprocessing written out by hand; the lazy
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -21,6 +22,11 @@ from alexnet.export import export_safetensors, import_torchvision
 from alexnet.model import build_model
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475"]  # the first five ILSVRC-2012 synsets
+
+
+def _col(prediction, field: str) -> list:
+    """One field of a Prediction's top-k classes, best first."""
+    return [getattr(c, field) for c in prediction.predictions]
 
 
 def _photo(path, w=300, h=220, seed=0):
@@ -85,10 +91,10 @@ def test_load_predict_features_on_a_checkpoint(tiny_checkpoint, photos):
     net = alexnet.load(path, device="cpu")  # the README's first line
     (file_a, img_a), (file_b, img_b) = photos
     [top] = net.predict(file_a)
-    assert top["probabilities"] == sorted(top["probabilities"], reverse=True)  # best first
-    assert set(top["class_ids"]) == set(WNIDS)  # 5 classes, topk 5
+    assert _col(top, "prob") == sorted(_col(top, "prob"), reverse=True)  # best first
+    assert set(_col(top, "class_id")) == set(WNIDS)  # 5 classes, topk 5
     names = dict(zip(WNIDS, ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]))
-    assert top["class_names"] == [names[c] for c in top["class_ids"]]  # readable names of the wnids
+    assert _col(top, "name") == [names[c] for c in _col(top, "class_id")]  # readable names of the wnids
     # oracle: the paper's preprocessing by hand (shorter side 256, centre 256, centre 227, minus the mean image)
     x = _shorter_center(img_a) - mean
     x = torch.from_numpy(x[14:241, 14:241].transpose(2, 0, 1).copy())[None]
@@ -96,19 +102,23 @@ def test_load_predict_features_on_a_checkpoint(tiny_checkpoint, photos):
         probs = torch.softmax(model(x), 1)[0]
     want = probs.sort(descending=True)
     assert 1e-4 < float(want.values[-1]) and float(want.values[0]) < 0.99  # not a degenerate comparison
-    assert top["indices"] == want.indices.tolist()
-    np.testing.assert_allclose(top["probabilities"], want.values.numpy(), rtol=1e-4, atol=1e-6)
+    assert _col(top, "index") == want.indices.tolist()
+    np.testing.assert_allclose(_col(top, "prob"), want.values.numpy(), rtol=1e-4, atol=1e-6)
     # the same image as a PIL image, a numpy array, a tensor; a list of images
     for same in (Image.open(file_a), img_a, torch.from_numpy(img_a).permute(2, 0, 1)):
-        np.testing.assert_allclose(net.predict(same)[0]["probabilities"], top["probabilities"], rtol=1e-5)
+        np.testing.assert_allclose(_col(net.predict(same)[0], "prob"), _col(top, "prob"), rtol=1e-5)
     both = net.predict([file_a, img_b], topk=2)
-    assert len(both) == 2 and len(both[0]["class_ids"]) == 2 and both[0]["class_ids"] == top["class_ids"][:2]
+    assert (
+        len(both) == 2
+        and len(_col(both[0], "class_id")) == 2
+        and _col(both[0], "class_id") == _col(top, "class_id")[:2]
+    )
     # 10 crops: the softmax averaged over the paper's 10 views
     ten = net.predict(file_a, crops=10)[0]
     with torch.inference_mode():
         views = net.inputs(file_a, crops=10)[0]
         averaged = torch.softmax(model(views), 1).mean(0)
-    np.testing.assert_allclose(ten["probabilities"], averaged.sort(descending=True).values.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(_col(ten, "prob"), averaged.sort(descending=True).values.numpy(), rtol=1e-4)
     # fc7 features: (N, 4096) after fc7's ReLU
     feats = net.features([file_a, file_b])
     assert feats.shape == (2, 4096) and feats.dtype == torch.float32 and (feats >= 0).all()
@@ -124,8 +134,8 @@ def test_exported_safetensors_predicts_the_same(tiny_checkpoint, photos, tmp_pat
     file_a = photos[0][0]
     want = alexnet.load(state, device="cpu").predict(file_a)[0]  # a checkpoint dict works too
     got = alexnet.load(out, device="cpu").predict(file_a)[0]
-    assert got["class_ids"] == want["class_ids"]
-    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-6)
+    assert _col(got, "class_id") == _col(want, "class_id")
+    np.testing.assert_allclose(_col(got, "prob"), _col(want, "prob"), rtol=1e-6)
 
 
 def test_imported_torchvision_matches_torchvision_pipeline(photos, tmp_path):
@@ -147,12 +157,12 @@ def test_imported_torchvision_matches_torchvision_pipeline(photos, tmp_path):
     with torch.inference_mode():
         probs = torch.softmax(tv(preset(Image.open(file_a).convert("RGB"))[None]), 1)[0]
     top = probs.topk(5)
-    assert got["indices"] == top.indices.tolist()
+    assert _col(got, "index") == top.indices.tolist()
     from alexnet.artifact import imagenet_classes
 
-    assert got["class_ids"] == [imagenet_classes()[i][0] for i in top.indices.tolist()]
-    assert got["class_names"] == [imagenet_classes()[i][1] for i in top.indices.tolist()]
-    np.testing.assert_allclose(got["probabilities"], top.values.numpy(), rtol=1e-3, atol=1e-6)
+    assert _col(got, "class_id") == [imagenet_classes()[i][0] for i in top.indices.tolist()]
+    assert _col(got, "name") == [imagenet_classes()[i][1] for i in top.indices.tolist()]
+    np.testing.assert_allclose(_col(got, "prob"), top.values.numpy(), rtol=1e-3, atol=1e-6)
 
 
 def test_caffe_conventions_applied(photos):
@@ -177,8 +187,8 @@ def test_caffe_conventions_applied(photos):
     with torch.inference_mode():
         probs = torch.softmax(model(x), 1)[0]
     assert 1e-4 < float(probs.min()) and float(probs.max()) < 0.99  # not a degenerate comparison
-    assert got["indices"] == probs.sort(descending=True).indices.tolist()
-    np.testing.assert_allclose(got["probabilities"], probs.sort(descending=True).values.numpy(), rtol=1e-4)
+    assert _col(got, "index") == probs.sort(descending=True).indices.tolist()
+    np.testing.assert_allclose(_col(got, "prob"), probs.sort(descending=True).values.numpy(), rtol=1e-4)
 
 
 def test_top_level_names_are_lazy_and_real():
@@ -187,24 +197,25 @@ def test_top_level_names_are_lazy_and_real():
         "False",
         "False",
     ]  # `import alexnet` stays fast
-    from alexnet import artifact, model, summary, train
+    from alexnet import artifact, model, summary
+    from alexnet.train import TrainConfig  # the submodule is still importable by name
+    from alexnet.train import train as train_function
 
     assert alexnet.AlexNet is model.AlexNet and alexnet.build_model is model.build_model
-    assert alexnet.TrainConfig is train.TrainConfig and alexnet.summarize is summary.summarize
+    assert alexnet.TrainConfig is TrainConfig and alexnet.summarize is summary.summarize
     assert alexnet.load is artifact.open_artifact
-    assert alexnet.train is sys.modules["alexnet.train"] and callable(alexnet.train)
-    assert callable(alexnet.evaluate) and alexnet.evaluate.evaluate_checkpoints
+    # alexnet.train and alexnet.evaluate are the functions, even after their modules were imported
+    assert inspect.isfunction(alexnet.train) and alexnet.train is train_function
+    assert alexnet.evaluate is sys.modules["alexnet.evaluate"].evaluate_checkpoints
     assert alexnet.summarize("alexnet").params == 60_965_224  # paper net, two towers
     with pytest.raises(AttributeError):
         alexnet.no_such_name  # noqa: B018
 
 
-def test_callable_modules_run_their_function(monkeypatch):
-    calls = []
-    monkeypatch.setattr(sys.modules["alexnet.train"], "train", lambda *a, **k: calls.append(("train", a, k)) or 1)
-    import alexnet.evaluate as evaluate_module
-
-    monkeypatch.setattr(evaluate_module, "evaluate_checkpoints", lambda *a, **k: calls.append(("eval", a, k)) or 2)
-    assert alexnet.train("data", "run", resume=True) == 1
-    assert alexnet.evaluate(["run"], "data", crops=10) == 2
-    assert calls == [("train", ("data", "run"), {"resume": True}), ("eval", (["run"], "data"), {"crops": 10})]
+def test_dir_lists_the_public_api_only():
+    code = "import alexnet, alexnet.train, alexnet.artifact; print(' '.join(dir(alexnet)))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    assert names == sorted(alexnet.__all__)  # no importlib, sys, types, submodules
+    for name in alexnet.__all__:
+        assert getattr(alexnet, name) is not None
+    assert issubclass(alexnet.UserError, ValueError) and issubclass(alexnet.NotFoundError, FileNotFoundError)

@@ -10,17 +10,23 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.artifact import caffe_batch, open_artifact, prepare_image
+from alexnet.artifact import caffe_batch, open_artifact, prepare_image, transforms_for
 from alexnet.checkpoint import save_checkpoint
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.prepare import prepare
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.export import TORCHVISION_MEAN, TORCHVISION_STD, export_safetensors
 from alexnet.model import AlexNet, build_model
+from alexnet.transforms import ClassScore, Prediction
 
 IDS, NAMES = ["a", "b", "c"], ["apple", "bus", "cloud"]
 CAFFE_MEAN = [104.0, 117.0, 123.0]
+
+
+def _col(prediction, field: str) -> list:
+    """One field of a Prediction's top-k classes, best first."""
+    return [getattr(c, field) for c in prediction.predictions]
 
 
 def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -141,13 +147,15 @@ def test_predict_and_features_against_the_model(paper):
         probs = torch.softmax(net.model(x), 1)
         fc7 = net.model.fc7_features(x)
     out = net.predict(images, topk=2)
-    assert len(out) == 3 and set(out[0]) == {"class_ids", "class_names", "probabilities", "indices"}
+    assert len(out) == 3 and all(isinstance(e, Prediction) and e.path is None and e.error is None for e in out)
+    assert set(out[0].to_json()) == {"path", "predictions"}  # the CLI's JSON entry
+    assert set(out[0].to_json()["predictions"][0]) == {"class", "name", "index", "prob"}
     for entry, p in zip(out, probs):
         top = p.topk(2)
-        assert entry["indices"] == top.indices.tolist()
-        assert entry["probabilities"] == pytest.approx(top.values.tolist(), rel=1e-5)
-        assert entry["class_names"] == [NAMES[i] for i in entry["indices"]]
-        assert entry["class_ids"] == [IDS[i] for i in entry["indices"]]
+        assert _col(entry, "index") == top.indices.tolist()
+        assert _col(entry, "prob") == pytest.approx(top.values.tolist(), rel=1e-5)
+        assert _col(entry, "name") == [NAMES[i] for i in _col(entry, "index")]
+        assert _col(entry, "class_id") == [IDS[i] for i in _col(entry, "index")]
     feats = net.features(images)
     assert feats.shape == (3, 4096) and (feats >= 0).all()
     torch.testing.assert_close(feats, fc7, rtol=1e-5, atol=1e-5)
@@ -173,8 +181,59 @@ def test_bad_inputs_are_one_line_errors(paper, tmp_path):
         open_artifact(_state({}, stats={"channel_mean": [0.5] * 3}), "cpu")  # refused before the weights load
     with pytest.raises(UserError, match="unknown normalisation"):
         open_artifact(_state({}, preprocess={"crop": 227, "normalize": "zca"}), "cpu")
-    with pytest.raises(UserError, match="--device 'tpu'"):
+    with pytest.raises(UserError, match="^device 'tpu'"):  # named as the API's argument
         open_artifact(paper[0], "tpu")
+
+
+def test_predict_streams_in_batches_and_reports_bad_inputs(paper, tmp_path):
+    net = open_artifact(paper[0], "cpu")
+    images = [_photo(300, 260, seed=s) for s in range(5)]
+    sizes = []
+    hook = net.model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    whole = net.predict(images, topk=3, batch_size=16)
+    assert sizes == [5]
+    sizes.clear()
+    streamed = net.predict((im for im in images), topk=3, batch_size=2)  # a generator, 2 at a time
+    assert sizes == [2, 2, 1]  # never more than batch_size images in a forward pass: memory flat in N
+    for a, b in zip(whole, streamed):
+        assert [c.index for c in a.predictions] == [c.index for c in b.predictions]
+        np.testing.assert_allclose([c.prob for c in a.predictions], [c.prob for c in b.predictions], rtol=1e-4)
+    sizes.clear()
+    feats = net.features(images, batch_size=2)
+    assert sizes == [] and feats.shape == (5, 4096)  # fc7_features is not forward(): same values as one batch
+    torch.testing.assert_close(feats, net.features(images, batch_size=16), rtol=1e-4, atol=1e-4)
+    hook.remove()
+    # a bad file: an error naming it, or (errors="report") a Prediction carrying the reason
+    (tmp_path / "junk.jpg").write_text("not an image")
+    mixed = [images[0], str(tmp_path / "junk.jpg"), images[1]]
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'junk.jpg'}: not an image")):
+        net.predict(mixed)
+    got = net.predict(mixed, errors="report", batch_size=1)
+    assert [g.error is None for g in got] == [True, False, True] and got[1].path == str(tmp_path / "junk.jpg")
+    assert got[1].to_json() == {"path": str(tmp_path / "junk.jpg"), "error": got[1].error}
+    assert [c.index for c in got[2].predictions] == [c.index for c in whole[1].predictions]
+    assert isinstance(got[0].predictions[0], ClassScore)
+    for bad in (dict(batch_size=0), dict(topk=0), dict(crops=3), dict(errors="skip")):
+        with pytest.raises(UsageError) as err:  # a ValueError, worded for Python
+            net.predict(images[:1], **bad)
+        assert isinstance(err.value, ValueError) and f"{next(iter(bad))}=" in str(err.value)
+
+
+def test_trained_net_is_callable_movable_and_has_transforms(paper):
+    net = open_artifact(paper[0], "cpu")
+    assert net.eval() is net and net.to("cpu") is net and net.device == torch.device("cpu")
+    image = _photo(300, 260, seed=3)
+    x = net.inputs(image)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.model(x))  # callable on a batch: the logits
+        torch.testing.assert_close(net(net.prepared(image)), net.model(x))  # a uint8 prepared batch too
+    # the transforms object is the predict path, for a PIL image and for a uint8 tensor
+    torch.testing.assert_close(net.transforms(image), x[0], rtol=0, atol=0)
+    as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    torch.testing.assert_close(net.transforms(as_tensor), x[0], rtol=0, atol=0)
+    standalone = transforms_for(paper[0])  # without building the net
+    torch.testing.assert_close(standalone(image), x[0], rtol=0, atol=0)
+    assert transforms_for(paper[0], crops=10)(image).shape == (10, 3, 227, 227)
 
 
 # ---------------------------------------------------------------- torchvision's preset, pixel for pixel

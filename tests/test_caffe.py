@@ -334,7 +334,7 @@ def _small_file(path, *, conv2_shape=(256, 48, 5, 5), legacy=False, path_layers=
 @pytest.mark.parametrize("legacy", [False, True])
 def test_wrong_shape_is_one_line_naming_layer_and_shapes(tmp_path, capsys, legacy):
     bad = _small_file(tmp_path / "ungrouped.caffemodel", conv2_shape=(256, 96, 5, 5), legacy=legacy)
-    assert main(["import-caffe", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["import-caffe", str(bad), "--out", str(tmp_path / "x.pt")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "conv2" in err and "256x96x5x5" in err and "256x48x5x5" in err
     assert not (tmp_path / "x.pt").exists()
@@ -449,20 +449,20 @@ def test_prototxt_option_and_model_file_errors(tmp_path, capsys):
     deploy = tmp_path / "deploy.prototxt"
     deploy.write_text(DEPLOY.replace("pool: MAX", "pool: AVE", 1))
     small = _small_file(tmp_path / "s.caffemodel")
-    assert main(["import-caffe", str(small), "--prototxt", str(deploy), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["import-caffe", str(small), "--prototxt", str(deploy), "--out", str(tmp_path / "x.pt")]) == 1
     err = capsys.readouterr().err
     assert "--prototxt" in err and "pool1" in err and "(1, 3, 2, 0)" in err and len(err.strip().splitlines()) == 1
     deploy.write_text("layer { name: ")
-    assert main(["import-caffe", str(small), "--prototxt", str(deploy), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["import-caffe", str(small), "--prototxt", str(deploy), "--out", str(tmp_path / "x.pt")]) == 1
     assert "not a Caffe net in text format" in capsys.readouterr().err
-    assert main(["import-caffe", str(deploy), "--out", str(tmp_path / "x.pt")]) == 2  # a prototxt as the model
+    assert main(["import-caffe", str(deploy), "--out", str(tmp_path / "x.pt")]) == 1  # a prototxt as the model
     err = capsys.readouterr().err
     assert "not a Caffe model" in err and "a .prototxt goes to --prototxt" in err
     junk = tmp_path / "junk.caffemodel"
     junk.write_bytes(b"\xff\xff\xff\xff not protobuf")
-    assert main(["import-caffe", str(junk), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["import-caffe", str(junk), "--out", str(tmp_path / "x.pt")]) == 1
     assert "not a Caffe model" in capsys.readouterr().err
-    assert main(["import-caffe", str(tmp_path / "missing.caffemodel"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["import-caffe", str(tmp_path / "missing.caffemodel"), "--out", str(tmp_path / "x.pt")]) == 1
     assert "no such file" in capsys.readouterr().err
 
 

@@ -403,5 +403,5 @@ def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys, photo_tree):
     blocker.write_text("x")
     rc = cli_main(["prepare", src, str(blocker / "sub" / "out"), "--workers", "1"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and "cannot create the output directory" in err
+    assert rc == 1 and err.count("\n") == 0 and "cannot create the output directory" in err
     assert not any(".partial" in n for n in os.listdir(tmp_path))

@@ -56,7 +56,7 @@ def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
 def test_demo_refuses_a_file_as_out(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    assert main(["demo", "--out", str(target)]) == 2
+    assert main(["demo", "--out", str(target)]) == 1
     assert "not a directory" in capsys.readouterr().err
 
 

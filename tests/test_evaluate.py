@@ -184,7 +184,7 @@ def test_class_mismatch_is_a_one_line_error_naming_both(setup, capsys):
         evaluate_checkpoints([other], prepared, "val", workers=0, device="cpu")
     message = str(err.value)
     assert other in message and prepared.root in message and "\n" not in message
-    assert main(["evaluate", other, "--data", prepared.root, "--workers", "0"]) == 2
+    assert main(["evaluate", other, "--data", prepared.root, "--workers", "0"]) == 1
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
@@ -206,7 +206,7 @@ def test_checkpoint_of_other_sized_images_is_a_one_line_error(setup, capsys):
         ["evaluate", small, "--data", prepared.root],
         ["features", small, "--data", prepared.root, "--out", str(setup["root"] / "f.npz")],
     ):
-        assert main(args + ["--workers", "0", "--device", "cpu"]) == 2
+        assert main(args + ["--workers", "0", "--device", "cpu"]) == 1
         err = capsys.readouterr().err.strip()
         assert "72-px mean image" in err and "--size 72" in err and "\n" not in err
 
@@ -219,7 +219,7 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
     # the default is the paper's test protocol, 10 crops, and the row says so
     assert "3 images, 10 crops" in table
     assert next(line for line in table.splitlines() if line.startswith(setup["b"])).endswith("10 crops")
-    assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 2
+    assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet evaluate: error:") and "nope" in err and "\n" not in err
 
@@ -312,3 +312,52 @@ def test_cli_progress_lines_on_stderr(setup, capsys):
     assert "evaluate: 3/3 img (100.0%)" in captured.err
     assert main(base + ["--progress", "off"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_api_evaluate_takes_every_documented_argument(setup, capsys):
+    """alexnet.evaluate called as the README shows, with each documented argument; its errors are
+    ValueError / FileNotFoundError naming the argument, not a command-line flag."""
+    import alexnet
+
+    root = setup["prepared"].root
+    done = []
+    result = alexnet.evaluate(
+        [setup["a"]], root, "val", 1, batch_size=2, workers=0, device="cpu", progress=done.append
+    )  # positional split and crops, a callable progress
+    assert result["top1_error"] == setup["single"]["top1_error"] and sum(done) == result["n"] == 3
+    for mode in ("off", "lines"):  # the command's --progress values
+        again = alexnet.evaluate(setup["a"], root, crops=1, workers=0, device="cpu", progress=mode)  # one path
+        assert again["top1_error"] == result["top1_error"]
+    assert "evaluate:" in capsys.readouterr().err  # "lines" reported on stderr
+    for bad, words in (
+        (dict(crops=3), "crops=3"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(progress=5), "progress=5"),
+    ):
+        with pytest.raises(ValueError, match=words) as err:
+            alexnet.evaluate([setup["a"]], root, **{"workers": 0, "device": "cpu", **bad})
+        assert "--" not in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        alexnet.evaluate([str(setup["root"] / "missing.pt")], root, workers=0, device="cpu")
+    with pytest.raises(FileNotFoundError):
+        alexnet.evaluate([setup["a"]], str(setup["root"] / "no-data"), workers=0, device="cpu")
+
+
+def test_evaluate_out_is_not_overwritten_without_force(setup, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    out.write_text("keep")
+    args = [
+        "evaluate",
+        setup["a"],
+        "--data",
+        setup["prepared"].root,
+        "--workers",
+        "0",
+        "--crops",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(args + ["--quiet"]) == 2 and out.read_text() == "keep"  # refused before evaluating
+    assert "--force" in capsys.readouterr().err
+    assert main(args + ["--force", "--quiet"]) == 0 and json.loads(out.read_text())["n"] == 3

@@ -18,6 +18,7 @@ from alexnet.errors import UserError
 from alexnet.export import (
     TORCHVISION_MEAN,
     TORCHVISION_STD,
+    export,
     export_onnx,
     import_torchvision,
     load_safetensors,  # fmt: skip
@@ -44,6 +45,23 @@ def ckpt(tmp_path_factory):
         "preprocess": {"crop": 227, "normalize": "mean_image"}, "config": {},
     })  # fmt: skip
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def small_state():
+    """A paper net for 67-px crops of 72-px images (cheap to trace and export), with both statistics."""
+    torch.manual_seed(2)
+    model = AlexNet("paper", num_classes=3, init="kaiming", input_size=67)
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(0.05)
+    rng = np.random.default_rng(2)
+    return {
+        "model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3, "input_size": 67},
+        "classes": {"ids": IDS, "names": NAMES},
+        "stats": {"mean_image": rng.uniform(80, 160, (72, 72, 3)).astype(np.float32),
+                  "channel_mean": [0.5, 0.45, 0.4], "channel_std": [0.25, 0.24, 0.26]},
+        "preprocess": {"crop": 67, "normalize": "mean_image", "size": 72}, "config": {}, "path": "small.pt",
+    }  # fmt: skip
 
 
 def _square_png(path, seed=0, size=(256, 256)):
@@ -142,6 +160,95 @@ def test_onnx_of_a_small_crop_net_matches_pytorch(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=1e-4)
 
 
+@pytest.mark.parametrize("normalize", ["mean_image", pytest.param("channel", marks=pytest.mark.slow)])
+def test_onnx_with_preprocessing_takes_uint8_images(ckpt, small_state, tmp_path, normalize):
+    """--include-preprocessing: uint8 (B, 3, 256, 256) in; onnxruntime's logits are the eager net's
+    on the same images normalised the way `predict` does (TrainedNet.normalize)."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import alexnet
+
+    state = load_checkpoint(ckpt) if normalize == "mean_image" else dict(small_state)
+    state["preprocess"] = {**state["preprocess"], "normalize": normalize}
+    out = tmp_path / "pre.onnx"
+    result = export(state, "onnx", str(out), include_preprocessing=True)
+    assert result["include_preprocessing"] and result["max_abs_diff"] < 1e-4
+    net = alexnet.load(state, device="cpu")
+    images = torch.stack([net.prepare(_square_png(tmp_path / f"{i}.png", seed=i, size=(300, 256))) for i in range(2)])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    got = session.run(["logits"], {"images": images.numpy()})[0]
+    with torch.no_grad():
+        want = net(images).numpy()  # TrainedNet on a uint8 batch: its own normalisation, then the model
+    np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()), rtol=1e-4)
+    card = (tmp_path / "pre.onnx.MODEL_CARD.md").read_text()
+    assert "uint8 RGB images" in card and f"{sum(v.numel() for v in state['model'].values()):,} parameters" in card
+
+
+@pytest.mark.parametrize("preprocessing", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_torchscript_equals_eager(small_state, tmp_path, preprocessing):
+    """The traced file equals the eager net within 1e-5 on batch sizes the trace did not see. (A plain
+    trace under no_grad froze the fused LRN's blocks and layouts: -7.40 against -2.61.)"""
+    state = dict(small_state)
+    out = tmp_path / "net.pt"
+    result = export(state, "torchscript", str(out), include_preprocessing=preprocessing)
+    assert result["max_abs_diff"] < 1e-5
+    loaded = torch.jit.load(str(out), _extra_files=(extra := {"alexnet.json": ""}))
+    assert json.loads(extra["alexnet.json"])["class_names"] == json.dumps(NAMES)
+    model = model_from_checkpoint(state)
+    import alexnet
+
+    net = alexnet.load(state, device="cpu")
+    for n in (1, 4):
+        g = torch.Generator().manual_seed(10 + n)
+        if preprocessing:
+            x = torch.randint(0, 256, (n, 3, 72, 72), generator=g, dtype=torch.uint8)
+            with torch.no_grad():
+                want = net(x)
+        else:
+            x = torch.randn(n, 3, 67, 67, generator=g) * 50
+            with torch.no_grad():
+                want = model(x)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), want, rtol=0, atol=1e-5)
+        with torch.enable_grad():  # the same numbers with autograd on (the eager net takes other branches)
+            torch.testing.assert_close(loaded(x).detach(), want, rtol=0, atol=1e-5)
+
+
+def test_caffe_convention_preprocessing_in_the_graph(small_state, tmp_path):
+    """Caffe's BGR mean image, larger than the prepared size, cropped at the centre: traced graph = eager."""
+    state = dict(small_state)
+    rng = np.random.default_rng(1)
+    state["stats"] = {"mean_image_bgr": rng.uniform(90, 130, (76, 76, 3)).astype(np.float32)}
+    state["preprocess"] = {"crop": 67, "normalize": "caffe", "resize": "warp", "size": 72}
+    export(state, "torchscript", str(tmp_path / "caffe.pt"), include_preprocessing=True)
+    loaded = torch.jit.load(str(tmp_path / "caffe.pt"))
+    import alexnet
+
+    net = alexnet.load(state, device="cpu")
+    x = torch.randint(0, 256, (2, 3, 72, 72), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=1e-5)
+
+
+def test_every_export_writes_a_model_card_and_refuses_to_overwrite(ckpt, tmp_path, capsys):
+    out = tmp_path / "net.safetensors"
+    assert main(["export", ckpt, "--format", "safetensors", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    card = (tmp_path / "net.safetensors.MODEL_CARD.md").read_text()
+    for heading in ("## Architecture", "## Training data and recipe", "## Preprocessing", "## Measured metrics",
+                    "## Intended use and limits"):  # fmt: skip
+        assert heading in card
+    assert "60,965,224" not in card and "apple, bus, cloud" in card  # 3 classes: not the 1000-way net's count
+    assert main(["export", ckpt, "--format", "safetensors", "--out", str(out)]) == 2  # exists: usage error
+    assert "--force" in capsys.readouterr().err
+    assert main(["export", ckpt, "--format", "safetensors", "--out", str(out), "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_card"] == str(tmp_path / "net.safetensors.MODEL_CARD.md")
+    assert (
+        main(["export", ckpt, "--format", "safetensors", "--out", str(tmp_path / "b"), "--include-preprocessing"]) == 2
+    )
+
+
 def test_onnx_missing_gives_the_install_hint(ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with pytest.raises(UserError, match=r"pip install 'alexnet\[onnx\]'"):
@@ -229,15 +336,17 @@ def test_import_torchvision_bad_inputs(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="not a torchvision AlexNet"):
         import_torchvision(str(tmp_path / "other.pth"), str(tmp_path / "o.pt"))
-    assert main(["import-torchvision", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.pt")]) == 2
+    assert main(["import-torchvision", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.pt")]) == 1
     assert not (tmp_path / "o.pt").exists()
+    with pytest.raises(FileNotFoundError):  # a missing file is the built-in error too
+        import_torchvision(str(tmp_path / "none.pth"), str(tmp_path / "o.pt"))
 
 
 def test_unwritable_out_is_a_one_line_error(ckpt, tmp_path, capsys):
-    """--out inside a file (or any unwritable place): one line naming the folder, exit 2, no traceback."""
+    """--out inside a file (or any unwritable place): one line naming the folder, exit 1, no traceback."""
     (tmp_path / "afile").write_text("a file where a folder is expected")
     for out in (tmp_path / "afile" / "net.safetensors", tmp_path / "afile" / "sub" / "net.safetensors"):
-        assert main(["export", ckpt, "--format", "safetensors", "--out", str(out)]) == 2
+        assert main(["export", ckpt, "--format", "safetensors", "--out", str(out)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("alexnet export: error:") and "\n" not in err
         assert str(tmp_path) in err
@@ -247,7 +356,7 @@ def test_import_torchvision_of_another_net_names_the_mismatch(tmp_path, capsys):
     """A state dict with classifier.6 but not torchvision's layout: the missing keys, not just a header."""
     sd = AlexNet("paper", num_classes=3).state_dict()
     torch.save(sd, tmp_path / "ours.pth")
-    assert main(["import-torchvision", str(tmp_path / "ours.pth"), "--out", str(tmp_path / "o.pt")]) == 2
+    assert main(["import-torchvision", str(tmp_path / "ours.pth"), "--out", str(tmp_path / "o.pt")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "ours.pth" in err and "Missing key(s)" in err
 
@@ -264,14 +373,14 @@ def test_import_torchvision_download_offline_is_one_line_naming_the_cache_file(t
 
     monkeypatch.setattr(torchvision.models.AlexNet_Weights, "get_state_dict", offline)
     for flag in (["--download"], ["--weights", "IMAGENET1K_V1"]):
-        assert main(["import-torchvision", *flag, "--out", str(tmp_path / "tv.pt")]) == 2
+        assert main(["import-torchvision", *flag, "--out", str(tmp_path / "tv.pt")]) == 1
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and err.startswith("alexnet import-torchvision: error: could not download")
         assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in err
         assert "FILE.pth" in err and not (tmp_path / "tv.pt").exists()
     with pytest.raises(UserError, match="IMAGENET1K_V1"):
         import_torchvision(None, str(tmp_path / "tv.pt"), weights="IMAGENET1K_V9")
-    with pytest.raises(UserError, match="either"):
+    with pytest.raises(UserError, match=r"^give a state dict file \(FILE.pth"):  # neither given: not "not both"
         import_torchvision(None, str(tmp_path / "tv.pt"))
 
 

@@ -176,7 +176,7 @@ def test_evaluate_on_other_classes_points_at_init_from(tmp_path, tiny_prepared, 
         "preprocess": {"crop": 40, "normalize": "channel"},
     }
     save_checkpoint(tmp_path / "five.pt", state)
-    assert main(["evaluate", str(tmp_path / "five.pt"), "--data", str(tiny_prepared), "--progress", "off"]) == 2
+    assert main(["evaluate", str(tmp_path / "five.pt"), "--data", str(tiny_prepared), "--progress", "off"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "5 classes vs 3" in err and "--init-from" in err
 

@@ -167,7 +167,8 @@ def test_list_inputs_folder_sorted_nonrecursive_and_recursive(images, tmp_path):
     assert len(listed) == len(good) + len(bad) - 1  # everything image-named except the missing one
     (tmp_path / "sub").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "sub" / "a.png")
-    assert list_inputs([str(tmp_path)]) == [(str(tmp_path), "directory holds no image files")]
+    [(where, why)] = list_inputs([str(tmp_path)])  # only a subfolder holds images: the hint says so
+    assert where == str(tmp_path) and why.startswith("directory holds no image files") and "add --recursive" in why
     assert list_inputs([str(tmp_path)], recursive=True) == [(str(tmp_path / "sub" / "a.png"), None)]
 
 
@@ -221,7 +222,7 @@ def test_ten_crop_prediction_is_the_mean_over_crops(predictor, ckpt, images):
 
 def test_bad_checkpoint_and_topk(ckpt, tmp_path, predictor):
     (tmp_path / "junk.pt").write_text("junk")
-    assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 2
+    assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 1
     with pytest.raises(UserError, match="topk"):
         list(predictor.predict([str(tmp_path)], topk=0))
 

@@ -36,7 +36,7 @@ def _sets(items):
     return [arg for item in items for arg in ("--set", item)]
 
 
-def _one_line_error(capsys, status, code=2) -> str:
+def _one_line_error(capsys, status, code=1) -> str:
     """The command's error: its last line on stderr (progress lines may come before it)."""
     err = capsys.readouterr().err.strip()
     assert status == code, err

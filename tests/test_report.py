@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from alexnet import config as cfg
+from alexnet.checkpoint import resolve_checkpoint_path
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.report import analysis, figures, write_report
@@ -106,7 +107,7 @@ def oracle(tiny):
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data import make_loader
 
-    state = load_checkpoint(tiny["run"] / "checkpoints" / "last.pt")
+    state = load_checkpoint(tiny["run"])  # what a run directory means everywhere: best.pt, else last.pt
     loaders = {
         split: make_loader(
             tiny["data"],
@@ -126,7 +127,7 @@ def test_centre_crop_numbers_match_evaluate(tiny, oracle):
     from alexnet.evaluate import evaluate
 
     summary = json.loads((tiny["index"].parent / "report.json").read_text())
-    assert summary["checkpoint"] == str(tiny["run"] / "checkpoints" / "last.pt")
+    assert summary["checkpoint"] == str(resolve_checkpoint_path(tiny["run"]))
     expect = evaluate(oracle["model"], oracle["loaders"]["val"])
     assert summary["centre"]["n"] == expect["n"] == 9
     for key in ("top1_error", "top5_error", "loss"):
@@ -294,7 +295,7 @@ def test_user_errors(tmp_path, tiny):
     os.link(tiny["run"] / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
     with pytest.raises(UserError, match="--data"):
         write_report(run)
-    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["report", str(tmp_path / "missing")]) == 1  # a runtime failure, not a usage error
 
 
 def test_cli_and_no_val_split(tiny, tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_cli_json(capsys):
 
 
 def test_cli_error_is_one_line(capsys):
-    assert main(["summary", "--input", "64"]) == 2
+    assert main(["summary", "--input", "64"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "67" in err
 

@@ -233,7 +233,7 @@ def test_plateau_without_a_val_split_is_a_one_line_error_naming_the_fixes(tmp_pa
     run = tmp_path / "run"
     capsys.readouterr()
     args = ["train", str(tmp_path / "noval"), "--out", str(run), "--set", "data.crop=67", "--progress", "off"]
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no val split" in err
     assert "alexnet prepare --val-fraction" in err and "schedule.name=step" in err
@@ -244,7 +244,7 @@ def test_plateau_without_a_val_split_is_a_one_line_error_naming_the_fixes(tmp_pa
 
 
 def test_crop_larger_than_the_prepared_images_names_the_option(tiny, tmp_path, capsys):
-    assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--set", "data.crop=300"]) == 2
+    assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--set", "data.crop=300"]) == 1
     err = capsys.readouterr().err.strip()
     assert "data.crop 300" in err and "256-px" in err and "\n" not in err
 
@@ -276,7 +276,7 @@ def test_tampered_checkpoint_is_refused(tiny, tmp_path, capsys):
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(cfg.to_dict(_config())))
     (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    assert main(["train", str(tiny), "--out", str(run), "--resume"]) == 2
+    assert main(["train", str(tiny), "--out", str(run), "--resume"]) == 1
     err = capsys.readouterr().err.strip()
     assert "last.pt" in err and len(err.splitlines()) == 1
 
@@ -308,7 +308,7 @@ def test_checkpoint_with_code_is_refused_without_advising_weights_only_false(tmp
 def test_resume_with_another_model_or_optimizer_is_a_one_line_error(override, message, tiny, tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny, run, _config("train.max_steps=1"), progress="off")
-    assert main(["train", str(tiny), "--out", str(run), "--resume", "--set", override, "--progress", "off"]) == 2
+    assert main(["train", str(tiny), "--out", str(run), "--resume", "--set", override, "--progress", "off"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet train: error:") and "last.pt" in err and message in err and "\n" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1  # untouched

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 
 
 def sync(device: str | torch.device) -> None:
@@ -68,7 +68,7 @@ while True:
 def check_load(threads: int) -> None:
     """--load must be 0 (no competing process) or a number of threads: else one UserError."""
     if threads < 0:
-        raise UserError(f"--load {threads}: must be 0 (no competing process) or a number of threads")
+        raise UsageError(f"--load {threads}: must be 0 (no competing process) or a number of threads")
 
 
 @contextlib.contextmanager

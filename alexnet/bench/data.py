@@ -18,7 +18,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from alexnet.bench.common import check_load, competing_load, environment, median, time_alternately
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 
 BASELINE = ("torchvision ImageFolder + PIL: Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, "
             "Normalize")  # fmt: skip
@@ -72,7 +72,7 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
     workers = default_workers() if workers is None else workers
     check_load(load)
     if images is not None and not os.path.isdir(images):
-        raise UserError(f"--images {images}: not a directory; give a folder of class folders of JPEGs")
+        raise UsageError(f"--images {images}: not a directory; give a folder of class folders of JPEGs")
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="alexnet-bench-data-") as tmp:
         if images is None:
             images = os.path.join(tmp, "images")

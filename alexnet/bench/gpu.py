@@ -49,7 +49,7 @@ from alexnet.bench.infer import run_infer_bench
 from alexnet.bench.model import IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS, matmul_tflops, resolve_device
 from alexnet.bench.pipeline import generate_set, run_pipeline_bench
 from alexnet.bench.trainstep import stage_train_step
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.io import read_json, write_json, write_text
 
 STAGES = ("tests", "env", "matmul_tflops", "train_step", "pipeline", "infer", "train_run")
@@ -320,13 +320,13 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
     """
     dev = resolve_device(device)
     if dev.type != "cuda" and not quick and sizes is None:
-        raise UserError(
+        raise UsageError(
             f"--device {dev.type} without --quick: the GPU sizes would take hours here; add --quick "
             "(toy sizes, a check of the code) or run on a CUDA machine"
         )
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for gpu.json and gpu.md")
+        raise UsageError(f"--out {out}: is a file; give a folder for gpu.json and gpu.md")
     out.mkdir(parents=True, exist_ok=True)
     s = sizes or (QUICK if quick else Sizes())
     say = progress or (lambda m: None)

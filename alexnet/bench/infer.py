@@ -20,7 +20,7 @@ from torch import nn
 
 from alexnet.bench.common import check_load, competing_load, environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.model import build_model, model_input_size
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
@@ -105,14 +105,14 @@ def run_infer_bench(*, model: str = "alexnet", device: str = "cpu", batch: int |
     cuda = dev.type == "cuda"
     batch = batch if batch is not None else (1024 if cuda else 64)
     if batch < 1 or repeats < 1 or latency_repeats < 1 or warmup < 0:
-        raise UserError("--batch, --repeats and --latency-repeats must be at least 1, --warmup at least 0")
+        raise UsageError("--batch, --repeats and --latency-repeats must be at least 1, --warmup at least 0")
     check_load(load)
     if amp not in DTYPES:
-        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+        raise UsageError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     if nchw and channels_last:
-        raise UserError("--nchw and --channels-last (or --fast) ask for opposite layouts: use one of them")
+        raise UsageError("--nchw and --channels-last (or --fast) ask for opposite layouts: use one of them")
     if graphs and not cuda:
-        raise UserError("--graphs needs --device cuda (CUDA graphs); leave it off on the CPU")
+        raise UsageError("--graphs needs --device cuda (CUDA graphs); leave it off on the CPU")
     say = progress or (lambda m: None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)

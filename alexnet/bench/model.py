@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from alexnet.bench.common import check_load, competing_load, environment, median, sync, time_alternately
-from alexnet.errors import UserError
+from alexnet.errors import UsageError
 from alexnet.model import build_model, model_input_size
 from alexnet.summary import summarize
 
@@ -65,7 +65,7 @@ def train_step_fn(
             **({"fused": True} if fused else {"foreach": True}),
         )
     else:
-        raise UserError(f"--optimizer {optimizer!r}: choose sgd or paper")
+        raise UsageError(f"--optimizer {optimizer!r}: choose sgd or paper")
     step_model = torch.compile(model, mode=compile_mode) if compile else model
     x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
@@ -168,11 +168,11 @@ def bench_model(
 def _check_options(*, batch: int, warmup: int, repeats: int, amp: str | None, load: int) -> None:
     """Reject bench_model's impossible options with a UserError."""
     if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
+        raise UsageError(f"--batch must be at least 1, got {batch}")
     if repeats < 1 or warmup < 0:
-        raise UserError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
+        raise UsageError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if amp not in (None, "bf16", "fp16"):
-        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+        raise UsageError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
     check_load(load)
 
 

@@ -30,7 +30,7 @@ from alexnet.data.device import make_device_loader
 from alexnet.data.packed import PreparedSet, decoder_name, make_loader
 from alexnet.data.prepare import default_workers, prepare
 from alexnet.data.synthetic import make_shapes
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.model import build_model
 from alexnet.optim import PaperSGD
 from alexnet.step import Stepper
@@ -77,19 +77,21 @@ def _endless(loader, device: torch.device):
 def _check_args(*, batch: int, steps: int, repeats: int, warmup: int, n: int | None, crop: int, size: int,
                 data: str | None, amp: str | None) -> None:  # fmt: skip
     if batch < 1 or steps < 1 or repeats < 1 or warmup < 0 or (n is not None and n < 1):
-        raise UserError("--batch, --steps, --repeats and --n must be at least 1, --warmup at least 0")
+        raise UsageError("--batch, --steps, --repeats and --n must be at least 1, --warmup at least 0")
     if crop < MIN_CROP:
-        raise UserError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
+        raise UsageError(f"--crop {crop}: the paper net needs at least {MIN_CROP} pixels (227 is the paper's)")
     if data is None and crop > size:  # before generating a set the crop cannot fit
-        raise UserError(f"--crop {crop}: larger than the generated images' --size {size}; raise --size or lower --crop")
+        raise UsageError(
+            f"--crop {crop}: larger than the generated images' --size {size}; raise --size or lower --crop"
+        )
     if amp not in AMP_DTYPES:
-        raise UserError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
+        raise UsageError(f"--amp {amp!r}: choose bf16 or fp16 (or leave it off)")
 
 
 def _check_set(ps: PreparedSet, *, crop: int, batch: int, paths: list[str] | None, cuda: bool) -> list[str]:
     """The prepared set fits the run; returns the data paths to time (defaults filled in)."""
     if crop > ps.size:
-        raise UserError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")
+        raise UsageError(f"--crop {crop}: larger than the prepared size {ps.size}; use --crop {min(227, ps.size)}")
     if ps.split_size("train") < batch:
         raise UserError(f"{ps.root}: the training split has {ps.split_size('train')} images, fewer than "
                         f"--batch {batch}")  # fmt: skip
@@ -97,7 +99,7 @@ def _check_set(ps: PreparedSet, *, crop: int, batch: int, paths: list[str] | Non
         paths = ["device", "host"] + (["nvjpeg"] if ps.format == "jpeg" else []) if cuda else ["host", "device"]
     for p in paths:
         if p not in PATHS:
-            raise UserError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
+            raise UsageError(f"--paths {p!r}: choose from {', '.join(PATHS)}")
         if p == "nvjpeg" and ps.format != "jpeg":
             raise UserError(f"--paths nvjpeg: {ps.root} stores raw pixels, not JPEGs")
     return list(paths)

@@ -2,7 +2,12 @@
 
 Each module in this package adds its subcommand(s) with `register(subparsers)` and sets `func`,
 which receives the parsed arguments and returns an exit status. The CLI only parses and calls;
-nothing in the library imports it. A `UserError` anywhere becomes one line on stderr, exit 2.
+nothing in the library imports it. Exit status: 0 success; 1 a runtime failure (a `UserError` or a
+file-system error anywhere becomes one line on stderr); 2 a usage error (the parser's, or a
+`UsageError`: a bad option value); 130 interrupted; 141 a closed pipe.
+
+Start-up: only the subcommand being run is registered in full (its module imported); the others get
+a one-line entry from COMMAND_HELP, so `alexnet --help` and `--version` never import torch.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import sys
 
 from alexnet import __version__
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError, set_cli
 from alexnet.io import dumps
 from alexnet.memory import keep_freed_memory
 
@@ -34,6 +39,28 @@ COMMAND_MODULES = [
     "experiment",
     "bench",
 ]
+
+# `alexnet --help`'s one line per command, without importing the command's module (start-up time).
+# A module listed above but not here is imported whenever the parser is built.
+COMMAND_HELP = {
+    "demo": "the whole pipeline on generated images in ~10 minutes on a CPU (start here)",
+    "summary": "per-layer shapes, parameters, multiply-adds and activation memory of a model",
+    "prepare": "pack an image set (folder, ImageNet, Flowers-17, CIFAR-10) for training",
+    "train": "train a model with the paper's recipe (resumable; DDP via torchrun)",
+    "evaluate": "loss, top-1 and top-5 error of checkpoints (an ensemble) on a prepared split",
+    "predict": "top-k classes with names and probabilities for image files or folders",
+    "features": "activations at any layer (default fc7) of a prepared split or of images, to an .npz",
+    "probe": "linear probe: logistic regression on a layer's frozen features, top-1/top-5 on the val split",
+    "export": "write a checkpoint as safetensors (with metadata), ONNX or TorchScript, with a model card",
+    "import-torchvision": "turn torchvision's AlexNet weights (a file, or --download) into a checkpoint",
+    "import-caffe": "turn BVLC's bvlc_alexnet.caffemodel (Caffe model zoo) into a checkpoint",
+    "report": "write a run's HTML report: curves, the paper's Figures 3 and 4, tables",
+    "experiment": "the paper's claims as runs: relu-vs-tanh (Figure 1), ablations",
+    "bench": "measure speed against a baseline in the same run (medians after warm-up)",
+}
+
+# What a run directory means wherever a command takes a checkpoint (alexnet.checkpoint.resolve_checkpoint_path).
+RUN_DIR_CHECKPOINT = "a run directory means its checkpoints/best.pt (else last.pt)"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -56,22 +83,62 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+EPILOG = """\
+Exit status: 0 success, 1 a runtime failure (a file, the data, a checkpoint, training), 2 a usage
+error (an unknown option, a bad option value). A run directory given as a checkpoint means its
+checkpoints/best.pt, else its checkpoints/last.pt, in every command."""
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `alexnet` parser: every subcommand in full, or (argv given) only the one argv names, the
+    others as one-line entries (fast start-up: nothing imports torch until a command runs)."""
     parser = _Parser(
         prog="alexnet",
         description="The 2012 AlexNet paper, reproduced: model, data, training, evaluation, report.",
+        epilog=EPILOG,
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name in COMMAND_MODULES:
-        importlib.import_module(f"alexnet.cli.{name}").register(sub)
+        command = name.replace("_", "-")
+        if wanted is None or command == wanted or command not in COMMAND_HELP:
+            importlib.import_module(f"alexnet.cli.{name}").register(sub)
+        else:
+            sub.add_parser(command, help=COMMAND_HELP[command])
     return parser
 
 
 def add_parser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand with the project's help formatter."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
+    """Add a subcommand with the project's help formatter (its parser errors name it)."""
+    p = sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
+    p.set_defaults(_parser=p)  # the innermost subcommand's parser, to report unrecognised arguments
+    return p
+
+
+def add_progress_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--progress auto|bar|lines|off and --quiet (= --progress off), into args.progress."""
+    parser.add_argument(
+        "--progress",
+        default="auto",
+        choices=("auto", "bar", "lines", "off"),
+        help=help or "progress on stderr: auto = a bar on a terminal, plain lines otherwise",
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_const", const="off", help="no progress output (= --progress off)"
+    )
+
+
+def add_force_option(parser: argparse.ArgumentParser, what: str = "--out") -> None:
+    """--force: replace an existing output (every command that writes refuses to overwrite without it)."""
+    parser.add_argument("--force", action="store_true", help=f"replace {what} if it exists")
+
+
+def refuse_overwrite(path, force: bool, option: str = "--out") -> None:
+    """UsageError when `path` exists and --force was not given."""
+    if path is not None and not force and os.path.lexists(path):
+        raise UsageError(f"{option} {path}: exists; pass --force to replace it, or choose another path")
 
 
 def add_load_option(parser: argparse.ArgumentParser) -> None:
@@ -97,17 +164,21 @@ def print_json(obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's own parser, which names it
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     keep_freed_memory()  # large CPU tensors reused, not re-mapped each step (alexnet/memory.py)
+    set_cli(True)  # messages name options (--batch-size), not Python arguments
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"alexnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # SIGINT 130; a run stopped by SIGTERM 143 (errors.Stopped)
@@ -116,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except OSError as exc:  # an unwritable --out, a full disk, a path that is a file: one line, no traceback
         print(f"alexnet {args.command}: error: {_os_error(exc)}", file=sys.stderr)
-        return 2
+        return 1
+    finally:
+        set_cli(False)
 
 
 def _os_error(exc: OSError) -> str:

@@ -41,22 +41,22 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from alexnet.bench.data import run_data_bench
-    from alexnet.errors import UserError
+    from alexnet.errors import UsageError
 
     for name in ("n", "batch_size", "repeats"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.load < 0:
-        raise UserError(f"--load {args.load}: must be 0 (no competing process) or a number of threads")
+        raise UsageError(f"--load {args.load}: must be 0 (no competing process) or a number of threads")
     if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers {args.workers}: must be 0 or more")
+        raise UsageError(f"--workers {args.workers}: must be 0 or more")
     if not 1 <= args.crop <= 256:
-        raise UserError(f"--crop {args.crop}: must be between 1 and 256 (the prepared size); the paper's is 227")
+        raise UsageError(f"--crop {args.crop}: must be between 1 and 256 (the prepared size); the paper's is 227")
     if args.images is None and args.n < args.batch_size:
-        raise UserError(f"--n {args.n}: fewer images than one batch (--batch-size {args.batch_size}); "
+        raise UsageError(f"--n {args.n}: fewer images than one batch (--batch-size {args.batch_size}); "
                         "raise --n or lower --batch-size")  # fmt: skip
     if args.work_dir is not None and not os.path.isdir(args.work_dir):
-        raise UserError(f"--work-dir {args.work_dir}: not a directory; create it or leave it unset")
+        raise UsageError(f"--work-dir {args.work_dir}: not a directory; create it or leave it unset")
     if not args.json:
         print("generating and preparing images, then timing both loaders ...", file=sys.stderr)
     r = run_data_bench(images=args.images, n=args.n, workers=args.workers, batch_size=args.batch_size,

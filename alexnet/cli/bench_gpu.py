@@ -31,6 +31,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--skip-tests", action="store_true", help="leave out the pytest -m gpu stage")
     parser.add_argument("--json", action="store_true", help="print gpu.json on stdout at the end")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -38,7 +39,7 @@ def run(args) -> int:
     from alexnet.bench.gpu import run_gpu_bench  # lazy: keeps `alexnet --help` from importing torchvision
 
     result = run_gpu_bench(args.out, device=args.device, quick=args.quick, skip_tests=args.skip_tests,
-                           progress=lambda m: print(f"bench gpu: {m}", file=sys.stderr))  # fmt: skip
+                           progress=None if args.quiet else lambda m: print(f"bench gpu: {m}", file=sys.stderr))  # fmt: skip
     if args.json:
         print_json(result)
     else:

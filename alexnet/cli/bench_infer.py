@@ -61,6 +61,7 @@ def register(sub) -> None:
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed rounds at batch 1")
     add_load_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -86,7 +87,7 @@ def run(args) -> int:
         repeats=args.repeats,
         latency_repeats=args.latency_repeats,
         load=args.load,
-        progress=lambda m: print(m, file=sys.stderr),
+        progress=None if args.quiet else lambda m: print(m, file=sys.stderr),
     )
     if args.json:
         print_json(r)

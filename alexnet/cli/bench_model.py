@@ -61,6 +61,7 @@ def register(sub) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
     add_load_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -84,7 +85,7 @@ def run(args) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         load=args.load,
-        progress=lambda m: print(m, file=sys.stderr),
+        progress=None if args.quiet else lambda m: print(m, file=sys.stderr),
     )
     if args.json:
         print_json(result)

@@ -52,6 +52,7 @@ def register(sub) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -78,7 +79,7 @@ def run(args) -> int:
         paths=paths,
         n=args.n,
         size=args.size,
-        progress=lambda m: print(m, file=sys.stderr),
+        progress=None if args.quiet else lambda m: print(m, file=sys.stderr),
     )
     if args.json:
         print_json(result)

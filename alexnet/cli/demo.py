@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, add_set_option, print_json
+from alexnet.cli import add_parser, add_progress_option, add_set_option, print_json
 
 DESCRIPTION = """\
 The whole pipeline in about 10 minutes on a 2-core CPU, with nothing downloaded:
@@ -27,6 +27,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory")
     add_set_option(p, "override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)")
+    add_progress_option(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -38,7 +39,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.demo import run_demo  # lazy: torch loads only when the command runs (fast --help)
 
-    result = run_demo(args.out, overrides=args.overrides, progress="auto")
+    result = run_demo(args.out, overrides=args.overrides, progress=args.progress)
     if args.json:
         print_json(
             {

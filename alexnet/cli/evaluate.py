@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 
-from alexnet.cli import add_parser, print_json
-from alexnet.progress import MODES, Progress
+from alexnet.cli import (
+    RUN_DIR_CHECKPOINT,
+    add_force_option,
+    add_parser,
+    add_progress_option,
+    print_json,
+    refuse_overwrite,
+)
 
 
 def register(sub) -> None:
@@ -17,8 +23,9 @@ def register(sub) -> None:
             "The paper's test protocol (§4.1, Table 2): by default the 10 crops (4 corners + centre\n"
             "and their mirrors, softmax averaged); --crops 1 = the centre crop only. Training's\n"
             "per-epoch validation stays centre crop, so its numbers compare with --crops 1. Several\n"
-            "checkpoints form an ensemble: their softmax outputs are averaged. Each checkpoint's own\n"
-            "preprocessing (crop, normalisation, statistics) is used. Under torchrun each process\n"
+            "checkpoints form an ensemble: their softmax outputs are averaged; they must share one\n"
+            "preprocessing (crop, normalisation, statistics), which is then applied once per batch.\n"
+            "A run directory means its checkpoints/best.pt, else last.pt. Under torchrun each process\n"
             "evaluates a disjoint shard and the counts are summed; rank 0 prints."
         ),
     )
@@ -26,7 +33,7 @@ def register(sub) -> None:
         "checkpoints",
         nargs="+",
         metavar="CKPT",
-        help="checkpoint file, run directory (its best.pt) or exported .safetensors",
+        help=f"checkpoint file, run directory ({RUN_DIR_CHECKPOINT}) or exported .safetensors",
     )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared directory (alexnet prepare)")
     p.add_argument("--split", default="val", help="split of the prepared directory")
@@ -40,15 +47,14 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument(
-        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
-    )
+    add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
     p.add_argument(
         "--out",
         default=None,
         metavar="FILE",
         help="also write the JSON result to FILE (e.g. RUN/eval.json, which `alexnet report` reads)",
     )
+    add_force_option(p, "--out FILE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -59,9 +65,11 @@ def run(args) -> int:
     from alexnet.distributed import pick_device, setup, teardown
     from alexnet.evaluate import evaluate_checkpoints, format_table
     from alexnet.io import check_writable, write_json
+    from alexnet.progress import Progress
 
+    refuse_overwrite(args.out, args.force)  # before the evaluation, not after it
     if args.out:
-        check_writable(args.out)  # before the evaluation, not after it
+        check_writable(args.out)
     device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
     info = setup(str(device))
     try:

@@ -1,41 +1,65 @@
-"""`alexnet export`: a checkpoint's weights as safetensors (with metadata) or ONNX."""
+"""`alexnet export`: a checkpoint as safetensors (with metadata), ONNX or TorchScript, with a model card."""
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import RUN_DIR_CHECKPOINT, add_force_option, add_parser, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
     p = add_parser(
         sub,
         "export",
-        "write a checkpoint's weights as safetensors (with metadata) or ONNX",
+        "write a checkpoint as safetensors (with metadata), ONNX or TorchScript, with a model card",
         description=(
             "safetensors: the weights, the preprocessing statistics (stats.* tensors) and metadata\n"
             "(variant, num_classes, class ids and names, input size, normalisation); `evaluate` and\n"
             "`predict` read it back. onnx: dynamic batch, input 'images' (B, 3, H, W) already\n"
             "normalised, output 'logits'; checked against PyTorch with onnxruntime (needs\n"
-            "pip install 'alexnet[onnx]')."
+            "pip install 'alexnet[onnx]'). torchscript: the net traced with its LRN and max-pools as\n"
+            "plain ops (torch.jit.load runs it without this package), checked against PyTorch on\n"
+            "batch sizes the trace did not see. --include-preprocessing (onnx, torchscript): the input\n"
+            "is uint8 RGB images (B, 3, S, S) resized the checkpoint's way (shorter side S and the\n"
+            "central S x S; S = 256 for the paper's), and the centre crop and normalisation (mean image,\n"
+            "channel statistics, Caffe's BGR mean) run inside the graph.\n"
+            "Every export gets FILE.MODEL_CARD.md beside it: architecture, parameters, training data and\n"
+            "recipe, preprocessing, the run's measured metrics, intended use and limits."
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run directory")
-    p.add_argument("--format", required=True, choices=("safetensors", "onnx"), help="output format")
-    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument("checkpoint", metavar="CKPT", help=f"checkpoint file or run directory ({RUN_DIR_CHECKPOINT})")
+    p.add_argument("--format", required=True, choices=("safetensors", "onnx", "torchscript"), help="output format")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (and FILE.MODEL_CARD.md)")
+    p.add_argument(
+        "--include-preprocessing",
+        action="store_true",
+        help="onnx/torchscript: take uint8 images (B, 3, S, S); crop and normalisation in the graph",
+    )
+    add_force_option(p, "FILE and its model card")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from alexnet.export import export  # lazy: torch loads only when the command runs (fast --help)
+    from alexnet.modelcard import card_path
 
-    result = export(args.checkpoint, args.format, args.out)
+    refuse_overwrite(args.out, args.force)
+    refuse_overwrite(card_path(args.out), args.force, "--out's model card")
+    result = export(args.checkpoint, args.format, args.out, include_preprocessing=args.include_preprocessing)
     if args.json:
         print_json(result)
-    elif args.format == "onnx":
+    elif args.quiet:
+        pass
+    elif args.format in ("onnx", "torchscript"):
+        runtime = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
         print(
-            f"wrote {result['out']} (opset {result['opset']}); onnxruntime vs PyTorch: "
-            f"max abs difference {result['max_abs_diff']:.3g}"
+            f"wrote {result['out']} ({args.format}{', opset ' + str(result['opset']) if 'opset' in result else ''}"
+            f"{', preprocessing inside' if args.include_preprocessing else ''}) and {result['model_card']}; "
+            f"{runtime} vs PyTorch: max abs difference {result['max_abs_diff']:.3g}"
         )
     else:
-        print(f"wrote {result['out']} ({result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB)")
+        print(
+            f"wrote {result['out']} ({result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB) "
+            f"and {result['model_card']}"
+        )
     return 0

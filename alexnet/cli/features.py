@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from alexnet.cli import add_parser, print_json
-from alexnet.progress import MODES, Progress
+from alexnet.cli import (
+    RUN_DIR_CHECKPOINT,
+    add_force_option,
+    add_parser,
+    add_progress_option,
+    print_json,
+    refuse_overwrite,
+)
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")  # alexnet.layers (no torch here)
 
@@ -24,7 +30,11 @@ def register(sub) -> None:
             "image files), indices, class_ids, class_names, meta (JSON, with the layer); paths for images."
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory or exported .safetensors")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help=f"checkpoint file, run directory ({RUN_DIR_CHECKPOINT}) or exported .safetensors",
+    )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders (instead of --data)")
     p.add_argument("--data", default=None, metavar="DIR", help="prepared directory (instead of images)")
     p.add_argument("--split", default="val", help="split of the prepared directory")
@@ -34,19 +44,20 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument(
-        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
-    )
+    add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
+    add_force_option(p, "--out FILE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
-    from alexnet.errors import UserError
+    from alexnet.errors import UsageError
+    from alexnet.progress import Progress
 
     if (args.data is None) == (not args.images):
-        raise UserError("give either --data DIR (a prepared split) or IMAGE... / FOLDER, not both and not neither")
+        raise UsageError("give either --data DIR (a prepared split) or IMAGE... / FOLDER, not both and not neither")
+    refuse_overwrite(args.out, args.force)
     if args.data is not None:
         from alexnet.data import PreparedSet
         from alexnet.predict import features_of_split

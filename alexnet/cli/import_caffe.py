@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
@@ -41,6 +41,7 @@ def register(sub) -> None:
         choices=("warp", "shorter"),
         help="warp: the whole image to 256x256 (Caffe's); shorter: shorter side 256, centre square (the paper's)",
     )
+    add_force_option(p, "--out CKPT")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -48,6 +49,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.caffe import import_caffe  # lazy: torch loads only when the command runs (fast --help)
 
+    refuse_overwrite(args.out, args.force)
     result = import_caffe(args.model, args.out, prototxt=args.prototxt, mean=args.mean, resize=args.resize)
     if args.json:
         print_json(result)

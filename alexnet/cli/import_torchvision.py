@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
@@ -42,6 +42,8 @@ def register(sub) -> None:
         dest="weights",
         help="same as --weights IMAGENET1K_V1",
     )
+    add_force_option(p, "--out CKPT")
+    p.add_argument("--quiet", action="store_true", help="no download progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -49,7 +51,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.export import import_torchvision  # lazy: torch loads only when the command runs (fast --help)
 
-    result = import_torchvision(args.state_dict, args.out, weights=args.weights, progress=sys.stderr.isatty())
+    refuse_overwrite(args.out, args.force)
+    progress = sys.stderr.isatty() and not args.quiet
+    result = import_torchvision(args.state_dict, args.out, weights=args.weights, progress=progress)
     if args.json:
         print_json(result)
     else:

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import RUN_DIR_CHECKPOINT, add_parser, print_json
 
 
 def register(sub) -> None:
@@ -23,12 +23,17 @@ def register(sub) -> None:
             "is 1 if any failed."
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory or exported .safetensors")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help=f"checkpoint file, run directory ({RUN_DIR_CHECKPOINT}) or exported .safetensors",
+    )
     p.add_argument(
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_DIR",
-        help="image files and/or folders of images; '-' reads paths from standard input, one a line",
+        help="image files and/or folders of images; '-' reads paths from standard input, one a line, or "
+        "the bytes of one image piped in (cat x.jpg | alexnet predict CKPT -; its path shows as '-')",
     )
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--crops", type=int, default=1, choices=(1, 10), help="1 = centre crop, 10 = the paper's")
@@ -53,6 +58,9 @@ def register(sub) -> None:
         "for i = 1..topk)",
     )
     p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument(
+        "--quiet", action="store_true", help="no 'PATH: reason' lines on stderr (failures still set exit status 1)"
+    )
     p.set_defaults(func=run)
 
 
@@ -89,7 +97,7 @@ def run(args) -> int:
         writer.writerow(_csv_header(args.topk))
     for entry in predictor.predict(args.inputs, topk=args.topk, batch_size=args.batch_size, recursive=args.recursive):
         failed += "error" in entry
-        if "error" in entry:
+        if "error" in entry and not args.quiet:
             print(f"{entry['path']}: {entry['error']}", file=sys.stderr)
         if fmt == "json":
             entries.append(entry)

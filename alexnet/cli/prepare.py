@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_parser, add_progress_option, print_json
 from alexnet.data.prepare import CHUNK_SIZE
-from alexnet.progress import MODES
 
 DESCRIPTION = """\
 Prepare an image set the paper's way (§2): every image's shorter side is rescaled to --size
@@ -64,18 +63,17 @@ def register(sub) -> None:
                    help="continue an interrupted prepare into OUT (same SRC and options)")  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
                    help="images per committed chunk: the most work an interruption loses")  # fmt: skip
-    p.add_argument("--progress", default="auto", choices=MODES,
-                   help="auto: a bar on a terminal, otherwise a line every 30 s on stderr")  # fmt: skip
+    add_progress_option(p, "auto: a bar on a terminal, otherwise a line every 30 s on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from alexnet.data.prepare import prepare, summary
-    from alexnet.errors import UserError
+    from alexnet.errors import UsageError
 
     if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: must be at least 1")
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
     try:
         manifest = prepare(args.src, args.out, layout=args.layout, fmt=args.fmt, size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers, force=args.force,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import RUN_DIR_CHECKPOINT, add_parser, add_progress_option, print_json
 from alexnet.cli.features import LAYERS
-from alexnet.progress import MODES, Progress
 
 
 def register(sub) -> None:
@@ -20,7 +19,11 @@ def register(sub) -> None:
             "are reported. The data may be another set than the checkpoint's (transfer)."
         ),
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, run directory, .safetensors or import")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help=f"checkpoint file, run directory ({RUN_DIR_CHECKPOINT}), .safetensors or import",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="prepared directory with train and val splits")
     p.add_argument("--layer", default="fc7", choices=LAYERS, help="the layer whose features to probe")
     p.add_argument("--train-split", default="train", help="split the classifier is fitted on")
@@ -30,9 +33,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch when extracting features")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument(
-        "--progress", default="auto", choices=MODES, help="auto: a bar on a terminal, a line every ~30 s otherwise"
-    )
+    add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -41,6 +42,7 @@ def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
     from alexnet.data import PreparedSet
     from alexnet.probe import probe
+    from alexnet.progress import Progress
 
     data = PreparedSet(args.data)
     total = sum(data.split_size(s) for s in (args.train_split, args.val_split) if s in data.splits)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
@@ -31,9 +32,10 @@ def register(sub) -> None:
         "--checkpoint",
         default=None,
         metavar="CKPT",
-        help="checkpoint file to show; unset: RUN/checkpoints/last.pt, else best.pt",
+        help="checkpoint file to show; unset: RUN/checkpoints/best.pt, else last.pt (as in every command)",
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu; unset: the best available")
+    add_force_option(p, "an existing report directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help='print {"report": path of index.html} as JSON')
     p.set_defaults(func=run)
@@ -42,6 +44,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.report import write_report  # lazy: torch and matplotlib load only when it runs (fast --help)
 
+    out = args.out if args.out is not None else os.path.join(args.run, "report")
+    refuse_overwrite(out, args.force, "--out" if args.out is not None else "report directory")
     say = None if args.quiet else (lambda text: print(f"report: {text}", file=sys.stderr, flush=True))
     path = write_report(
         args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint, device=args.device

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from alexnet.cli import add_parser, add_set_option, print_json
+from alexnet.cli import add_parser, add_progress_option, add_set_option, print_json
 
 DESCRIPTION = """\
 Train a registered model on a directory written by `alexnet prepare`, with the paper's recipe (§5)
@@ -91,12 +91,7 @@ def register(sub) -> None:
         action="store_true",
         help="torch.compile the training step: forward, loss, backward, optimizer update (train.compile)",
     )
-    p.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "lines", "off"],
-        help="progress output on stderr: a bar on a terminal, plain lines otherwise",
-    )
+    add_progress_option(p, "progress output on stderr: a bar on a terminal, plain lines otherwise")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.set_defaults(func=run)
 

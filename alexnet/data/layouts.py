@@ -19,7 +19,7 @@ import numpy as np
 
 from alexnet.data.images import is_image_name
 from alexnet.data.safepickle import RefusedPickle, load_data_pickle
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 
 LAYOUTS = ("auto", "folder", "imagenet", "flowers17", "cifar10")
 WNID = re.compile(r"^n\d{8}$")
@@ -397,7 +397,7 @@ READERS = {"folder": read_folder, "imagenet": read_imagenet, "flowers17": read_f
 def read_source(root: str, layout: str = "auto") -> Source:
     """Read `root` in the given layout (or the detected one)."""
     if layout not in LAYOUTS:
-        raise UserError(f"--layout {layout}: unknown; choose one of {', '.join(LAYOUTS)}")
+        raise UsageError(f"--layout {layout}: unknown; choose one of {', '.join(LAYOUTS)}")
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise UserError(f"{root}: not a directory; give the folder holding the images")

@@ -22,7 +22,7 @@ from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
 from alexnet.data.prepare import default_workers
 from alexnet.data.validate import check_prepared, damaged
-from alexnet.errors import UserError
+from alexnet.errors import UserError, not_found
 
 STATS_KEYS = ("mean_image", "channel_mean", "channel_std", "eigval", "eigvec")
 
@@ -33,6 +33,8 @@ class PreparedSet:
     def __init__(self, root):
         self.root = os.path.abspath(os.fspath(root))
         manifest = os.path.join(self.root, "manifest.json")
+        if not os.path.exists(self.root):
+            raise not_found(self.root, "prepared directory", f"create one with `alexnet prepare SRC {root}`")
         if not os.path.isfile(manifest):
             raise UserError(
                 f"{self.root}: not a prepared directory (no manifest.json); "

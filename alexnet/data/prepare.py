@@ -27,7 +27,7 @@ from alexnet.data.chunks import StatsAccumulator, assemble_split, run_split
 from alexnet.data.images import BYTES_PER_PIXEL, MAX_PIXELS
 from alexnet.data.layouts import read_source, stratified_split
 from alexnet.data.resume import PARTIAL, Partial
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.io import atomic_write_path, disk_error, read_json, write_json
 from alexnet.progress import LINE_EVERY, Progress, resolve_mode
 
@@ -58,7 +58,7 @@ def capped_workers(workers: int, max_pixels: int) -> int:
 def _check_out(out: str, force: bool) -> None:
     if os.path.lexists(out):
         if not force:
-            raise UserError(f"{out}: already exists; pass --force to replace it or choose another OUT")
+            raise UsageError(f"{out}: already exists; pass --force to replace it or choose another OUT")
         if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json"))):
             raise UserError(f"{out}: exists and is not a prepared directory; refusing to replace it even with --force")
     parent = os.path.dirname(out) or "."
@@ -110,7 +110,7 @@ def _claim(partial: Partial, *, resume: bool, force: bool, early: dict) -> bool:
         partial.remove()
         return False
     partial.unlock()
-    raise UserError(f"{partial.out}: an earlier prepare into it was interrupted (its work is in {partial.path}); "
+    raise UsageError(f"{partial.out}: an earlier prepare into it was interrupted (its work is in {partial.path}); "
                     "pass --resume to continue it, or --force to start over")  # fmt: skip
 
 
@@ -147,15 +147,15 @@ def _save_npz(path: str, arrays: dict) -> None:
 
 def _check_options(fmt: str, val_fraction: float, quality: int, size: int | None, chunk_size: int, progress: str):
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown; choose jpeg or raw")
+        raise UsageError(f"--format {fmt}: unknown; choose jpeg or raw")
     if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+        raise UsageError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     if not 1 <= quality <= 100:
-        raise UserError(f"--quality {quality}: must be in 1..100")
+        raise UsageError(f"--quality {quality}: must be in 1..100")
     if size is not None and size < 8:
-        raise UserError(f"--size {size}: too small; use at least 8 (256 is the paper's)")
+        raise UsageError(f"--size {size}: too small; use at least 8 (256 is the paper's)")
     if chunk_size < 1:
-        raise UserError(f"--chunk-size {chunk_size}: must be at least 1")
+        raise UsageError(f"--chunk-size {chunk_size}: must be at least 1")
     resolve_mode(progress)
 
 

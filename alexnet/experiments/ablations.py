@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alexnet import config as cfg
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.experiments.common import (
     Reporter,
     cache_root,
@@ -108,16 +108,16 @@ class AblationConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.seeds < 1:
-            raise UserError("--epochs and --seeds must be at least 1")
+            raise UsageError("--epochs and --seeds must be at least 1")
         unknown = [v for v in self.variants if v not in ABLATIONS + EXTRA_VARIANTS]
         if unknown or not self.variants:
-            raise UserError(
+            raise UsageError(
                 f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(ABLATIONS + EXTRA_VARIANTS)}"
             )
         if self.recipe not in RECIPES:
-            raise UserError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
+            raise UsageError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UserError("--max-steps must be at least 1")
+            raise UsageError("--max-steps must be at least 1")
 
 
 # ---------------------------------------------------------------- data
@@ -325,10 +325,10 @@ def _open_data(data, config: AblationConfig, cache, say, demo: dict | None):
     if generated:
         spec = {**DEMO, **(demo or {})}
         if spec["per_class"] < 1 or spec["val_per_class"] < 1:
-            raise UserError("--demo-per-class must be at least 1")
+            raise UsageError("--demo-per-class must be at least 1")
         crop = config.crop or default_crop(spec["size"])
         if crop > spec["size"] or crop < MIN_CROP:  # checked before drawing a set that cannot be used
-            raise UserError(
+            raise UsageError(
                 f"--demo-size {spec['size']} (crop {crop}): AlexNet needs a crop of at least {MIN_CROP} "
                 f"and at most the image size; use --demo-size 76 or more (and --crop at most --demo-size)"
             )
@@ -340,13 +340,13 @@ def _open_data(data, config: AblationConfig, cache, say, demo: dict | None):
         )
     ps = PreparedSet(data)
     if "val" not in ps.splits:
-        raise UserError(
+        raise UsageError(
             f"--data {data}: the prepared set has no val split to evaluate on; "
             "re-run alexnet prepare with --val-fraction > 0"
         )
     crop = config.crop or default_crop(ps.size)
     if crop > ps.size or crop < MIN_CROP:
-        raise UserError(
+        raise UsageError(
             f"--crop {crop}: must be between {MIN_CROP} (AlexNet's smallest input) and the "
             f"prepared size {ps.size}; prepare the data at a larger --size"
         )

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError
 from alexnet.io import atomic_write_bytes, write_json
 from alexnet.progress import Progress, resolve_mode
 
@@ -31,7 +31,7 @@ def out_dir(path: str | os.PathLike) -> Path:
     """Create the output directory; a clear error when the path is a file."""
     p = Path(path).expanduser().resolve()
     if p.exists() and not p.is_dir():
-        raise UserError(f"--out {path}: exists and is not a directory; choose another --out")
+        raise UsageError(f"--out {path}: exists and is not a directory; choose another --out")
     p.mkdir(parents=True, exist_ok=True)
     return p
 

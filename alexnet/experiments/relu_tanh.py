@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.experiments.common import (
     Reporter,
     cache_root,
@@ -71,13 +71,13 @@ class ReluTanhConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.seeds < 1 or self.batch_size < 1:
-            raise UserError("--epochs, --seeds and --batch-size must be at least 1")
+            raise UsageError("--epochs, --seeds and --batch-size must be at least 1")
         if self.lr <= 0 or (self.lr_tanh is not None and self.lr_tanh <= 0):
-            raise UserError("--lr must be positive")
+            raise UsageError("--lr must be positive")
         if self.limit is not None and self.limit < 10:
-            raise UserError("--limit must be at least 10 images")
+            raise UsageError("--limit must be at least 10 images")
         if not 0 < self.target < 1:
-            raise UserError("--target must be a training error between 0 and 1")
+            raise UsageError("--target must be a training error between 0 and 1")
 
 
 class FourLayerNet(nn.Module):

@@ -46,7 +46,7 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
         data: prepared directory; default the one the run recorded (env.json "data").
         out: report directory, default RUN/report; replaced as a whole (built beside, then renamed).
         progress: None, or a callable(str) told each stage in a few words.
-        checkpoint: checkpoint file to show; default RUN/checkpoints/last.pt (the end of the run), else best.pt.
+        checkpoint: checkpoint file to show; default RUN/checkpoints/best.pt, else last.pt (as every command).
         device: torch device for the passes over the data; default cuda -> mps -> cpu.
     A run without a checkpoint gets the curves only; what is skipped is said on the page.
     """
@@ -60,18 +60,18 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
     if records.bad_lines:
         notes.append(f"log.jsonl has {records.bad_lines} unreadable line(s) (cut by a kill?); they are skipped.")
     ckpt = checkpoint_path(records, checkpoint)
-    best = records.root / "checkpoints" / "best.pt"
+    last = records.root / "checkpoints" / "last.pt"
     if (
         checkpoint is None
         and ckpt is not None
-        and ckpt.name == "last.pt"
-        and best.is_file()
-        and not os.path.samefile(best, ckpt)
+        and ckpt.name == "best.pt"
+        and last.is_file()
+        and not os.path.samefile(last, ckpt)
     ):
         notes.append(
-            "Shown: last.pt, the end of the run. best.pt (the lowest validation error during training) "
-            "differs; its validation numbers are optimistic, as it was chosen on that split. Show it with "
-            "--checkpoint RUN/checkpoints/best.pt."
+            "Shown: best.pt (the lowest validation error during training), what a run directory means in "
+            "every command; its validation numbers are optimistic, as it was chosen on that split. "
+            "last.pt, the end of the run, differs: show it with --checkpoint RUN/checkpoints/last.pt."
         )
     result = None
     if ckpt is None:

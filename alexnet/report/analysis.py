@@ -22,7 +22,7 @@ import torch
 from alexnet.artifact import TrainedNet, check_classes, num_outputs, open_artifact
 from alexnet.checkpoint import resolve_checkpoint_path
 from alexnet.data import PackedDataset, PreparedSet
-from alexnet.errors import UserError
+from alexnet.errors import UserError, not_found
 from alexnet.evaluate import prepared_batches
 from alexnet.metrics import scores
 from alexnet.model import AlexNet
@@ -63,7 +63,7 @@ def read_run(run) -> RunRecords:
     """Read RUN's config.json, env.json and log.jsonl; UserError if RUN is not a run directory."""
     root = Path(run).resolve()
     if not root.is_dir():
-        raise UserError(f"{run}: no such run directory; give a directory written by `alexnet train`")
+        raise not_found(run, "run directory", "give a directory written by `alexnet train`")
     markers = ("config.json", "log.jsonl", "checkpoints")
     if not any((root / m).exists() for m in markers):
         raise UserError(
@@ -101,14 +101,11 @@ def data_path(records: RunRecords, data=None) -> str | None:
 
 
 def checkpoint_path(records: RunRecords, checkpoint=None) -> Path | None:
-    """`checkpoint` (a file), else the run's last.pt, else best.pt, else None.
-
-    last.pt by default: the weights the curves end with, not picked for their error on the very split
-    the report evaluates (best.pt was, so its number there is optimistic).
-    """
+    """`checkpoint` (a file), else what a run directory means in every command: its best.pt, else
+    its last.pt (alexnet.checkpoint.resolve_checkpoint_path); None without either."""
     if checkpoint is not None:
         return resolve_checkpoint_path(checkpoint)
-    for name in ("last.pt", "best.pt"):
+    for name in ("best.pt", "last.pt"):
         path = records.root / "checkpoints" / name
         if path.is_file():
             return path
