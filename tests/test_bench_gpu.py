@@ -199,7 +199,9 @@ def test_tests_stage_runs_each_named_file_on_its_own(tmp_path, monkeypatch):
     r = gpu.stage_tests(60.0, ("tests/test_a.py", "tests/test_b.py", "tests/test_c.py"))
     assert (r["passed"], r["skipped"], r["failed"]) == (1, 1, 0) and r["errors"] == 2, r
     assert r["files"]["tests/test_a.py"]["exit_code"] == 0 and not r["timed_out"]
-    assert any(f.startswith("tests/test_b.py") for f in r["failures"]) and any("test_c.py: missing" in f for f in r["failures"])
+    assert any(f.startswith("tests/test_b.py") for f in r["failures"]) and any(
+        "test_c.py: missing" in f for f in r["failures"]
+    )
     assert set(gpu.GPU_TEST_FILES) <= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
 
 
