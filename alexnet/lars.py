@@ -65,12 +65,7 @@ class LARS(Optimizer):
     def _update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
         grads = [p.grad for p in params]
-        velocities = []
-        for p in params:
-            state = self.state[p]
-            if "velocity" not in state:
-                state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            velocities.append(state["velocity"])
+        velocities = velocities_of(self, params)
         updates = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
         if group["adapt"]:
             # the local rates as 0-d tensors on the device: no host read inside a step
@@ -81,6 +76,17 @@ class LARS(Optimizer):
         torch._foreach_mul_(velocities, m)
         torch._foreach_add_(velocities, updates, alpha=lr)  # v = m v + lr * lambda * (g + wd w)
         torch._foreach_sub_(params, velocities)  # w = w - v
+
+
+def velocities_of(optimizer: Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's momentum buffer (same shape), made as zeros on first use."""
+    velocities = []
+    for p in params:
+        state = optimizer.state[p]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        velocities.append(state["velocity"])
+    return velocities
 
 
 def trust_ratio(w_norm: torch.Tensor, g_norm: torch.Tensor, trust: float, weight_decay: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from alexnet.lars import LARS
+from alexnet.lars import LARS, velocities_of
 
 BASE_BATCH = 128  # the paper's batch (§5), the one its learning rate is for
 
@@ -76,12 +76,7 @@ class PaperSGD(Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            velocities = []
-            for p in params:
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                velocities.append(state["velocity"])
+            velocities = velocities_of(self, params)
             if self._compiled is not None:
                 self._compiled(params, grads, velocities, self._lr_tensor(index, lr, params[0]), m, wd)
                 continue
