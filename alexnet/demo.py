@@ -23,7 +23,7 @@ from pathlib import Path
 from alexnet import config as cfg
 from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
-from alexnet.errors import UserError
+from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.io import write_json, write_text
 from alexnet.report import write_report
@@ -86,10 +86,13 @@ def _say(text: str, quiet: bool) -> None:
         print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
-def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrides=(), quiet: bool = False) -> dict:
+def run_demo(
+    out: str | os.PathLike = "demo", *, progress: str = "auto", overrides=(), quiet: bool = False, force: bool = False
+) -> dict:
     """Run the demo under `out` (OUT/images, OUT/data, OUT/run); returns the summary dict.
 
-    A previous OUT/run is replaced by a fresh run; complete generated data is reused.
+    A previous OUT/run is replaced by a fresh run only with force=True (UsageError otherwise,
+    before anything is generated); complete generated data is reused.
     Returns {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds",
     "top5_error_10crop", "settings"}.
     """
@@ -97,12 +100,17 @@ def run_demo(out: str | os.PathLike = "demo", *, progress: str = "auto", overrid
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    data = _prepared(out, quiet)
     run = out / "run"
     if run.exists():
         if not (run / "config.json").is_file() and any(run.iterdir()):
             raise UserError(f"{run}: exists and is not a run directory; remove it or choose another --out")
+        if not force and any(run.iterdir()):
+            raise UsageError(
+                f"--out {out}: holds a previous demo run (run/); pass --force to replace it, or choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    data = _prepared(out, quiet)
+    if run.exists():
         _say(f"replacing the previous demo run in {run}", quiet)
         shutil.rmtree(run)
     config = cfg.load_config(TrainConfig, None, list(OVERRIDES) + list(overrides))

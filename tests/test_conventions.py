@@ -83,7 +83,8 @@ def test_quiet_wherever_progress_is_printed_and_force_wherever_files_are_replace
             assert "--quiet" in options, name
     for name in ("predict", "export", "import-torchvision", "report", "bench model", "bench infer"):
         assert "--quiet" in _options(parsers[name]), name
-    for name in ("prepare", "evaluate", "features", "export", "import-torchvision", "import-caffe", "report"):
+    writers = ("prepare", "evaluate", "features", "export", "import-torchvision", "import-caffe", "report", "demo")
+    for name in (*writers, "experiment relu-vs-tanh", "experiment ablations", "bench gpu"):
         assert "--force" in _options(parsers[name]), name
     for name in ("evaluate", "features", "export", "predict"):  # what a run directory means, said in --help
         assert "best.pt" in parsers[name].format_help(), name
@@ -106,6 +107,29 @@ def test_exit_statuses_usage_2_runtime_1(tmp_path, capsys):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "optim.name=adam"]) == 2
     assert "--set" in capsys.readouterr().err  # the CLI keeps its wording
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, kept",
+    [
+        (["experiment", "relu-vs-tanh", "--epochs", "1"], "result.json"),
+        (["experiment", "ablations", "--epochs", "1"], "result.json"),
+        (["bench", "gpu", "--device", "cpu", "--quick"], "gpu.json"),
+        (["demo"], "run/log.jsonl"),
+    ],
+)
+def test_finished_results_are_not_replaced_without_force(tmp_path, capsys, argv, kept):
+    """A finished experiment, GPU measurement or demo run stays; the refusal comes before any work."""
+    out = tmp_path / "out"
+    made = [out / kept] + ([out / "run" / "config.json"] if argv == ["demo"] else [])
+    for path in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("finished")
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0], err
+    assert {p for p in out.rglob("*") if p.is_file()} == set(made)  # nothing drawn, prepared or written
+    assert all(p.read_text() == "finished" for p in made)
 
 
 # ---------------------------------------------------------------- predict's inputs

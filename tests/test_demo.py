@@ -42,9 +42,16 @@ def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
     assert "read from RUN/eval.json" in (out / "run" / "report" / "index.html").read_text()
     assert (out / "run" / "checkpoints" / "last.pt").is_file()
 
-    # a rerun reuses the complete generated data and starts a fresh run
+    # a rerun without --force leaves the previous run alone: exit 2 and one line naming --force
     stamp = (out / "data" / "manifest.json").stat().st_mtime_ns
-    assert main(["demo", "--out", str(out), *shrink]) == 0
+    before = (out / "run" / "log.jsonl").read_bytes()
+    assert main(["demo", "--out", str(out), *shrink]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and len(err.strip().splitlines()) == 1
+    assert (out / "run" / "log.jsonl").read_bytes() == before
+
+    # with --force it reuses the complete generated data and starts a fresh run
+    assert main(["demo", "--out", str(out), "--force", *shrink]) == 0
     captured = capsys.readouterr()
     assert "reusing the prepared images" in captured.err and "replacing the previous demo run" in captured.err
     assert (out / "data" / "manifest.json").stat().st_mtime_ns == stamp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alexnet.cli import add_parser, print_json
+from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
@@ -31,6 +31,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--skip-tests", action="store_true", help="leave out the pytest -m gpu stage")
     parser.add_argument("--json", action="store_true", help="print gpu.json on stdout at the end")
+    add_force_option(parser, "OUT/gpu.json and OUT/gpu.md from an earlier run (measurements are not redone lightly)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
@@ -38,6 +39,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.bench.gpu import run_gpu_bench  # lazy: keeps `alexnet --help` from importing torchvision
 
+    refuse_overwrite(Path(args.out) / "gpu.json", args.force, "--out's gpu.json")
     result = run_gpu_bench(args.out, device=args.device, quick=args.quick, skip_tests=args.skip_tests,
                            progress=None if args.quiet else lambda m: print(f"bench gpu: {m}", file=sys.stderr))  # fmt: skip
     if args.json:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexnet.cli import add_parser, add_progress_option, add_set_option, print_json
+from alexnet.cli import add_force_option, add_parser, add_progress_option, add_set_option, print_json
 
 DESCRIPTION = """\
 The whole pipeline in about 10 minutes on a 2-core CPU, with nothing downloaded:
@@ -11,7 +11,7 @@ The whole pipeline in about 10 minutes on a 2-core CPU, with nothing downloaded:
   2. prepares them (mean image, PCA eigenpairs): OUT/data,
   3. trains the paper's AlexNet (two towers, LRN, overlapping pooling, dropout) with the paper's
      augmentation (random 227 crops, mirrors, PCA colour noise) and update rule: OUT/run
-     (replaced on every demo run),
+     (a previous demo run there is replaced only with --force),
   4. evaluates the last checkpoint with the centre crop and the paper's 10 crops: OUT/run/eval.json,
   5. writes the run's report (curves, the paper's Figures 3 and 4, tables): OUT/run/report/index.html.
 Departures from the paper's recipe, so that it learns within minutes: Kaiming init on per-channel
@@ -26,6 +26,7 @@ def register(sub) -> None:
         description=DESCRIPTION,
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory")
+    add_force_option(p, "a previous demo run (OUT/run)")
     add_set_option(p, "override a training setting, as in `alexnet train` (e.g. --set train.epochs=3)")
     add_progress_option(p)
     p.add_argument(
@@ -39,7 +40,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from alexnet.demo import run_demo  # lazy: torch loads only when the command runs (fast --help)
 
-    result = run_demo(args.out, overrides=args.overrides, progress=args.progress)
+    result = run_demo(args.out, overrides=args.overrides, progress=args.progress, force=args.force)
     if args.json:
         print_json(
             {

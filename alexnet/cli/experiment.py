@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alexnet.cli import add_parser, add_set_option, print_json
+from alexnet.cli import add_force_option, add_parser, add_set_option, print_json, refuse_overwrite
 
 RELU_DESCRIPTION = """\
 The paper's Figure 1 (§3.1): a four-layer CNN (cuda-convnet's layers-80sec: three 5x5 conv layers
@@ -72,6 +72,7 @@ def _add_relu_vs_tanh_parser(inner) -> None:
     )
     p.add_argument("--out", default="experiments/relu-vs-tanh", metavar="DIR", help="where result.json and the plot go")
     p.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
+    add_force_option(p, "a finished experiment's OUT/result.json")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_relu_vs_tanh)
 
@@ -148,6 +149,7 @@ def _add_ablations_parser(inner) -> None:
         help="keep every run's checkpoints (about 455 MB each); by default only logs and configs stay",
     )
     p.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
+    add_force_option(p, "a finished experiment's OUT/result.json")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run_ablations)
 
@@ -171,6 +173,7 @@ def run_relu_vs_tanh(args) -> int:
         target=args.target,
         device=args.device,
     )
+    refuse_overwrite(Path(args.out) / "result.json", args.force, "--out's result.json")
     result = run(args.data, args.out, config, cache=args.cache, progress=not (args.quiet or args.json))
     if args.json:
         print_json(result)
@@ -232,6 +235,8 @@ def run_ablations(args) -> int:
         keep_checkpoints=args.keep_checkpoints,
     )
     demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v is not None}
+    # an unfinished experiment (no result.json yet) resumes without --force; finished runs are reused either way
+    refuse_overwrite(Path(args.out) / "result.json", args.force, "--out's result.json")
     result = run(
         args.data,
         args.out,
