@@ -95,7 +95,7 @@ def test_features_of_image_files_at_a_layer_match_the_api(checkpoint, tiny_image
     assert net.features(saved["paths"][:1]).shape == (1, 4096)  # fc7 by default
 
 
-def test_features_of_a_split_at_a_layer(checkpoint, tiny_prepared, tmp_path, capsys):
+def test_features_of_a_split_at_a_layer(checkpoint, tiny_prepared, tmp_path, capsys, monkeypatch):
     out = tmp_path / "s.npz"
     args = ["features", str(checkpoint), "--data", str(tiny_prepared), "--layer", "pool5", "--out", str(out)]
     assert main(args + ["--progress", "off", "--workers", "0"]) == 0
@@ -103,6 +103,10 @@ def test_features_of_a_split_at_a_layer(checkpoint, tiny_prepared, tmp_path, cap
     assert load_features(str(out))["labels"].tolist() == [0, 0, 1, 1, 2, 2]
     assert main(["features", str(checkpoint), "--out", str(out)]) == 2
     assert "give either --data DIR" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # without --out: features-LAYER.npz in the current folder, the same array
+    assert main(args[:-2] + ["--layer", "conv5", "--progress", "off", "--workers", "0"]) == 0
+    assert f"to {tmp_path / 'features-conv5.npz'}" in capsys.readouterr().out
+    assert load_features("features-conv5.npz")["features"].shape == (6, 256, 3, 3)  # conv5 at 67 px
     with pytest.raises(UserError, match="choose one of conv1"):
         open_artifact(checkpoint, "cpu").features(torch.zeros(1, 3, 256, 256, dtype=torch.uint8), layer="fc9")
 

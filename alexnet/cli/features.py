@@ -39,7 +39,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="DIR", help="prepared directory (instead of images)")
     p.add_argument("--split", default="val", help="split of the prepared directory")
     p.add_argument("--layer", default="fc7", choices=LAYERS, help="the layer whose activations to write")
-    p.add_argument("--out", required=True, metavar="FILE", help="features file to write (.npz)")
+    p.add_argument(
+        "--out", default=None, metavar="FILE", help="features file to write (.npz; default: features-LAYER.npz here)"
+    )
     p.add_argument("--recursive", action="store_true", help="images: also the files in subfolders of a FOLDER")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
@@ -57,6 +59,8 @@ def run(args) -> int:
 
     if (args.data is None) == (not args.images):
         raise UsageError("give either --data DIR (a prepared split) or IMAGE... / FOLDER, not both and not neither")
+    if args.out is None:  # e.g. features-fc7.npz, in the current folder; said in the closing line
+        args.out = f"features-{args.layer}.npz"
     refuse_overwrite(args.out, args.force)
     if args.data is not None:
         from alexnet.data import PreparedSet
