@@ -156,7 +156,6 @@ def test_bytes_sent_are_the_analytic_count(two, layout, scheme, workers, batch):
         assert sent.get("gradients", 0) == pytest.approx(row["gradients"] * steps, abs=steps)
 
 
-@pytest.mark.slow
 def test_four_processes_as_two_data_by_two_towers(one, data, tmp_path):
     """WORLD_SIZE = 4: two pairs of towers, each tower's gradients averaged over its two copies."""
     plan = [{"data": data, "out": tmp_path / "mesh", "sets": [*SETTINGS, "parallel.towers=2"],
