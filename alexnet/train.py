@@ -295,6 +295,8 @@ class Loop:
     stepper: Stepper | None = None  # the training step of model (alexnet/step.py), compiled or eager
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
     interrupted: int = 0  # the number of a stop signal (SIGINT, SIGTERM, SIGUSR1): stop after this step, save, exit
+    signalled: int = 0  # a stop signal this process got; a split net acts on it at a log point (interrupted)
+    stopped_alone: bool = False  # a split net's process stopped without the others (its loader died): no save
     tb: object | None = None
 
     @property
@@ -649,6 +651,10 @@ def train_one_epoch(loop: Loop) -> None:
             record = state.interval_record(loop.info, state.epoch, lr)
             log_record(loop, record)
             divergence.check(loop, record)
+        if loop.layout.split and (state.step % tc.log_every == 0 or state.batch == n):
+            # a split net is saved by all its processes together, so they stop at the same step: the
+            # first log point after any of them got a signal (one flag, read with the log's numbers)
+            loop.interrupted = loop.layout.agreed_stop(loop.signalled, loop.info.device)
         if tc.stall_steps and state.step == tc.stall_steps:
             check_stall(loop)
         kill_point("step", state.step)
@@ -671,7 +677,8 @@ def _batches(loop: Loop, batches):
         except StopIteration:
             return
         except RuntimeError:
-            if loop.interrupted:  # "DataLoader worker exited unexpectedly": it got the Ctrl-C too
+            if loop.signalled:  # "DataLoader worker exited unexpectedly": it got the Ctrl-C too
+                loop.interrupted, loop.stopped_alone = loop.signalled, loop.layout.split
                 return
             raise
         yield batch
@@ -751,8 +758,8 @@ def fit(loop: Loop) -> None:
         end_epoch(loop)
     else:
         return
-    if loop.interrupted:
-        save(loop, collective=False)  # every rank got the signal; each stops on its own
+    if loop.interrupted:  # data parallel: rank 0 saves alone; a split net's processes agreed on this step
+        save(loop, collective=loop.layout.split and not loop.stopped_alone)
     else:
         check_finite(loop)
         save(loop)
@@ -764,16 +771,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 @contextlib.contextmanager
 def stop_on_ctrl_c(loop: Loop):
-    """A first SIGINT (Ctrl-C), SIGTERM or SIGUSR1 finishes the current step, saves last.pt and ends
-    the run (the caller raises Stopped); a second one acts as it would have without this. Main
-    thread only (signals). loop.interrupted holds the signal's number."""
+    """A first SIGINT (Ctrl-C), SIGTERM or SIGUSR1 finishes the current step (a split net: the steps
+    to the next log point, where its processes agree to stop), saves last.pt and ends the run (the
+    caller raises Stopped); a second one acts as it would have without this. Main thread only
+    (signals). loop.interrupted holds the signal's number."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
 
     def handler(signum, frame):
-        loop.interrupted = loop.interrupted or signum
+        loop.signalled = loop.signalled or signum
+        if not loop.layout.split:
+            loop.interrupted = loop.signalled
         signal.signal(signum, previous[signum])
 
     for sig in STOP_SIGNALS:
@@ -840,7 +850,7 @@ def train(
         state = loop.state
         if loop.interrupted:
             name = signal.Signals(loop.interrupted).name
-            saved = "its last save is" if loop.layout.split else "saved"  # a split net saves only together
+            saved = "its last save is" if loop.stopped_alone else "saved"  # a split net saves only together
             loop.printer.say(
                 f"{'interrupted' if name == 'SIGINT' else 'stopped by ' + name} at step {state.step}; {saved} "
                 f"{loop.run.last}. Resume with: alexnet train {loop.data.root} --out {loop.run.root} --resume"

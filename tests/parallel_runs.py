@@ -16,7 +16,9 @@ import sys
 import torch.distributed as dist
 
 from alexnet import model
+from alexnet.errors import Stopped
 from alexnet.parallel import SENT
+from alexnet.rundir import KILL_ENV, KILL_SIGNAL_ENV
 from alexnet.train import resolve_config, train
 
 
@@ -33,7 +35,9 @@ def register() -> None:
 
 def run_plan(plan: list[dict]) -> None:
     """Each item: {"data", "out", "sets": [section.key=value, ...], "resume": bool, "copy": run dir
-    to start from (copied to out), "traffic": path prefix for this rank's bytes sent (JSON)}."""
+    to start from (copied to out), "traffic": path prefix for this rank's bytes sent (JSON), "signal":
+    [rank, step, name]: that rank sends itself the signal after that step; the Stopped exit it and the
+    others take is written to OUT-stopped-rankR.json}."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     for item in plan:
         if item.get("copy") and rank == 0:
@@ -43,7 +47,17 @@ def run_plan(plan: list[dict]) -> None:
         resume = bool(item.get("resume"))
         config = resolve_config(item["out"], None, item["sets"], resume=resume)
         SENT.clear()
-        summary = train(item["data"], item["out"], config, resume=resume, progress="off")
+        if item.get("signal") and item["signal"][0] == rank:
+            os.environ[KILL_ENV], os.environ[KILL_SIGNAL_ENV] = f"step:{item['signal'][1]}", item["signal"][2]
+        try:
+            summary = train(item["data"], item["out"], config, resume=resume, progress="off")
+        except Stopped as stop:
+            with open(f"{item['out']}-stopped-rank{rank}.json", "w") as f:
+                json.dump({"signum": stop.signum}, f)
+            continue
+        finally:
+            os.environ.pop(KILL_ENV, None)
+            os.environ.pop(KILL_SIGNAL_ENV, None)
         if item.get("traffic"):
             with open(f"{item['traffic']}-rank{rank}.json", "w") as f:
                 json.dump({"sent": dict(SENT), "steps": summary["step"]}, f)

@@ -80,14 +80,17 @@ def one(narrow, data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two(one, data, tmp_path_factory):
-    """Two processes, one launch: towers (6 steps), towers resumed from one process's step 3, and one
-    weird trick for 3 steps; then one process resumes the weird trick's checkpoint to the end."""
+    """Two processes, one launch: towers (6 steps), towers resumed from one process's step 3, towers
+    sent SIGTERM on one process after step 1 (logging every 2 steps) and resumed, and one weird trick
+    for 3 steps; then one process resumes the weird trick's checkpoint to the end."""
     root = tmp_path_factory.mktemp("two")
     towers, trick = [*SETTINGS, "parallel.towers=2"], [*SETTINGS, "parallel.fc=model", "train.max_steps=3"]
     plan = [
         {"data": data, "out": root / "towers", "sets": towers, "traffic": root / "towers-traffic"},
         {"data": data, "out": root / "towers-resumed", "sets": ["parallel.towers=2", "train.max_steps=null"],
          "copy": one / "epoch1", "resume": True},
+        {"data": data, "out": root / "stopped", "sets": [*towers, "train.log_every=2"], "signal": [1, 1, "SIGTERM"]},
+        {"data": data, "out": root / "stopped-resumed", "sets": [], "copy": root / "stopped", "resume": True},
         {"data": data, "out": root / "trick", "sets": trick, "traffic": root / "trick-traffic"},
     ]  # fmt: skip
     _torchrun(plan, root / "plan.json", 2)
@@ -110,7 +113,12 @@ def _assert_same_run(run: Path, oracle: Path, steps: int) -> None:
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, steps + 1))
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
     assert [r["img_s"] > 0 for r in b]
-    for x, y in zip(_records(oracle, "epoch"), _records(run, "epoch")):
+    _assert_same_state(run, oracle, steps)
+
+
+def _assert_same_state(run: Path, oracle: Path, steps: int) -> None:
+    """Same epoch records (validation errors, losses), weights and momentum within 1e-5 relative."""
+    for x, y in zip(_records(oracle, "epoch"), _records(run, "epoch"), strict=True):
         assert y["val_top1_error"] == pytest.approx(x["val_top1_error"], abs=1e-9)
         assert y["val_loss"] == pytest.approx(x["val_loss"], rel=1e-5)
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
@@ -131,6 +139,17 @@ def _assert_same_run(run: Path, oracle: Path, steps: int) -> None:
 def test_towers_train_as_one_process(one, two):
     _assert_same_run(two / "towers", one / "full", 6)
     assert load_checkpoint(two / "towers")["model_kwargs"]["lrn_scope"] == "tower"
+
+
+def test_towers_stop_together_on_a_signal_to_one_process_and_resume_exactly(one, two):
+    """SIGTERM to tower 2's process alone after step 1: both stop at the next log point (step 2) with
+    exit 143, the net is gathered and saved there, and the resumed run ends on the uninterrupted weights."""
+    for rank in (0, 1):
+        assert json.loads((two / f"stopped-stopped-rank{rank}.json").read_text()) == {"signum": 15}
+    assert load_checkpoint(two / "stopped" / "checkpoints" / "last.pt")["step"] == 2
+    assert [r["step"] for r in _records(two / "stopped", "step")] == [2]
+    assert [r["step"] for r in _records(two / "stopped-resumed", "step")] == [2, 3, 4, 6]  # log points
+    _assert_same_state(two / "stopped-resumed", one / "full", 6)
 
 
 def test_towers_resume_a_one_process_checkpoint(one, two):

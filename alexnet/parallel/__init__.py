@@ -89,6 +89,10 @@ class Layout:
         """(model state dict, optimizer state dict) of the whole net on rank 0 (a collective)."""
         return unwrap(raw).state_dict(), optimizer.state_dict()
 
+    def agreed_stop(self, signalled: int, device: torch.device) -> int:
+        """The stop signal to act on now (0: none). Whole nets: this process's own."""
+        return signalled
+
     def load_states(self, raw: nn.Module, optimizer, model: dict, optim: dict) -> None:
         """Load the whole net's states (a checkpoint's) into this process's share."""
         raw.load_state_dict(model)
@@ -132,6 +136,13 @@ class SplitLayout(Layout):
 
         for p in net.parameters():
             p.register_post_accumulate_grad_hook(ready)
+
+    def agreed_stop(self, signalled: int, device: torch.device) -> int:
+        """The largest stop signal any process has got (0: none), the same on all of them: the net is
+        gathered from every process to be saved, so they must stop at the same step (a collective)."""
+        flag = torch.tensor([signalled], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 
     def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
         if 0 not in self.comm.ranks:  # every pair holds the same weights: rank 0's writes them
