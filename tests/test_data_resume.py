@@ -72,6 +72,8 @@ def test_sigkilled_prepare_resumes_to_identical_bytes(source, reference, tmp_pat
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="chunk_size: 4 then, 5 now"):
         prepare(source, str(out), workers=1, resume=True, **{**KW, "chunk_size": 5})
+    with pytest.raises(UserError, match="max_pixels: 100000000 then, 5000 now"):  # it decides what is skipped
+        prepare(source, str(out), workers=1, resume=True, **{**KW, "max_pixels": 5000})
     assert partial.count("train") == 2  # refused resumes change nothing
     m = prepare(source, str(out), workers=2, resume=True, **KW)  # another worker count is fine
     assert m["resumed_images"] == 2 * KW["chunk_size"]

@@ -205,13 +205,13 @@ def prepare(
     _check_options(fmt, val_fraction, quality, size, chunk_size, progress)
     out = os.path.abspath(out)
     _check_out(out, force)  # before reading the source: listing ImageNet takes minutes
-    partial = Partial(out)
-    early = {"source": os.path.abspath(src), "format": fmt, "val_fraction": val_fraction, "seed": seed,
-             "quality": quality, "chunk_size": chunk_size}  # fmt: skip
-    resuming = _claim(partial, resume=resume, force=force, early=early)
     if max_pixels is not None and max_pixels < 1:
         raise UserError(f"--max-pixels {max_pixels}: must be at least 1")
     max_pixels = max_pixels or MAX_PIXELS
+    partial = Partial(out)
+    early = {"source": os.path.abspath(src), "format": fmt, "val_fraction": val_fraction, "seed": seed,
+             "quality": quality, "chunk_size": chunk_size, "max_pixels": max_pixels}  # fmt: skip
+    resuming = _claim(partial, resume=resume, force=force, early=early)
     workers = capped_workers(workers or default_workers(), max_pixels)
     try:
         if resuming and partial.complete():  # killed while moving the finished set into place
