@@ -328,11 +328,11 @@ class TrainedNet:
                     raise UserError(f"{name}: {reason}") from None
                 yield path, None, reason
 
-    def _batches(self, images, batch_size: int, errors: str):
-        """Yield lists of (name, uint8 (3, S, S) or None, error) holding at most batch_size images."""
+    def _batches(self, items, batch_size: int):
+        """(path, uint8 (3, S, S) or None, error) triples -> lists of them holding at most batch_size images."""
         check_whole("batch_size", batch_size)
         pending = []
-        for item in self._prepared_items(images, errors):
+        for item in items:
             pending.append(item)
             if sum(x is not None for _, x, _ in pending) >= batch_size:
                 yield pending
@@ -356,7 +356,8 @@ class TrainedNet:
         """Images -> (N, C) softmax on the CPU, averaged over the crops (paper §4.1), batch by batch."""
         check_crops(crops)
         rows = [
-            self._probs(torch.stack([x for _, x, _ in b]), crops) for b in self._batches(images, batch_size, "raise")
+            self._probs(torch.stack([x for _, x, _ in b]), crops)
+            for b in self._batches(self._prepared_items(images, "raise"), batch_size)
         ]
         if not rows:
             raise UsageError("no images given")
@@ -369,7 +370,12 @@ class TrainedNet:
         input raises UserError naming it) or "report" (its Prediction carries .error)."""
         check_whole("topk", topk)
         check_crops(crops)
-        for batch in self._batches(images, batch_size, errors):
+        yield from self.predictions_of(self._prepared_items(images, errors), topk, crops, batch_size)
+
+    def predictions_of(self, items, topk: int, crops: int, batch_size: int) -> Iterator[Prediction]:
+        """(path, uint8 (3, S, S) or None, error) triples, made by the caller (`alexnet predict`'s
+        files) -> a Prediction each, batch_size images at a time."""
+        for batch in self._batches(items, batch_size):
             ready = [x for _, x, _ in batch if x is not None]
             probs = iter(self._probs(torch.stack(ready), crops)) if ready else iter(())
             for path, x, error in batch:
@@ -402,7 +408,7 @@ class TrainedNet:
             batch_features(self.model, self.normalize(torch.stack([x for _, x, _ in batch]), crops), layer)
             .float()
             .cpu()
-            for batch in self._batches(images, batch_size, "raise")
+            for batch in self._batches(self._prepared_items(images, "raise"), batch_size)
         ]
         if not rows:
             raise UsageError("no images given")

@@ -38,7 +38,6 @@ from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.io import atomic_write_bytes, check_writable
 from alexnet.layers import batch_features, check_feature_layer
-from alexnet.metrics import average_probabilities
 
 __all__ = [
     "FEATURES_KEYS",
@@ -172,52 +171,29 @@ class Predictor:
         """File -> model input (3, H, W) or (10, 3, H, W) on the CPU."""
         return self.net.normalize(self.net.prepare(path)[None], self.crops)[0].cpu()
 
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Model inputs (N, 3, H, W) or (N, 10, 3, H, W) -> softmax (N, C), averaged over crops."""
-        probs, _ = average_probabilities([self.model], images.to(self.device))
-        return probs.cpu()
-
-    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
-        """One image's probabilities (C,) -> the k most probable [{"class", "name", "index", "prob"}]."""
-        values, indices = probs.topk(min(k, probs.numel()))
-        return [
-            {"class": self.ids[i], "name": self.names[i], "index": i, "prob": float(p)}
-            for p, i in zip(values.tolist(), indices.tolist())
-        ]
-
     def predict(self, inputs: Sequence[str], *, topk: int = 5, batch_size: int = 16,
                 recursive: bool = False) -> Iterable[dict]:  # fmt: skip
-        """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image."""
+        """Yield, in input order, {"path", "predictions": [...]} or {"path", "error"} per image
+        (TrainedNet.iter_predict's Predictions as the CLI's JSON)."""
         if topk < 1:
             raise UsageError(f"--topk {topk}: must be at least 1")
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-        pending: list[tuple[str, torch.Tensor | None, str | None]] = []
+        items = self._items(inputs, recursive)
+        for prediction in self.net.predictions_of(items, topk, self.crops, batch_size):
+            yield prediction.to_json()
 
-        def flush():
-            ready = [x for _, x, _ in pending if x is not None]
-            probs = iter(self.probabilities(self.net.normalize(torch.stack(ready), self.crops))) if ready else iter(())
-            for path, x, error in pending:
-                yield (
-                    {"path": path, "error": error}
-                    if x is None
-                    else {"path": path, "predictions": self.top(next(probs), topk)}
-                )
-            pending.clear()
-
+    def _items(self, inputs: Sequence[str], recursive: bool):
+        """(path, uint8 (3, S, S) or None, error) per file: a missing file, a folder without images
+        or an undecodable image is an entry with its reason, not an exception."""
         for path, error in iter_inputs(inputs, recursive=recursive):
             image = None
             if error is None:
                 try:
-                    source = path.data if isinstance(path, StdinImage) else path
-                    image = self.net.prepare(source)  # uint8 (3, S, S); normalised per batch on the device
+                    image = self.net.prepare(path.data if isinstance(path, StdinImage) else path)
                 except BadImageError as exc:
                     error = exc.reason
-            pending.append((path, image, error))
-            if sum(x is not None for _, x, _ in pending) >= batch_size:
-                yield from flush()
-        yield from flush()
+            yield path, image, error
 
 
 def format_prediction(entry: dict) -> str:
