@@ -82,6 +82,9 @@ def test_page_and_figures_from_a_tiny_run(tiny):
         assert title in html, title
     # nothing fetched from elsewhere: no URLs, no scripts
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html
+    env = json.loads((tiny["run"] / "env.json").read_text())
+    for key in ("batch_global", "batch_per_process", "accumulate", "lr_effective"):  # how the batch was split
+        assert re.search(rf"<t[dh]>{key}</t[dh]>\s*<td>{re.escape(str(env[key]))}</td>", html), key
     summary = json.loads((index.parent / "report.json").read_text())
     assert summary["ten"]["n"] == 2 and "10-crop evaluation uses 2 of the 9 val images" in html
     from alexnet.model import build_model
