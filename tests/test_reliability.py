@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,33 @@ def test_a_second_train_on_a_held_run_directory_names_the_holder_and_writes_noth
     from alexnet.rundir import lock_run
 
     lock_run(run).close()  # free again
+
+
+def test_two_real_trains_on_one_run_directory_the_second_is_refused(tiny_prepared, tmp_path, capsys):
+    """A job started twice: the first `alexnet train` is paused after its first step (SIGSTOP, lock
+    held, files written); the second is refused naming its PID and changes no byte; the first then
+    finishes alone, its log holding each step once."""
+    from alexnet.rundir import KILL_ENV, KILL_SIGNAL_ENV
+
+    run = tmp_path / "run"
+    sets = _sets([*TINY_TRAIN, "train.max_steps=2", "train.log_every=1"])
+    env = {**os.environ, KILL_ENV: "step:1", KILL_SIGNAL_ENV: "SIGSTOP", "PYTHONPATH": os.getcwd()}
+    first = subprocess.Popen([sys.executable, "-m", "alexnet", "train", str(tiny_prepared), "--out", str(run), *sets,
+                              "--progress", "off"], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped itself (or died)
+        assert os.WIFSTOPPED(status), first.stderr.read()
+        files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        assert run / "log.jsonl" in files and run / "config.json" in files
+        status = main(["train", str(tiny_prepared), "--out", str(run), *sets, "--progress", "off"])
+        err = _one_line_error(capsys, status)
+        assert f"PID {first.pid}" in err and str(run) in err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    steps = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines() if '"kind": "step"' in x]
+    assert steps == [1, 2]
 
 
 def test_a_folder_that_is_not_a_run_is_refused_untouched(tiny_prepared, tmp_path, capsys):
