@@ -29,7 +29,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from alexnet.checkpoint import unwrap
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
-from alexnet.parallel.comm import SENT, Comm, new_groups
+from alexnet.parallel.comm import SENT, Comm, counted_allreduce, new_groups
 from alexnet.parallel.nets import Spec, SplitNet, TowerNet, WeirdTrickNet, part
 
 __all__ = ["SENT", "Layout", "ParallelConfig", "make_layout"]
@@ -83,7 +83,9 @@ class Layout:
         from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
 
         device = self.info.device
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp.register_comm_hook(None, counted_allreduce)  # the default all-reduce, its bytes counted
+        return ddp
 
     def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
         """(model state dict, optimizer state dict) of the whole net on rank 0 (a collective)."""
