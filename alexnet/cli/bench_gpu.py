@@ -31,7 +31,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--skip-tests", action="store_true", help="leave out the pytest -m gpu stage")
     parser.add_argument("--json", action="store_true", help="print gpu.json on stdout at the end")
-    add_force_option(parser, "OUT/gpu.json and OUT/gpu.md from an earlier run (measurements are not redone lightly)")
+    add_force_option(parser, "an earlier run's OUT/gpu.json and gpu.md")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
