@@ -101,10 +101,10 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory; choose another --out")
     run = out / "run"
-    if run.exists():
-        if not (run / "config.json").is_file() and any(run.iterdir()):
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):  # an empty run/ is fine
+        if not (run / "config.json").is_file():
             raise UserError(f"{run}: exists and is not a run directory; remove it or choose another --out")
-        if not force and any(run.iterdir()):
+        if not force:
             raise UsageError(
                 f"--out {out}: holds a previous demo run (run/); pass --force to replace it, or choose another --out"
             )

@@ -651,10 +651,10 @@ def train_one_epoch(loop: Loop) -> None:
             record = state.interval_record(loop.info, state.epoch, lr)
             log_record(loop, record)
             divergence.check(loop, record)
-        if loop.layout.split and (state.step % tc.log_every == 0 or state.batch == n):
-            # a split net is saved by all its processes together, so they stop at the same step: the
-            # first log point after any of them got a signal (one flag, read with the log's numbers)
-            loop.interrupted = loop.layout.agreed_stop(loop.signalled, loop.info.device)
+            if loop.layout.split:
+                # a split net is saved by all its processes together, so they stop at the same step:
+                # the first log point after any of them got a signal (one flag, read with the log's numbers)
+                loop.interrupted = loop.layout.agreed_stop(loop.signalled, loop.info.device)
         if tc.stall_steps and state.step == tc.stall_steps:
             check_stall(loop)
         kill_point("step", state.step)
