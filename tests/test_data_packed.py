@@ -12,9 +12,9 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import DistributedSampler
 
-from alexnet.data import EvalTransform, PackedDataset, PreparedSet, TrainTransform, make_loader
-from alexnet.data.augment import Stats, eval_batch, pca_shift, sample_draws, train_batch, train_one
-from alexnet.data.packed import _Sampler
+from alexnet.data import EvalTransform, PackedDataset, PreparedSet, TrainTransform, decode, make_loader
+from alexnet.data.augment import Stats, _crop_normalize, eval_batch, pca_shift, sample_draws, train_batch, train_one
+from alexnet.data.packed import _Sampler, decoder_name
 from alexnet.errors import UserError
 
 S = 256
@@ -61,15 +61,47 @@ def test_prepared_set_and_dataset(prepared, tmp_path):
         PreparedSet(str(tmp_path))
 
 
-def test_decoders_agree(prepared, monkeypatch):
-    import alexnet.data.packed as packed
-
+def test_decoders_agree(prepared):
+    """Every installed decoder gives Pillow's pixels (the reference) for every stored image, with and
+    without a reused buffer."""
     ds = PackedDataset(prepared, "val")
-    fast = [ds.image(i) for i in range(len(ds))]
-    monkeypatch.setattr(packed, "_DECODER", ("pillow", packed._decode_pil))  # the fallback
-    assert packed.decoder_name() == "pillow"
-    for i, x in enumerate(fast):
-        assert torch.equal(ds.image(i), x)
+    found = decode.available()
+    assert "pillow" in found and ds.decoder in found and ds.decoder == decoder_name()
+    assert ds.decoder == next(iter(found))  # the first available, fastest first
+    ref = [decode.CANDIDATES["pillow"]()(_raw(ds, i)) for i in range(len(ds))]
+    for name, fn in found.items():
+        out = np.full((ds.size, ds.size, 3), 7, np.uint8)
+        for i, want in enumerate(ref):
+            assert np.array_equal(fn(_raw(ds, i)), want), name
+            assert fn(_raw(ds, i), out) is out and np.array_equal(out, want), name
+    assert all(torch.equal(ds.image(i), torch.from_numpy(want.copy()).permute(2, 0, 1)) for i, want in enumerate(ref))
+
+
+def _raw(ds, i) -> bytes:
+    start, end = int(ds.offsets[i]), int(ds.offsets[i + 1])
+    with open(ds._path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+@pytest.mark.parametrize("normalize", ["mean_image", "channel"])
+@pytest.mark.parametrize("pca", ["paper", "off"])
+def test_fast_transform_equals_the_tensor_path(prepared, pca, normalize):
+    """TrainTransform on a CPU image (numpy on the decoded (H, W, 3) pixels) equals, bit for bit, the
+    tensor path the device runs (_crop_normalize) for the same draws, flipped or not."""
+    ds = PackedDataset(prepared, "train")
+    t = TrainTransform(stats=prepared.stats, crop=56, pca=pca, normalize=normalize)
+    flips = set()
+    for i in range(len(ds)):
+        x = ds.image(i)
+        got = t(x, generator=torch.Generator().manual_seed(i))
+        d = sample_draws(1, torch.Generator().manual_seed(i), crop=56, size=x.shape[-1])
+        shift = pca_shift(d["alpha"], t.stats, pca)[0]
+        want = _crop_normalize(x, int(d["y0"]), int(d["x0"]), bool(d["flip"]), shift, stats=t.stats, crop=56,
+                               normalize=normalize, out=None)  # fmt: skip
+        assert torch.equal(got, want), i
+        flips.add(bool(d["flip"]))
+    assert flips == {True, False}
 
 
 # ---------------------------------------------------------------- augmentation statistics
@@ -226,14 +258,14 @@ def test_loader_determinism_across_workers(prepared):
 
 def test_pooled_loader_recycles_buffers_and_never_overwrites_a_held_batch(prepared):
     """With workers the training batches go through recycled shared-memory buffers: values equal
-    the in-process loader's (no pool) whether each batch is dropped at once (buffers reused, none
+    the in-process loader's whether each batch is dropped at once (buffers reused, none
     allocated afresh), all are kept (9 batches, 6 buffers: the rest are allocated afresh, and no
     kept batch is overwritten), or an epoch is abandoned half-way and started again."""
     kw = dict(train=True, batch_size=2, seed=5)
     reference = make_loader(prepared, "train", workers=0, **kw)
     reference.set_epoch(1)
     want = [(x.clone(), y.clone()) for x, y in reference]
-    assert reference.pool is None and len(want) == 9
+    assert len(want) == 9 and reference.pool.fresh == 0  # in-process too, two buffers take turns
 
     def same(got):
         return len(got) == len(want) and all(

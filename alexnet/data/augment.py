@@ -142,6 +142,34 @@ def _crop_normalize(x: torch.Tensor, y0: int, x0: int, mirrored: bool, shift: to
     return out.add_((shift[:, None, None] * (1.0 / 255.0) - cm) / cs)
 
 
+def _crop_normalize_hwc(x: np.ndarray, y0: int, x0: int, mirrored: bool, shift: torch.Tensor, *, stats: Stats,
+                        crop: int, normalize: str, out: np.ndarray) -> np.ndarray:  # fmt: skip
+    """_crop_normalize on uint8 (S, S, 3) pixels into float32 (3, crop, crop) `out`, with numpy:
+    crop and mirror are views of the uint8 pixels, and one strided copy converts the crop to float
+    while it moves the channels first (the decoders' (H, W, 3) order to the model's); then the same
+    float32 operations in the same order (minus the mean, plus the shift; or times the scale, plus
+    the offset), so the values are bit for bit _crop_normalize's. numpy, because a torch operation
+    costs microseconds of dispatch each and its strided uint8 -> float copy is twice numpy's."""
+    patch = x[y0 : y0 + crop, x0 : x0 + crop]
+    if mirrored:
+        patch = patch[:, ::-1]
+    np.copyto(out, patch.transpose(2, 0, 1), casting="unsafe")
+    if normalize == "mean_image":
+        if mirrored:
+            mx = x.shape[1] - x0 - crop
+            mean = stats.mirrored_mean()[:, y0 : y0 + crop, mx : mx + crop]
+        else:
+            mean = stats.need("mean_image", "mean-image subtraction")[:, y0 : y0 + crop, x0 : x0 + crop]
+        np.subtract(out, mean.numpy(), out=out)
+        np.add(out, shift.numpy()[:, None, None], out=out)
+        return out
+    cm = stats.need("channel_mean", "channel normalisation")[:, None, None]
+    cs = stats.need("channel_std", "channel normalisation")[:, None, None]
+    np.multiply(out, (1.0 / (255.0 * cs)).numpy(), out=out)  # the scale and offset as _crop_normalize computes them
+    np.add(out, ((shift[:, None, None] * (1.0 / 255.0) - cm) / cs).numpy(), out=out)
+    return out
+
+
 class TrainTransform:
     """The paper's training transform: random crop, mirror with p = 0.5, PCA colour noise, mean
     image subtracted (or channel mean/std). Call as t(uint8 (3, S, S), generator) -> float32
@@ -154,15 +182,34 @@ class TrainTransform:
         self._size = None  # the image size checked last (every image of a set has the same)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, out=None) -> torch.Tensor:
-        size = x.shape[-1]
-        if size != self._size:
-            check_options(self.crop, size)
-            self._size = size
+        if x.device.type == "cpu" and (out is None or out.device.type == "cpu"):
+            if out is None:
+                out = torch.empty((3, self.crop, self.crop), dtype=torch.float32)
+            self.apply_hwc(x.permute(1, 2, 0).numpy(), generator, out.numpy())
+            return out
+        size = self._check_size(x.shape[-1])
         draws = sample_draws(1, generator, crop=self.crop, size=size)
         shift = pca_shift(draws["alpha"], self.stats, self.pca)[0]
         mirrored = self.flip and bool(draws["flip"])
         return _crop_normalize(x, int(draws["y0"]), int(draws["x0"]), mirrored, shift, stats=self.stats,
                                crop=self.crop, normalize=self.normalize, out=out)  # fmt: skip
+
+    def _check_size(self, size: int) -> int:
+        if size != self._size:
+            check_options(self.crop, size)
+            self._size = size
+        return size
+
+    def apply_hwc(self, x: np.ndarray, generator: torch.Generator | None, out: np.ndarray) -> np.ndarray:
+        """The same transform on decoded pixels, uint8 (S, S, 3) as decoders write them, into the
+        float32 (3, crop, crop) array `out` (a worker's slot of the batch): the same draws and the
+        same values as __call__, in about half the time (see _crop_normalize_hwc)."""
+        size = self._check_size(x.shape[1])
+        draws = sample_draws(1, generator, crop=self.crop, size=size)
+        shift = pca_shift(draws["alpha"], self.stats, self.pca)[0]
+        mirrored = self.flip and bool(draws["flip"])
+        return _crop_normalize_hwc(x, int(draws["y0"]), int(draws["x0"]), mirrored, shift, stats=self.stats,
+                                   crop=self.crop, normalize=self.normalize, out=out)  # fmt: skip
 
 
 def crop_offsets(size: int, crop: int, crops: int) -> list[tuple[int, int]]:

@@ -1,8 +1,8 @@
 """Reading a prepared directory: `PreparedSet`, the map-style `PackedDataset` and `make_loader`.
 
-Speed comes from the packed format: each sample is a 256 x 256 JPEG (decoded with
-torchvision.io, else simplejpeg, else Pillow) or raw pixels, so a worker decodes a small image
-and crops/flips/normalises a uint8 tensor. Determinism: every sample's random draws come from a
+Speed comes from the packed format: each sample is a 256 x 256 JPEG (decoded by the fastest
+installed decoder, alexnet/data/decode.py, into a reused buffer) or raw pixels, so a worker decodes
+a small image and crops/flips/normalises its uint8 pixels straight into the batch. Determinism: every sample's random draws come from a
 generator seeded by (seed, epoch, index), so batches depend on neither the worker count nor on
 which worker got which sample.
 """
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
+from alexnet.data import decode
 from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
 from alexnet.data.prepare import default_workers
@@ -79,69 +80,9 @@ class PreparedSet:
 # ---------------------------------------------------------------- decoding
 
 
-def _pick_decoder():
-    """The fastest available JPEG decoder: bytes (uint8 tensor) -> uint8 (3, H, W) RGB tensor."""
-    try:
-        import warnings
-
-        with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-        probe = torch.frombuffer(_tiny_jpeg(), dtype=torch.uint8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            expected = decode_jpeg(probe, mode=ImageReadMode.RGB)
-        # decode_jpeg's Python wrapper (usage logging, deprecation warning, argument checks) costs
-        # a third of the decode of a 256 x 256 image: call the operator it calls directly.
-        op, rgb = torch.ops.image.decode_jpeg.default, ImageReadMode.RGB.value
-        if not torch.equal(op(probe, rgb, False), expected):
-            raise RuntimeError("torchvision's decode_jpeg operator differs from its wrapper")
-        return "torchvision", lambda b: op(b, rgb, False)
-    except Exception:  # noqa: BLE001 - any failure means: try the next decoder
-        pass
-    try:
-        import simplejpeg
-
-        return "simplejpeg", lambda b: torch.from_numpy(simplejpeg.decode_jpeg(b.numpy(), colorspace="RGB")).permute(
-            2, 0, 1
-        )
-    except ImportError:
-        pass
-    return "pillow", _decode_pil
-
-
-def _decode_pil(b: torch.Tensor) -> torch.Tensor:
-    import io
-
-    from PIL import Image
-
-    arr = np.asarray(Image.open(io.BytesIO(b.numpy().tobytes())).convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
-def _tiny_jpeg() -> bytearray:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "JPEG")
-    return bytearray(buf.getvalue())
-
-
-_DECODER = None
-
-
 def decoder_name() -> str:
-    return _decoder()[0]
-
-
-def _decoder():
-    global _DECODER
-    if _DECODER is None:
-        _DECODER = _pick_decoder()
-    return _DECODER
+    """The JPEG decoder this process uses: the fastest installed one (alexnet/data/decode.py)."""
+    return decode.chosen()[0]
 
 
 # ---------------------------------------------------------------- dataset
@@ -163,6 +104,8 @@ class PackedDataset(Dataset):
         self._path = os.path.join(d, "images.bin" if self.format == "jpeg" else "images.u8")
         self.offsets = np.load(os.path.join(d, "offsets.npy")) if self.format == "jpeg" else None
         self._handle, self._pid = None, None
+        self.decoder = decoder_name() if self.format == "jpeg" else "raw"
+        self._decode, self._scratch = None, None  # made in each process that reads
         self.pool: BatchPool | None = None  # the loader's recycled batch buffers (batchpool.py)
 
     def __len__(self) -> int:
@@ -171,6 +114,7 @@ class PackedDataset(Dataset):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handle"], state["_pid"] = None, None  # reopened in the new process
+        state["_decode"], state["_scratch"] = None, None
         return state
 
     def _open(self):
@@ -183,18 +127,39 @@ class PackedDataset(Dataset):
             self._pid = os.getpid()
         return self._handle
 
-    def image(self, i: int) -> torch.Tensor:
-        """The stored image i as uint8 (3, S, S)."""
+    def pixels(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The stored image i as uint8 (S, S, 3), written into `out` (S, S, 3) when given."""
         handle = self._open()
-        if self.format == "jpeg":
-            start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-            data = bytearray(os.pread(handle, end - start, start))
-            try:
-                return _decoder()[1](torch.frombuffer(data, dtype=torch.uint8))
-            except Exception as exc:  # noqa: BLE001 - any decoder's failure: a damaged file, say where
-                text = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
-                raise damaged(self._path, f"sample {i} of split {self.split!r} does not decode ({text})") from None
-        return torch.from_numpy(np.array(handle[i])).permute(2, 0, 1).contiguous()
+        if self.format != "jpeg":
+            if out is None:
+                return np.array(handle[i])
+            np.copyto(out, handle[i])
+            return out
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        data = os.pread(handle, end - start, start)
+        try:
+            return self._decoder()(data, out)
+        except Exception as exc:  # noqa: BLE001 - any decoder's failure: a damaged file, say where
+            text = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+            raise damaged(self._path, f"sample {i} of split {self.split!r} does not decode ({text})") from None
+
+    def image(self, i: int) -> torch.Tensor:
+        """The stored image i as uint8 (3, S, S) (a channels-first view of fresh memory)."""
+        pixels = self.pixels(i)
+        if not (pixels.flags.writeable and pixels.flags.c_contiguous):
+            pixels = pixels.copy()  # Pillow's arrays are read-only
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
+    def _decoder(self):
+        if self._decode is None:  # per process: a worker uses the decoder its main process chose
+            self._decode = decode.by_name(self.decoder)
+        return self._decode
+
+    def scratch(self) -> np.ndarray:
+        """This process's reused (S, S, 3) uint8 buffer that images are decoded into."""
+        if self._scratch is None:
+            self._scratch = np.empty((self.size, self.size, 3), np.uint8)
+        return self._scratch
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
@@ -225,9 +190,11 @@ class PackedDataset(Dataset):
         else:
             out = empty_batch((len(keys), 3, t.crop, t.crop), torch.float32, get_worker_info() is not None)
         labels = torch.empty(len(keys), dtype=torch.int64)
+        out_np, scratch = out.numpy(), self.scratch()
         with single_thread():
             for j, (index, seed) in enumerate(keys):
-                t(self.image(index), generator=torch.Generator().manual_seed(int(seed)), out=out[j])
+                pixels = self.pixels(index, scratch)
+                t.apply_hwc(pixels, torch.Generator().manual_seed(int(seed)), out_np[j])
                 labels[j] = int(self.labels[index])
         return Collated((PoolSlot(slot, len(keys)) if slot >= 0 else out, labels))
 
@@ -322,7 +289,7 @@ class Loader:
         if self._loader is None:
             batches = {"batch_size": self.batch_size, "sampler": self.sampler, "drop_last": self.drop_last}
             t = getattr(self.dataset, "transform", None)
-            if self.workers > 0 and not self.pin_memory and isinstance(t, TrainTransform):
+            if not self.pin_memory and isinstance(t, TrainTransform):  # in workers, or here (workers=0)
                 shape = (self.batch_size, 3, t.crop, t.crop)
                 self.pool = BatchPool.create(self.workers * PREFETCH + EXTRA_BUFFERS, shape)
             if self.pool is not None:
