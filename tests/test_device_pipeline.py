@@ -5,6 +5,8 @@ with the same batches, and shards under DDP with the host path's sampler."""
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 from alexnet.checkpoint import load_checkpoint
 from alexnet.cli import main
 from alexnet.data import PreparedSet, make_loader
-from alexnet.data.device import DeviceLoader, make_device_loader
+from alexnet.data.device import DeviceAugment, DeviceLoader, make_device_loader
 from alexnet.model import build_model
 
 SIZE, CROP = 80, 72
@@ -172,3 +174,78 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
     assert "cudnn_benchmark=True, optimizer step PaperSGD, compiled" in line
     assert {o.split("=")[0] for o in cli_train.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",
                                                          "train.compile", "train.cudnn_benchmark"}  # fmt: skip
+
+
+# ---------------------------------------------------------------- decoding ahead of the step
+
+
+def _slow(monkeypatch, delay: float, fail_at: int | None = None):
+    """DeviceAugment.apply (the decode and augmentation on the device) made `delay` s slower per
+    batch, raising at batch `fail_at`; returns the list of threads it ran on."""
+    original, threads = DeviceAugment.apply, []
+
+    def apply(self, batch):
+        threads.append(threading.get_ident())
+        if fail_at is not None and len(threads) == fail_at:
+            raise RuntimeError("decoder failed on purpose")
+        time.sleep(delay)
+        return original(self, batch)
+
+    monkeypatch.setattr(DeviceAugment, "apply", apply)
+    return threads
+
+
+def test_the_step_never_waits_for_a_slow_decoder(prepared, monkeypatch):
+    """A decoder 40 ms slow per batch under a 100 ms step: the decode runs on its own thread, so after
+    the first batch the loop waits for none (in the loop's thread it would wait 40 ms a batch), and
+    the batches are still the host loader's."""
+    kw = dict(train=True, batch_size=2, seed=3, crop=CROP)
+    want = _batches(make_loader(prepared, "train", workers=0, **kw))
+    threads = _slow(monkeypatch, 0.04)
+    dev = make_device_loader(prepared, "train", workers=0, device="cpu", **kw)
+    got, waits = [], []
+    it = iter(dev)
+    while True:
+        start = time.perf_counter()
+        batch = next(it, None)
+        waits.append(time.perf_counter() - start)
+        if batch is None:
+            break
+        got.append((batch[0].clone(), batch[1].clone()))
+        time.sleep(0.1)  # the training step
+    assert len(got) == len(want) >= 5 and _same(want, got)
+    assert threading.get_ident() not in threads and len(set(threads)) == 1
+    assert sum(waits[1:]) < 0.04 * (len(got) - 1) / 4  # a quarter of what the loop's own decode costs
+    assert dev.last.waited == pytest.approx(sum(waits[:-1]), abs=0.05)
+
+
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_the_decode_runs_exactly_k_batches_ahead(prepared, monkeypatch, ahead):
+    """While the step holds batch 1, the thread finishes `ahead` more and one it cannot queue yet."""
+    _slow(monkeypatch, 0.0)
+    dev = make_device_loader(prepared, "train", train=True, batch_size=2, workers=0, device="cpu", crop=CROP,
+                             ahead=ahead)  # fmt: skip
+    it = iter(dev)
+    next(it)
+    deadline = time.monotonic() + 10
+    while dev.last.produced < ahead + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert dev.last.produced == ahead + 2 <= len(dev)
+    it.close()
+    assert not dev.last.thread.is_alive()
+
+
+def test_leaving_an_epoch_early_stops_the_thread_and_a_decoder_error_reaches_the_loop(prepared, monkeypatch):
+    kw = dict(train=True, batch_size=2, seed=9, crop=CROP)
+    want = _batches(make_loader(prepared, "train", workers=1, **kw))
+    dev = make_device_loader(prepared, "train", workers=1, device="cpu", **kw)
+    it = iter(dev)
+    next(it)
+    del it  # abandoned mid-epoch: the thread stops before the next epoch reuses the workers
+    assert not dev.last.thread.is_alive()
+    assert _same(_batches(dev), want)
+    _slow(monkeypatch, 0.0, fail_at=2)
+    with pytest.raises(RuntimeError, match="decoder failed on purpose"):
+        _batches(dev)
+    assert not dev.last.thread.is_alive()

@@ -64,29 +64,33 @@ class SlotKeys(list):
 
 
 class BatchPool:
-    """`count` shared-memory float32 buffers shaped `shape` (B, 3, H, W), created in the main
-    process before the workers start (they inherit or unpickle the mappings)."""
+    """`count` shared-memory buffers shaped `shape` of `dtype` (float32 (B, 3, H, W) crops, or the
+    device path's uint8 (B, S, S, 3) pixels), created in the main process before the workers start
+    (they inherit or unpickle the mappings). `permute`: the order in which a delivered batch views
+    its buffer's dimensions ((0, 3, 1, 2): pixels stored as decoded, delivered as (B, 3, S, S))."""
 
-    def __init__(self, count: int, shape: tuple[int, ...]):
-        self.shape = tuple(shape)
-        self.buffers = [empty_batch(self.shape, torch.float32, shared=True) for _ in range(count)]
+    def __init__(self, count: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 permute: tuple[int, ...] | None = None):  # fmt: skip
+        self.shape, self.dtype, self.permute = tuple(shape), dtype, permute
+        self.buffers = [empty_batch(self.shape, dtype, shared=True) for _ in range(count)]
         self._idle = [_use_count(b) for b in self.buffers]  # the pool's own references
         self.in_flight: set[int] = set()
         self.reused = self.fresh = 0  # batches written into a pooled buffer / allocated afresh
 
     @classmethod
-    def create(cls, count: int, shape: tuple[int, ...]) -> BatchPool | None:
+    def create(cls, count: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+               permute: tuple[int, ...] | None = None) -> BatchPool | None:  # fmt: skip
         """A pool, or None when torch cannot count a storage's users or shared memory is short
         (e.g. a container's small /dev/shm): the loader then works as without one."""
         if _use_count(torch.empty(0)) is None:
             return None
         try:
-            return cls(count, shape)
+            return cls(count, shape, dtype, permute)
         except (RuntimeError, OSError):
             return None
 
     def __getstate__(self):
-        return {"shape": self.shape, "buffers": self.buffers}  # a worker only writes into buffers
+        return {"shape": self.shape, "dtype": self.dtype, "buffers": self.buffers}  # a worker only writes
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -110,7 +114,8 @@ class BatchPool:
         (or anything sharing its memory) lives. Always a fresh view, even of the whole buffer: the
         view is what makes the use count rise."""
         self.in_flight.discard(slot.index)
-        return self.buffers[slot.index][: slot.count]
+        batch = self.buffers[slot.index][: slot.count]
+        return batch if self.permute is None else batch.permute(*self.permute)
 
 
 class PooledBatches(Sampler):

@@ -7,6 +7,10 @@ are made in the workers from the same sampler and the same per-(seed, epoch, ind
 `make_loader`'s per-image path (`TrainTransform`), so for one seed and epoch both paths give the
 same batches: only the place of the arithmetic moves.
 
+The work on the device runs on a thread and stream of its own, a few batches ahead of the training
+loop (alexnet/data/ahead.py): torchvision's nvJPEG decoder synchronises the host with its stream
+around every batch, and that wait now blocks the data thread, never the step.
+
 A trainer switches with one call: `make_device_loader(...)` takes make_loader's arguments plus
 `device` and `channels_last` and yields (images float32 (B, 3, crop, crop), labels int64 (B,))
 already on the device.
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from alexnet.data.ahead import DEPTH, RunAhead
 from alexnet.data.augment import (
     Stats,
     check_options,
@@ -29,7 +34,7 @@ from alexnet.data.augment import (
     sample_draws,
     train_batch,
 )
-from alexnet.data.batchpool import empty_batch
+from alexnet.data.batchpool import PoolSlot, empty_batch
 from alexnet.data.packed import (
     Collated,
     Loader,
@@ -62,35 +67,53 @@ class UInt8Dataset(PackedDataset):
             )
         self.crop, self.train, self.decode = crop, train, decode
 
+    def batch_buffer(self, batch_size: int) -> tuple | None:
+        """Pooled buffers for decoded pixels: uint8 (B, S, S, 3) as the decoders write them,
+        delivered as (B, 3, S, S) views (the device's gather reads any strides); none for JPEG bytes."""
+        if self.decode == "device":
+            return None
+        return (batch_size, self.size, self.size, 3), torch.uint8, (0, 3, 1, 2)
+
     def __getitems__(self, keys: list):
         shared = get_worker_info() is not None  # in a worker: allocate in shared memory, saving a copy
-        n, s = len(keys), self.size
         labels = torch.tensor([int(self.labels[int(k[0])]) for k in keys], dtype=torch.int64)
         with single_thread():
             if self.decode == "device":
-                spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i, _ in keys]
-                offsets = torch.zeros(n + 1, dtype=torch.int64)
-                offsets[1:] = torch.tensor([b - a for a, b in spans], dtype=torch.int64).cumsum(0)
-                data = empty_batch((int(offsets[-1]),), torch.uint8, shared)
-                handle = self._open()
-                for j, (a, b) in enumerate(spans):
-                    raw = bytearray(os.pread(handle, b - a, a))
-                    data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(raw, dtype=torch.uint8)
-                images = (data, offsets)
+                images = self._jpeg_bytes(keys, shared)
             else:
-                images = empty_batch((n, 3, s, s), torch.uint8, shared)
-                handle = self._open()
-                for j, (index, _) in enumerate(keys):
-                    if self.format == "raw":  # one strided copy from the page cache, HWC -> CHW
-                        np.copyto(images[j].numpy(), handle[int(index)].transpose(2, 0, 1))
-                    else:
-                        images[j] = self.image(int(index))
+                images = self._pixels(keys, shared)
             draws = {}
             if self.train:
-                rows = [sample_draws(1, torch.Generator().manual_seed(int(seed)), crop=self.crop, size=s)
+                rows = [sample_draws(1, torch.Generator().manual_seed(int(seed)), crop=self.crop, size=self.size)
                         for _, seed in keys]  # fmt: skip
                 draws = {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if rows else {}
         return Collated((images, labels, draws))
+
+    def _pixels(self, keys: list, shared: bool):
+        """Each image decoded straight into its row of the batch (a pooled buffer when the loader
+        gave one: then a PoolSlot stands for it), uint8 (B, S, S, 3) viewed as (B, 3, S, S)."""
+        n, s = len(keys), self.size
+        slot = getattr(keys, "slot", -1) if self.pool is not None else -1
+        batch = self.pool.output(slot, n) if slot >= 0 else empty_batch((n, s, s, 3), torch.uint8, shared)
+        rows = batch.numpy()
+        for j, (index, _) in enumerate(keys):
+            pixels = self.pixels(int(index), rows[j])
+            if pixels is not rows[j]:  # a decoder that could not write into the row
+                np.copyto(rows[j], pixels)
+        return PoolSlot(slot, n) if slot >= 0 else batch.permute(0, 3, 1, 2)
+
+    def _jpeg_bytes(self, keys: list, shared: bool):
+        """(bytes uint8 (total,), offsets int64 (B + 1,)) of the batch's stored JPEGs."""
+        n = len(keys)
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i, _ in keys]
+        offsets = torch.zeros(n + 1, dtype=torch.int64)
+        offsets[1:] = torch.tensor([b - a for a, b in spans], dtype=torch.int64).cumsum(0)
+        data = empty_batch((int(offsets[-1]),), torch.uint8, shared)
+        handle = self._open()
+        for j, (a, b) in enumerate(spans):
+            raw = bytearray(os.pread(handle, b - a, a))
+            data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(raw, dtype=torch.uint8)
+        return data, offsets
 
 
 class DeviceAugment:
@@ -160,46 +183,24 @@ class DeviceAugment:
                               normalize=self.normalize, flip=self.flip)  # fmt: skip
         else:
             out = eval_batch(x, stats=self.stats, crop=self.crop, crops=self.crops, normalize=self.normalize)
-        if self.channels_last and out.dim() == 4:
-            out = out.contiguous(memory_format=torch.channels_last)
+        if out.dim() == 4:  # pixels arrive channels-last in memory: the model gets the layout it asked for
+            out = out.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return out, labels
 
     def __call__(self, batch):
         return self.apply(self.transfer(batch))
 
-    def iterate(self, batches: Iterable) -> Iterator:
-        """Augmented device batches from host batches, copying one batch ahead on CUDA."""
-        it = iter(batches)
-        if self.device.type != "cuda":
-            for batch in it:
-                yield self(batch)
-            return
-        stream = torch.cuda.Stream(self.device)
+    def iterate(self, batches: Iterable, *, ahead: int = DEPTH) -> Iterator:
+        """Augmented device batches from host batches, in order: copied, decoded and augmented on a
+        thread (and on CUDA a stream) of their own, up to `ahead` batches before the consumer asks
+        (alexnet/data/ahead.py); ahead=0: each batch in the consumer's thread when it asks."""
+        if ahead <= 0:
+            return (self(batch) for batch in batches)
+        return iter(RunAhead(batches, self, depth=ahead, device=self.device))
 
-        def load():
-            batch = next(it, None)
-            if batch is None:
-                return None
-            with torch.cuda.stream(stream):  # the copy runs beside the current batch's compute
-                return self.transfer(batch)
-
-        ahead = load()
-        while ahead is not None:
-            current = torch.cuda.current_stream(self.device)
-            current.wait_stream(stream)
-            batch = ahead
-            for t in _tensors(batch):
-                if t.is_cuda:
-                    t.record_stream(current)  # memory made on the side stream, used on this one
-            ahead = load()
-            yield self.apply(batch)
-
-
-def _tensors(batch):
-    images, labels, draws = batch
-    out = [labels, *draws.values()]
-    out += [images] if isinstance(images, torch.Tensor) else list(images)
-    return out
+    def run_ahead(self, batches: Iterable, *, ahead: int = DEPTH) -> RunAhead:
+        """iterate's thread as an object (its `waited` and `produced` say how it went)."""
+        return RunAhead(batches, self, depth=ahead, device=self.device)
 
 
 def to_device_batches(loader: Iterable, device, stats, crop: int = 227, pca: str = "paper",
@@ -217,12 +218,16 @@ class DeviceLoader:
 
     Same sampler, epochs, sharding and length as the host loader it wraps (`host`, a packed.Loader
     over a UInt8Dataset): under DDP each rank gets make_loader's shard, and for one (seed, epoch)
-    the batches equal make_loader's (bit-exact on the CPU; float rounding on CUDA). It deliberately
+    the batches equal make_loader's (bit-exact on the CPU; float rounding on CUDA). Each batch is
+    copied, decoded and augmented on a thread (and CUDA stream) of its own, `ahead` batches before
+    the training loop asks for it (alexnet/data/ahead.py), so the loop never waits for a decode
+    while the data path keeps up. It deliberately
     has no `sampler` / `dataset` attributes: code that rebuilds a DataLoader from those would bypass
     the device augmentation; use `iter_from` to resume mid-epoch."""
 
-    def __init__(self, host: Loader, augment: DeviceAugment):
-        self.host, self.augment = host, augment
+    def __init__(self, host: Loader, augment: DeviceAugment, *, ahead: int = DEPTH):
+        self.host, self.augment, self.ahead = host, augment, ahead
+        self.last: RunAhead | None = None  # the latest iteration's thread (its wait times)
         self.batch_size, self.drop_last = host.batch_size, host.drop_last
 
     @property
@@ -236,21 +241,25 @@ class DeviceLoader:
         return len(self.host)
 
     def __iter__(self):
-        return self.augment.iterate(self.host)
+        if self.ahead <= 0:
+            return self.augment.iterate(self.host, ahead=0)
+        self.last = self.augment.run_ahead(self.host, ahead=self.ahead)
+        return iter(self.last)
 
     def iter_from(self, start_batch: int):
         """This epoch's batches from `start_batch` on, equal to the tail of iter(self)."""
-        return self.augment.iterate(self.host.iter_from(start_batch))
+        return self.augment.iterate(self.host.iter_from(start_batch), ahead=self.ahead)
 
 
 def make_device_loader(data, split: str, *, train: bool, batch_size: int, device, workers: int | None = None,
                        crop: int = 227, crops: int = 1, pca: str = "paper", normalize: str = "mean_image",
                        flip: bool = True, seed: int = 0, distributed: bool = False, drop_last: bool | None = None,
                        pin_memory: bool | None = None, channels_last: bool = False,
-                       decode: str = "host") -> DeviceLoader:  # fmt: skip
+                       decode: str = "host", ahead: int = DEPTH) -> DeviceLoader:  # fmt: skip
     """make_loader's arguments (same validation, sampler and batches) + `device`, `channels_last`
     and `decode` ("host": workers decode to uint8; "device": JPEG bytes decoded on the device).
-    pin_memory defaults to True on CUDA."""
+    pin_memory defaults to True on CUDA. ahead: batches prepared on the device ahead of the loop
+    (0: in the loop's thread, when asked)."""
     device = torch.device(device)
     pin = device.type == "cuda" if pin_memory is None else pin_memory
     # make_loader validates the options and builds the sampler; only its dataset is replaced
@@ -262,4 +271,4 @@ def make_device_loader(data, split: str, *, train: bool, batch_size: int, device
                   pin_memory=pin)  # fmt: skip
     augment = DeviceAugment(dataset.prepared.stats, device=device, crop=crop, pca=pca, normalize=normalize,
                             flip=flip, crops=crops, channels_last=channels_last)  # fmt: skip
-    return DeviceLoader(host, augment)
+    return DeviceLoader(host, augment, ahead=ahead)

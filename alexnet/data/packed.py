@@ -176,6 +176,12 @@ class PackedDataset(Dataset):
                 x = self.transform(x, generator=generator)
         return x, int(self.labels[index])
 
+    def batch_buffer(self, batch_size: int) -> tuple | None:
+        """(shape, dtype, permute) of the pooled buffers a loader may give __getitems__, or None:
+        the training transform's float32 (B, 3, crop, crop) crops."""
+        t = self.transform
+        return ((batch_size, 3, t.crop, t.crop), torch.float32, None) if isinstance(t, TrainTransform) else None
+
     def __getitems__(self, keys: list):
         """A whole batch (the DataLoader's fast path): with the training transform each image is
         normalised straight into one (B, 3, crop, crop) output, saving the collate copy: the
@@ -288,10 +294,9 @@ class Loader:
     def _data_loader(self) -> DataLoader:
         if self._loader is None:
             batches = {"batch_size": self.batch_size, "sampler": self.sampler, "drop_last": self.drop_last}
-            t = getattr(self.dataset, "transform", None)
-            if not self.pin_memory and isinstance(t, TrainTransform):  # in workers, or here (workers=0)
-                shape = (self.batch_size, 3, t.crop, t.crop)
-                self.pool = BatchPool.create(self.workers * PREFETCH + EXTRA_BUFFERS, shape)
+            spec = self.dataset.batch_buffer(self.batch_size)
+            if not self.pin_memory and spec is not None:  # in workers, or here (workers=0)
+                self.pool = BatchPool.create(self.workers * PREFETCH + EXTRA_BUFFERS, *spec)
             if self.pool is not None:
                 self.dataset.pool = self.pool  # before the workers start: they map the buffers
                 batches = {"batch_sampler": PooledBatches(self.sampler, self.batch_size, self.drop_last, self.pool)}
@@ -331,8 +336,8 @@ class Loader:
         return self._delivered(batches)
 
     def _delivered(self, batches):
-        for images, labels in batches:
-            yield (self.pool.deliver(images) if isinstance(images, PoolSlot) else images), labels
+        for images, *rest in batches:
+            yield (self.pool.deliver(images) if isinstance(images, PoolSlot) else images), *rest
 
     def iter_from(self, start_batch: int):
         """This epoch's batches from `start_batch` on (mid-epoch resume), equal to the tail of
