@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet import config as cfg
 from alexnet.bench import gpu, trainstep
@@ -225,3 +226,13 @@ def test_train_run_writes_at_most_two_checkpoints(prepared_shapes, tmp_path, mon
     summary = train(data, tmp_path / "run", cfg.load_config(TrainConfig, None, sets), progress="off")
     assert summary["step"] == 16 and summary["epoch"] == 2
     assert saves == [False]  # one last.pt, no best.pt
+
+
+def test_train_run_takes_trains_own_worker_count():
+    """The full-size run sets no data.workers: `train --fast` and bench gpu use the same default
+    (alexnet/data/cores.py); the quick run's toy sizes still pin 0."""
+    from alexnet.bench.gpu import QUICK, Sizes, train_run_settings
+
+    full = train_run_settings(torch.device("cuda"), Sizes())
+    assert Sizes().workers is None and not any(s.startswith("data.workers=") for s in full)
+    assert "data.workers=0" in train_run_settings(torch.device("cpu"), QUICK)

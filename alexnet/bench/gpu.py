@@ -13,7 +13,8 @@ what it measured; a stage that fails records its error and the next one runs):
                 channels_last and compiled bf16 + channels_last, alternating, medians after
                 warm-up; MFU (exact FLOPs) against the measured matmul rate and the published peak
                 (alexnet/bench/trainstep.py)
-    pipeline    training img/s fed by the device data path (16 workers) from a generated set of
+    pipeline    training img/s fed by the device data path (train's default loader workers: every
+                usable core less one, alexnet/data/cores.py) from a generated set of
                 256-px JPEGs / the same step fed a fixed batch already on the device
     infer       batch-1024 img/s and batch-1 latency: ours (bf16, channels_last, CUDA graph) vs
                 torchvision eager fp32
@@ -49,6 +50,7 @@ from alexnet.bench.infer import run_infer_bench
 from alexnet.bench.model import IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS, matmul_tflops, resolve_device
 from alexnet.bench.pipeline import generate_set, run_pipeline_bench
 from alexnet.bench.trainstep import stage_train_step
+from alexnet.data.cores import default_loader_workers
 from alexnet.errors import UsageError, UserError
 from alexnet.io import read_json, write_json, write_text
 
@@ -70,7 +72,7 @@ class Sizes:
     tv_input: int = 224  # torchvision's AlexNet input (ours runs at it too, for a row of equal inputs)
     image_size: int = 256  # generated JPEGs (the paper's prepared size)
     images: int = 16384  # generated set: 256 distinct drawn shapes, hard-linked up to this count
-    workers: int = 16  # loader processes
+    workers: int | None = None  # loader processes; None: train's own default (what `train --fast` uses)
     pipe_steps: int = 30  # steps per timed pipeline round
     pipe_repeats: int = 3
     infer_batch: int = 1024
@@ -145,7 +147,7 @@ def stage_pipeline(dev: torch.device, s: Sizes, data: str) -> dict:
         r = bench(False)
     return {"synthetic_img_s": r["synthetic_img_s"], "real_img_s": r["img_s"]["device"],
             "ratio": r["img_s"]["device"] / r["synthetic_img_s"], "path": "device", "batch": s.batch,
-            "workers": s.workers, "steps_per_round": r["steps_per_round"], "data": r["data"], "config": r["config"],
+            "workers": r["workers"], "steps_per_round": r["steps_per_round"], "data": r["data"], "config": r["config"],
             "decoder": r["decoder"], "eager_fallback": fallback}  # fmt: skip
 
 
@@ -179,9 +181,11 @@ def steady_img_s(records: list[dict]) -> float | None:
 def train_run_settings(dev: torch.device, s: Sizes) -> list[str]:
     """train_run's --set values: the generated set has no val split to plateau on, and its short
     epochs would each write a 490 MB last.pt and best.pt, so epoch-end saves are off."""
-    sets = [f"data.batch_size={s.train_batch}", f"data.crop={s.crop}", f"data.workers={s.workers}",
-            "train.epochs=100000", f"train.log_every={s.log_every}", f"train.device={dev}",
+    sets = [f"data.batch_size={s.train_batch}", f"data.crop={s.crop}", "train.epochs=100000",
+            f"train.log_every={s.log_every}", f"train.device={dev}",
             "schedule.name=constant", "train.checkpoint_epochs=0"]  # fmt: skip
+    if s.workers is not None:  # unset: train's own default, as `train --fast` runs
+        sets.append(f"data.workers={s.workers}")
     if s.train_max_steps is not None:
         sets.append(f"train.max_steps={s.train_max_steps}")
     return sets
@@ -220,7 +224,8 @@ def stage_train_run(dev: torch.device, s: Sizes, data: str, run_dir: Path) -> di
     fallback = next((line.strip() for line in log.read_text(errors="replace").splitlines()
                      if "torch.compile failed" in line), None)  # fmt: skip
     return {"img_s": img_s, "eager_fallback": fallback, "paper_recipe_hours": PAPER_EPOCHS * IMAGENET_TRAIN_IMAGES / img_s / 3600,
-            "batch": s.train_batch, "seconds": seconds, "steps": steps[-1]["step"], "step_records": len(steps),
+            "batch": s.train_batch, "seconds": seconds, "workers": s.workers if s.workers is not None else
+            default_loader_workers(dev, batch_bytes=s.train_batch * 3 * s.crop * s.crop * 4), "steps": steps[-1]["step"], "step_records": len(steps),
             "exit_code": rc, "command": " ".join(cmd[1:]), "log": str(log),
             "records": str(run_dir.parent / "train_run.jsonl"),
             "note": "the generated set has 10 classes: fc8 is 4096x10, not 4096x1000 (0.6% fewer MACs)"}  # fmt: skip
@@ -339,7 +344,8 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
         if data is None:
             shutil.rmtree(work / "set", ignore_errors=True)
             say(f"generating {s.images} JPEGs at {s.image_size} px in {work}")
-            data = generate_set(str(work), n=s.images, size=s.image_size, workers=max(1, s.workers))
+            data = generate_set(str(work), n=s.images, size=s.image_size,
+                                workers=None if s.workers is None else max(1, s.workers))  # fmt: skip
         return data
 
     stages = {

@@ -26,9 +26,10 @@ import torch
 
 from alexnet.bench.common import environment, median, sync, time_alternately
 from alexnet.bench.model import resolve_device
+from alexnet.data.cores import default_loader_workers
 from alexnet.data.device import make_device_loader
 from alexnet.data.packed import PreparedSet, decoder_name, make_loader
-from alexnet.data.prepare import default_workers, prepare
+from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
 from alexnet.model import build_model
@@ -192,7 +193,9 @@ def run_pipeline_bench(*, data: str | None = None, device: str = "cpu", batch: i
             source = os.path.abspath(data)
         ps = PreparedSet(data)
         paths = _check_set(ps, crop=crop, batch=batch, paths=paths, cuda=cuda)
-        workers = default_workers() if workers is None else max(0, workers)
+        if workers is None:  # what `alexnet train` takes by default on this device
+            workers = default_loader_workers(dev, batch_bytes=batch * 3 * crop * crop * 4)
+        workers = max(0, workers)
         step = _training_step(ps, dev, crop=crop, amp=amp, channels_last=channels_last, compile=compile)
         contenders, drain = _contenders(ps, dev, step, paths=paths, batch=batch, steps=steps, crop=crop,
                                         workers=workers, channels_last=channels_last)  # fmt: skip

@@ -34,7 +34,13 @@ def register(sub) -> None:
         "--steps", type=int, default=None, help="timed steps per round and contender (default: 50 on CUDA, 4 on CPU)"
     )
     parser.add_argument("--crop", type=int, default=227, help="training crop (the paper's 227)")
-    parser.add_argument("--workers", type=int, default=None, help="loader worker processes (default: cores, at most 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader worker processes; unset: what `alexnet train` takes on "
+        "the device (on CUDA every usable core less one, shared among torchrun's local processes)",
+    )
     parser.add_argument(
         "--paths",
         default=None,

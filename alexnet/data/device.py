@@ -265,7 +265,7 @@ def make_device_loader(data, split: str, *, train: bool, batch_size: int, device
     # make_loader validates the options and builds the sampler; only its dataset is replaced
     ref = make_loader(data, split, train=train, batch_size=batch_size, workers=workers, crop=crop, crops=crops,
                       pca=pca, normalize=normalize, flip=flip, seed=seed, distributed=distributed,
-                      drop_last=drop_last)  # fmt: skip
+                      drop_last=drop_last, device=device)  # fmt: skip
     dataset = UInt8Dataset(ref.dataset.prepared, split, crop=crop, train=train, decode=decode)
     host = Loader(dataset, ref.sampler, batch_size=batch_size, workers=ref.workers, drop_last=ref.drop_last,
                   pin_memory=pin)  # fmt: skip

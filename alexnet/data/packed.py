@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from alexnet.data import decode
 from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
-from alexnet.data.prepare import default_workers
+from alexnet.data.cores import default_loader_workers
 from alexnet.data.validate import check_prepared, damaged
 from alexnet.errors import UserError, not_found
 
@@ -362,14 +362,16 @@ def _worker_seeds() -> torch.Generator:
 def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int | None = None, crop: int = 227,
                 crops: int = 1, pca: str = "paper", normalize: str = "mean_image", flip: bool = True,
                 seed: int = 0, distributed: bool | tuple[int, int] = False, drop_last: bool | None = None,
-                pin_memory: bool = False) -> Loader:  # fmt: skip
+                pin_memory: bool = False, device=None) -> Loader:  # fmt: skip
     """A loader over `split` of a prepared set (path or PreparedSet).
 
     train=True: shuffled per (seed, epoch), the paper's augmentation (TrainTransform). train=False:
     in order, centre crop or 10 crops (EvalTransform). distributed=True with torch.distributed
     initialised: training shards as DistributedSampler does, evaluation takes r::world without
     padding so that summed metrics count every image once. distributed=(index, count): shard
-    `index` of `count` (processes that share a net share a shard).
+    `index` of `count` (processes that share a net share a shard). workers unset:
+    default_loader_workers(device) (alexnet/data/cores.py: on a GPU host every usable core, shared
+    among torchrun's local processes; device None: CUDA when available).
     """
     ps = data if isinstance(data, PreparedSet) else PreparedSet(data)
     ps._need(split)
@@ -389,5 +391,9 @@ def make_loader(data, split: str, *, train: bool, batch_size: int, workers: int 
     sampler = _Sampler(len(dataset), shuffle=train, seed=seed, rank=rank, world=world)
     if drop_last is None:
         drop_last = train and len(sampler) >= batch_size
-    workers = default_workers() if workers is None else max(0, int(workers))
+    if workers is None:
+        workers = default_loader_workers(
+            device, batch_bytes=batch_size * 3 * crop * crop * 4 * crops, prefetch=PREFETCH
+        )
+    workers = max(0, int(workers))
     return Loader(dataset, sampler, batch_size=batch_size, workers=workers, drop_last=drop_last, pin_memory=pin_memory)
