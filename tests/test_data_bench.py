@@ -17,6 +17,11 @@ def test_bench_data_tiny(tmp_path):
     assert r["ours_img_s"] > 0 and r["baseline_img_s"] > 0
     assert r["ratio"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"], rel=0.02)
     assert r["images"] == 24 and r["workers"] == 1
+    # the limit, timed in the same run on the same worker: the bare decode of the same packed JPEGs
+    assert r["bare_img_s"] > 0 and r["ours_vs_bare"] == pytest.approx(r["ours_img_s"] / r["bare_img_s"], rel=0.02)
+    assert r["device_workers_vs_bare"] == pytest.approx(r["device_workers_img_s"] / r["bare_img_s"], rel=0.02)
+    assert r["img_s_per_core"]["bare"] == pytest.approx(r["bare_img_s"], rel=0.01)  # one worker: one core
+    assert r["decoder"] in r["decoders_img_s_one_core"] and "pillow" in r["decoders_img_s_one_core"]
     assert list(tmp_path.iterdir()) == []  # temporary files removed
 
 
@@ -25,7 +30,7 @@ def test_bench_data_cli_on_given_images(tmp_path, capsys, bench_photos):
                    "--repeats", "1", "--warmup", "0", "--load", "1", "--json"])  # fmt: skip
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["images"] == 16 and out["workers"] == 0 and out["ratio"] > 0
+    assert out["images"] == 16 and out["workers"] == 0 and out["ratio"] > 0 and out["ours_vs_bare"] > 0
     assert out["load_threads"] == 1  # timed beside a competing 1-thread matmul process
     rc = cli_main(["bench", "data", "--images", str(tmp_path / "missing"), "--json"])
     assert rc == 2

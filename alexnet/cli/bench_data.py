@@ -19,6 +19,12 @@ def register(sub) -> None:
             "after a warm-up epoch (medians): ours (packed 256x256 JPEGs, the paper's crop + mirror +\n"
             "PCA colour + mean image) and the usual torchvision ImageFolder over the original JPEGs with\n"
             "PIL Resize(256), RandomCrop(227), RandomHorizontalFlip, ToTensor, Normalize.\n"
+            "In the same run and on the same workers it times the limit: the bare decode of the same\n"
+            "packed JPEGs (decode only: no crop, flip, colour noise, normalisation or collation), and\n"
+            "the device pipeline's workers (decode into uint8 batches + the random draws; the arithmetic\n"
+            "then runs on the GPU). Reports ours / bare, images/s per core (img/s / workers; 1 core\n"
+            "with --workers 0) for each, the JPEG decoder in use (the fastest installed: simplejpeg,\n"
+            "torchvision, Pillow) and each decoder's images/s on one core.\n"
             "Also reports the prepare rate (images/s per worker)."
         ),
     )
@@ -26,7 +32,13 @@ def register(sub) -> None:
         "--images", default=None, help="folder of class folders of JPEGs to use instead of generated ones"
     )
     parser.add_argument("--n", type=int, default=512, help="number of generated images")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers for both; unset: min(cores, 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader workers for every loader timed; unset: what `alexnet train` takes (on a GPU host "
+        "every usable core less one; on a CPU min(cores, 8))",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch for both")
     parser.add_argument("--crop", type=int, default=227, help="crop size (paper: 227, or 224)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each first")
@@ -72,6 +84,15 @@ def run(args) -> int:
     print(f"  ours      {r['ours_img_s']:8.1f} img/s  {r['ours']}")
     print(f"  baseline  {r['baseline_img_s']:8.1f} img/s  {r['baseline']}")
     print(f"  ratio (ours / baseline) = {r['ratio']:.2f}")
+    per = r["img_s_per_core"]
+    print(f"  bare      {r['bare_img_s']:8.1f} img/s  the limit: {r['decoder']} decode of the same packed JPEGs only")
+    print(f"  ours / bare = {r['ours_vs_bare']:.2f}; per core: ours {per['ours']:.0f}, bare {per['bare']:.0f} img/s")
+    print(
+        f"  device pipeline's workers {r['device_workers_img_s']:8.1f} img/s = {r['device_workers_vs_bare']:.2f} "
+        f"of bare ({per['device_workers']:.0f} img/s per core; crop, flip, noise and mean then run on the GPU)"
+    )
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in r["decoders_img_s_one_core"].items())
+    print(f"  decoder: {r['decoder']} (installed, img/s on one core: {rates})")
     if args.load:
         print(f"  (timed beside a competing process running {args.load}-thread matrix products)")
     print(f"  prepare: {r['prepare_img_s_per_worker']:.1f} images/s per worker ({r['prepare_img_s']:.1f} total)")
