@@ -23,6 +23,16 @@ Layouts (auto-detected):
              --size 256 upscales them to the paper's input size. The batches are pickles: they
              are read with an unpickler that admits containers, bytes, strings, numbers and numpy
              arrays only, so a crafted file is refused in one line and nothing in it runs.
+  Read straight from the downloaded archives, nothing extracted (the workers read each image's
+  bytes from the archive; the tars must be uncompressed):
+  imagenet-tar  SRC/ILSVRC2012_img_train.tar (its 1,000 class tars), SRC/ILSVRC2012_img_val.tar
+             labelled by SRC/ILSVRC2012_devkit_t12.tar.gz (ground truth + meta.mat; needs scipy)
+             or SRC/LOC_val_solution.csv
+  parquet    Hugging Face imagenet-1k shards SRC[/data]/train-*.parquet, validation-*.parquet
+             (image {bytes, path} + label columns; rows labelled -1 are left out; needs pyarrow:
+             pip install 'alexnet[hf]')
+  webdataset SRC[/train|/val]/*.tar shards of KEY.jpg + KEY.cls (the class index); split from the
+             shard's name or folder (train, val, test), else train
 A source without a validation split gets one from --val-fraction (stratified, seeded).
 Unreadable, truncated or non-image files, images over --max-pixels (100 M pixels; decoding takes up
 to 24 bytes a pixel, 2.4 GB at the limit) and anything that is not a regular file (a FIFO, a
@@ -40,9 +50,9 @@ uninterrupted run writes; --force starts over instead.
 def register(sub) -> None:
     p = add_parser(sub, "prepare", "pack an image set (folder, ImageNet, Flowers-17, CIFAR-10) for training",
                    description=DESCRIPTION)  # fmt: skip
-    p.add_argument("src", metavar="SRC", help="source folder")
+    p.add_argument("src", metavar="SRC", help="source folder (of images, or of the archives)")
     p.add_argument("out", metavar="OUT", help="output directory (created; atomic)")
-    p.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "flowers17", "cifar10"],
+    p.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "flowers17", "cifar10", "imagenet-tar", "parquet", "webdataset"],
                    help="source layout; auto detects it")  # fmt: skip
     p.add_argument("--format", dest="fmt", default="jpeg", choices=["jpeg", "raw"],
                    help="jpeg: the SIZExSIZE images as JPEGs (small, fast to decode); raw: uint8 pixels (no decode, 196 KB per 256-px image)")  # fmt: skip

@@ -34,7 +34,8 @@ def _prepare_one(item, size: int, fmt: str, quality: int, max_pixels: int | None
         if img.size != (size, size):
             img = resize_center_crop(img, size)
     else:
-        img = resize_center_crop(load_rgb(item, draft_size=size, max_pixels=max_pixels), size)
+        data = item.read_bytes() if hasattr(item, "read_bytes") else item  # an archive member (archives.py)
+        img = resize_center_crop(load_rgb(data, draft_size=size, max_pixels=max_pixels), size)
     if fmt == "raw":
         pixels = np.asarray(img, dtype=np.uint8)
         return pixels.tobytes(), pixels

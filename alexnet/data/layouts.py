@@ -9,20 +9,18 @@ undecodable files are found later, while preparing.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
-from dataclasses import dataclass, field
-from importlib import resources
 
 import numpy as np
 
+from alexnet.data.archives import ARCHIVE_READERS, detect_archives
 from alexnet.data.images import is_image_name
 from alexnet.data.safepickle import RefusedPickle, load_data_pickle
+from alexnet.data.source import WNID, Source, imagenet_names
 from alexnet.errors import UsageError, UserError
 
-LAYOUTS = ("auto", "folder", "imagenet", "flowers17", "cifar10")
-WNID = re.compile(r"^n\d{8}$")
+LAYOUTS = ("auto", "folder", "imagenet", "flowers17", "cifar10", "imagenet-tar", "parquet", "webdataset")
 SPLIT_NAMES = ("train", "val", "test")
 FLOWERS17_NAMES = [
     "daffodil", "snowdrop", "lily valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
@@ -30,30 +28,6 @@ FLOWERS17_NAMES = [
     "windflower", "pansy",
 ]  # fmt: skip
 FLOWERS17_PER_CLASS = 80  # jpg/image_0001..1360.jpg come in blocks of 80 per class
-
-
-@dataclass
-class Source:
-    layout: str
-    class_ids: list[str]
-    class_names: list[str]
-    splits: dict[str, list[tuple[object, int]]]
-    skipped: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- class names
-
-
-def imagenet_names() -> tuple[list[str | None], list[str]]:
-    """The 1000 ILSVRC-2012 classes in index order: (wnids or Nones, readable names).
-
-    The shipped json is either [[wnid, name], ...] or [name, ...] (names only)."""
-    text = resources.files("alexnet.data").joinpath("imagenet_classes.json").read_text()
-    entries = json.loads(text)
-    if entries and isinstance(entries[0], list):
-        return [e[0] for e in entries], [e[1] for e in entries]
-    return [None] * len(entries), list(entries)
 
 
 def _names_for_wnids(wnids: list[str], root: str) -> list[str]:
@@ -373,6 +347,9 @@ def detect_layout(root: str) -> str:
     if _cifar_dir(root):
         return "cifar10"
     dirs, files = _list_dir(root)
+    archives = detect_archives(root, dirs, files)  # archives.py: ILSVRC-2012 tars, parquet, WebDataset
+    if archives:
+        return archives
     if "jpg" in dirs and any(re.match(r"image_\d+\.jpg$", f) for f in os.listdir(os.path.join(root, "jpg"))):
         return "flowers17"
     if "train" in dirs:
@@ -391,7 +368,8 @@ def detect_layout(root: str) -> str:
     )
 
 
-READERS = {"folder": read_folder, "imagenet": read_imagenet, "flowers17": read_flowers17, "cifar10": read_cifar10}
+READERS = {"folder": read_folder, "imagenet": read_imagenet, "flowers17": read_flowers17, "cifar10": read_cifar10,
+           **ARCHIVE_READERS}  # fmt: skip
 
 
 def read_source(root: str, layout: str = "auto") -> Source:
