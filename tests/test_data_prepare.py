@@ -405,3 +405,26 @@ def test_bad_size_and_unwritable_out_are_one_line(tmp_path, capsys, photo_tree):
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.count("\n") == 0 and "cannot create the output directory" in err
     assert not any(".partial" in n for n in os.listdir(tmp_path))
+
+
+def test_stats_accumulator_equals_float64_sums_per_image():
+    """The integer-kept image and pixel sums equal adding each image in float64, bit for bit, also
+    across merges and records (as prepare's chunks combine them)."""
+    from alexnet.data.chunks import StatsAccumulator
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(7)]
+    image_sum, pixel_sum, outer = np.zeros((16, 16, 3)), np.zeros(3), np.zeros((3, 3))
+    for x in images:
+        flat = x.reshape(-1, 3).astype(np.float64)
+        image_sum, pixel_sum, outer = image_sum + x, pixel_sum + flat.sum(0), outer + flat.T @ flat
+    a, b, c = StatsAccumulator(16), StatsAccumulator(16), StatsAccumulator(16)
+    for x in images[:3]:
+        a.add(x)
+    for x in images[3:]:
+        b.add(x)
+    a.merge(b)
+    c.merge_arrays(a.arrays())
+    for acc in (a, c):
+        assert acc.n == 7 and np.array_equal(acc.image_sum, image_sum) and np.array_equal(acc.pixel_sum, pixel_sum)
+        assert np.array_equal(acc.outer_sum, outer)
