@@ -413,12 +413,13 @@ def test_stats_accumulator_equals_float64_sums_per_image():
     from alexnet.data.chunks import StatsAccumulator
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(7)]
-    image_sum, pixel_sum, outer = np.zeros((16, 16, 3)), np.zeros(3), np.zeros((3, 3))
+    images = [rng.integers(0, 256, (23, 23, 3), dtype=np.uint8) for _ in range(6)]  # 529 px: 2 blocks + 17
+    images.append(np.full((23, 23, 3), 255, np.uint8))  # the largest products
+    image_sum, pixel_sum, outer = np.zeros((23, 23, 3)), np.zeros(3), np.zeros((3, 3))
     for x in images:
         flat = x.reshape(-1, 3).astype(np.float64)
         image_sum, pixel_sum, outer = image_sum + x, pixel_sum + flat.sum(0), outer + flat.T @ flat
-    a, b, c = StatsAccumulator(16), StatsAccumulator(16), StatsAccumulator(16)
+    a, b, c = StatsAccumulator(23), StatsAccumulator(23), StatsAccumulator(23)
     for x in images[:3]:
         a.add(x)
     for x in images[3:]:

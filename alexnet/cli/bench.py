@@ -7,7 +7,7 @@ import importlib
 from alexnet.cli import add_parser
 
 # Each entry: a module alexnet.cli.bench_<name> with register(subparsers).
-BENCH_MODULES = ["model", "data", "pipeline", "infer", "gpu"]
+BENCH_MODULES = ["model", "data", "prepare", "pipeline", "infer", "gpu"]
 
 
 def register(sub) -> None:

@@ -69,6 +69,21 @@ def _process_task(task):
     return out, acc
 
 
+OUTER_BLOCK = 256  # pixels whose 8-bit products sum below 2^24: exact in float32
+
+
+def _outer(flat: np.ndarray) -> np.ndarray:
+    """sum over pixels of p p^T for uint8 (N, 3) pixels, float64 (3, 3), exactly: float32 products
+    summed over blocks of OUTER_BLOCK pixels stay integers below 2^24 (exact), and the block sums
+    are added in float64 (exact below 2^53). Twice as fast as one float64 product over all pixels,
+    with the same value."""
+    n = len(flat) // OUTER_BLOCK * OUTER_BLOCK
+    blocks = flat[:n].reshape(-1, OUTER_BLOCK, 3).astype(np.float32)
+    total = np.matmul(blocks.transpose(0, 2, 1), blocks).astype(np.float64).sum(0)
+    rest = flat[n:].astype(np.float64)
+    return total + rest.T @ rest
+
+
 class StatsAccumulator:
     """Streaming sums in float64: the mean image and the RGB second moments over all pixels."""
 
@@ -90,8 +105,7 @@ class StatsAccumulator:
         self._pending += 1
         if self._pending >= 1 << 24:  # uint32 holds 2^24 sums of 255
             self._flush()
-        flat = pixels.reshape(-1, 3).astype(np.float64)
-        self.outer_sum += flat.T @ flat
+        self.outer_sum += _outer(pixels.reshape(-1, 3))
 
     def _flush(self) -> None:
         if self._pending:
