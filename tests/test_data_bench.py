@@ -18,8 +18,8 @@ def test_bench_data_tiny(tmp_path):
     assert r["ratio"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"], rel=0.02)
     assert r["images"] == 24 and r["workers"] == 1
     # the limit, timed in the same run on the same worker: the bare decode of the same packed JPEGs
-    assert r["bare_img_s"] > 0 and r["ours_vs_bare"] == pytest.approx(r["ours_img_s"] / r["bare_img_s"], rel=0.02)
-    assert r["device_workers_vs_bare"] == pytest.approx(r["device_workers_img_s"] / r["bare_img_s"], rel=0.02)
+    assert r["bare_img_s"] > 0 and r["ours_vs_bare"] == pytest.approx(r["ours_img_s"] / r["bare_img_s"], abs=0.006)
+    assert r["device_workers_vs_bare"] == pytest.approx(r["device_workers_img_s"] / r["bare_img_s"], abs=0.006)
     assert r["img_s_per_core"]["bare"] == pytest.approx(r["bare_img_s"], rel=0.01)  # one worker: one core
     assert r["decoder"] in r["decoders_img_s_one_core"] and "pillow" in r["decoders_img_s_one_core"]
     assert list(tmp_path.iterdir()) == []  # temporary files removed
