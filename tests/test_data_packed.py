@@ -84,6 +84,25 @@ def _raw(ds, i) -> bytes:
         return f.read(end - start)
 
 
+def test_a_cropped_jpeg_differs_from_the_full_decode_at_its_edges(prepared):
+    """Why the loader decodes whole images: libjpeg-turbo's lossless 16-px-aligned crop (the only
+    crop PyTurboJPEG 1.x offers with the system's libjpeg-turbo 2.1), decoded, equals the full
+    decode inside but not within 8 px of its edges (4:2:0 chroma upsampling loses its neighbours)."""
+    turbojpeg = pytest.importorskip("turbojpeg")
+    try:
+        tj = turbojpeg.TurboJPEG()
+    except (OSError, RuntimeError):
+        pytest.skip("libturbojpeg not installed")
+    ds = PackedDataset(prepared, "train")
+    edges = 0
+    for i in range(len(ds)):
+        full = ds.pixels(i)
+        window = decode.chosen()[1](tj.crop(_raw(ds, i), 16, 16, 224, 224))
+        assert np.array_equal(window[8:-8, 8:-8], full[24:232, 24:232])
+        edges += not np.array_equal(window, full[16:240, 16:240])
+    assert edges > 0
+
+
 @pytest.mark.parametrize("normalize", ["mean_image", "channel"])
 @pytest.mark.parametrize("pca", ["paper", "off"])
 def test_fast_transform_equals_the_tensor_path(prepared, pca, normalize):

@@ -83,6 +83,18 @@ def test_ddp_shards_as_the_host_path(prepared, monkeypatch, world):
     assert set(seen) == set(range(n)) and len(seen) == world * -(-n // world)  # padded as DistributedSampler
 
 
+def test_jpeg_bytes_decoded_where_the_model_is_give_the_host_loaders_batches(prepared):
+    """decode="device" (nvJPEG on CUDA; torchvision's libjpeg-turbo decoder on the CPU): the same
+    crops, flips and colour noise as the host loader, and on the CPU the same pixels exactly."""
+    kw = dict(train=True, batch_size=3, seed=11, crop=CROP)
+    host = make_loader(prepared, "train", workers=0, **kw)
+    dev = make_device_loader(prepared, "train", workers=1, device="cpu", decode="device", **kw)
+    for epoch in (0, 1):
+        host.set_epoch(epoch)
+        dev.set_epoch(epoch)
+        assert _same(_batches(host), _batches(dev)), epoch
+
+
 def test_eval_split_equals_the_host_loader(prepared):
     for crops in (1, 10):
         kw = dict(train=False, batch_size=2, crop=CROP, crops=crops)
