@@ -118,17 +118,33 @@ def _epoch(loader) -> int:
     return count
 
 
+def baseline_loader(images: str, manifest: dict, *, batch_size: int, workers: int, crop: int):
+    """(dataset, loader): torchvision's ImageFolder + PIL transforms over the source images, without
+    the files prepare skipped (truncated, not images: they would crash it)."""
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    from alexnet.data.images import is_image_name
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    tf = T.Compose([T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    bad = {os.path.abspath(item["path"]) for item in manifest["skipped"]}
+    dataset = torchvision.datasets.ImageFolder(
+        images, transform=tf, allow_empty=True,
+        is_valid_file=lambda p: is_image_name(p) and os.path.abspath(p) not in bad,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         persistent_workers=workers > 0)  # fmt: skip
+    return dataset, loader
+
+
 def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | None = None, batch_size: int = 64,
                    crop: int = 227, repeats: int = 5, warmup: int = 1, work_dir: str | None = None,
                    seed: int = 0, load: int = 0) -> dict:  # fmt: skip
     """Measure both loaders; returns the result dict (see module docstring). load: threads of a
     competing matrix-product process run during warm-up and timing (0: none)."""
-    import torch
-    import torchvision
-    from torchvision import transforms as T
-
     from alexnet.data.cores import default_loader_workers
-    from alexnet.data.images import is_image_name
     from alexnet.data.packed import decoder_name, make_loader
     from alexnet.data.prepare import prepare
 
@@ -151,19 +167,7 @@ def run_data_bench(*, images: str | None = None, n: int = 512, workers: int | No
                             "add images or lower --batch-size")  # fmt: skip
         ours = make_loader(os.path.join(tmp, "prepared"), "train", train=True, batch_size=batch_size,
                            workers=workers, crop=crop, drop_last=False)  # fmt: skip
-        mean = [0.485, 0.456, 0.406]
-        std = [0.229, 0.224, 0.225]
-        tf = T.Compose(
-            [T.Resize(256), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
-        )
-        # The baseline reads the same files: those prepare skipped (truncated, not images) would crash it.
-        bad = {os.path.abspath(item["path"]) for item in manifest["skipped"]}
-        base_ds = torchvision.datasets.ImageFolder(
-            images, transform=tf, allow_empty=True,
-            is_valid_file=lambda p: is_image_name(p) and os.path.abspath(p) not in bad,
-        )  # fmt: skip
-        base = torch.utils.data.DataLoader(base_ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                           persistent_workers=workers > 0)  # fmt: skip
+        base_ds, base = baseline_loader(images, manifest, batch_size=batch_size, workers=workers, crop=crop)
         epochs = {"ours": 0}
 
         def run_ours():
