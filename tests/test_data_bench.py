@@ -55,3 +55,16 @@ def test_bench_data_baseline_skips_files_prepare_skipped(tmp_path, capsys, bench
                    "--repeats", "1", "--warmup", "0", "--json"])  # fmt: skip
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["images"] == 8
+
+
+def test_bench_prepare_tiny(tmp_path, capsys):
+    """`alexnet bench prepare`: prepare and decode + resize alone on the same images and workers."""
+    from alexnet.bench.prepare_rate import run_prepare_bench
+
+    r = run_prepare_bench(n=12, workers=1, repeats=1, warmup=0, work_dir=str(tmp_path))
+    assert r["images"] == r["prepared"] == 12 and r["workers"] == 1
+    assert r["ratio"] == pytest.approx(r["prepare_img_s"] / r["decode_resize_img_s"], abs=0.006)
+    assert r["img_s_per_core"]["prepare"] == pytest.approx(r["prepare_img_s"], rel=0.01)  # one worker
+    assert list(tmp_path.iterdir()) == []
+    assert cli_main(["bench", "prepare", "--workers", "0", "--json"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
