@@ -15,6 +15,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from alexnet.errors import UserError, not_found
+from alexnet.filekinds import wrong_kind
 from alexnet.io import atomic_write_bytes
 from alexnet.model import MODELS, build_model
 
@@ -35,6 +36,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
             candidate = path / "checkpoints" / name
             if candidate.is_file():
                 return candidate
+        if (wrong := wrong_kind(path, "checkpoint", accepts=("run",))) is not None:  # e.g. a prepared set
+            raise wrong
         raise UserError(
             f"{path}: a directory without checkpoints/best.pt or checkpoints/last.pt; "
             "give a checkpoint file or a run directory written by `alexnet train`"
@@ -47,6 +50,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict on the CPU, safely. A bad file raises UserError naming it."""
     path = resolve_checkpoint_path(path)
+    # an image, an ONNX or TorchScript export (which torch.load would hand to torch.jit.load): named as such
+    if (wrong := wrong_kind(path, "checkpoint", accepts=("pickle", "zip"))) is not None:
+        raise wrong
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  truncated zip, pickle with code in it, not a checkpoint at all

@@ -19,6 +19,7 @@ import sys
 
 from alexnet import __version__
 from alexnet.errors import UsageError, UserError, set_cli
+from alexnet.filekinds import WrongKindError
 from alexnet.io import dumps
 from alexnet.memory import keep_freed_memory
 
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"alexnet {args.command}: error: {exc}", file=sys.stderr)
+        usage = (
+            f"; usage: {_usage(args._parser)}" if isinstance(exc, WrongKindError) and hasattr(args, "_parser") else ""
+        )
+        print(f"alexnet {args.command}: error: {exc}{usage}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
@@ -190,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         set_cli(False)
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """A command's positional arguments in one short line: "alexnet predict CKPT IMAGE_OR_DIR [...]"."""
+    formatter = parser._get_formatter()
+    words = [formatter._format_args(a, a.metavar or a.dest.upper()) for a in parser._get_positional_actions()]
+    for a in parser._get_optional_actions():  # required options too: evaluate's --data DIR
+        if a.required:
+            words.append(f"{a.option_strings[0]} {formatter._format_args(a, a.metavar or a.dest.upper())}")
+    return " ".join([parser.prog, *words])
 
 
 def _os_error(exc: OSError) -> str:

@@ -21,8 +21,8 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Extensions we treat as images when walking a tree (lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# the image extensions and is_image_name live beside the file sniffing; re-exported here
+from alexnet.filekinds import IMAGE_EXTENSIONS, is_image_name, sniff_bytes  # noqa: F401
 
 # The largest image (width x height, in pixels) any command decodes; larger ones are refused
 # before decoding (a 400 KB PNG can declare 20000 x 20000). Decoding costs up to ~24 bytes a pixel
@@ -40,10 +40,6 @@ class BadImageError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
 def _read_bytes(path_or_bytes) -> bytes:
@@ -114,8 +110,11 @@ def load_rgb(path_or_bytes, *, draft_size: int | None = None, max_pixels: int | 
             img.load()  # decode now: truncated files fail here, not later
             img = ImageOps.exif_transpose(img)
     except UnidentifiedImageError:
-        raise BadImageError("not an image (unrecognised format)") from None
+        raise BadImageError(_not_an_image(data)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        kind = sniff_bytes(data)
+        if kind is not None and kind.name not in ("image", "text"):  # a checkpoint or an export: say which
+            raise BadImageError(_not_an_image(data)) from None
         text = str(exc)
         if "truncated" in text or isinstance(exc, EOFError):
             raise BadImageError("truncated image") from None
@@ -123,6 +122,16 @@ def load_rgb(path_or_bytes, *, draft_size: int | None = None, max_pixels: int | 
     if img.width < 1 or img.height < 1:
         raise BadImageError("image has no pixels")
     return to_rgb(img)
+
+
+def _not_an_image(data: bytes) -> str:
+    """The reason for bytes no decoder reads, naming what they are when known (a checkpoint, an export)."""
+    kind = sniff_bytes(data)
+    return (
+        f"not an image: {kind.text}"
+        if kind is not None and kind.name != "text"
+        else "not an image (unrecognised format)"
+    )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -24,6 +24,7 @@ from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, Pool
 from alexnet.data.cores import default_loader_workers
 from alexnet.data.validate import check_prepared, damaged
 from alexnet.errors import UserError, not_found
+from alexnet.filekinds import wrong_kind
 
 STATS_KEYS = ("mean_image", "channel_mean", "channel_std", "eigval", "eigvec")
 
@@ -37,6 +38,8 @@ class PreparedSet:
         if not os.path.exists(self.root):
             raise not_found(self.root, "prepared directory", f"create one with `alexnet prepare SRC {root}`")
         if not os.path.isfile(manifest):
+            if (wrong := wrong_kind(self.root, "prepared")) is not None:  # a run directory, an image, ...
+                raise wrong
             raise UserError(
                 f"{self.root}: not a prepared directory (no manifest.json); "
                 f"create one with `alexnet prepare SRC {root}`"
