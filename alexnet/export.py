@@ -39,9 +39,15 @@ from alexnet.checkpoint import (
     state_dict_error,
 )
 from alexnet.errors import UsageError, UserError, not_found, option
-from alexnet.exportable import WithPreprocessing, traceable
+from alexnet.exportable import (  # noqa: F401 - onnx_ready re-exported
+    PREPROCESSED_INPUT,
+    WithPreprocessing,
+    check_resize,
+    onnx_ready,
+    traceable,
+)
 from alexnet.io import atomic_write_bytes, atomic_write_path
-from alexnet.model import LocalResponseNorm, MaxPool2d, build_model
+from alexnet.model import build_model
 from alexnet.modelcard import model_card, write_model_card
 from alexnet.transforms import Transforms
 
@@ -102,58 +108,6 @@ def export_safetensors(state: dict, out: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def onnx_ready(model: nn.Module, input_size: int) -> nn.Module:
-    """Make a model exportable, same maths, in place: the fused LRN (a custom autograd Function,
-    opaque to the exporter) becomes torch's LocalResponseNorm (alpha * size: torch divides alpha by
-    size), and the adaptive average pool becomes the identity when it already gets 6 x 6 maps at
-    this input size (the exporter cannot size an adaptive pool behind a dynamic batch); the net's
-    own CPU channels_last switch is turned off and its max-pools become torch's (no layout change
-    recorded in the graph)."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, LocalResponseNorm):
-                if child.groups != 1:  # torch's module has no per-tower window: refuse rather than differ
-                    raise UserError(
-                        "ONNX export of a per-tower LRN (model.lrn_scope=tower) is not supported; "
-                        "export a net with lrn_scope=layer, or use the safetensors export"
-                    )
-                setattr(parent, name, nn.LocalResponseNorm(child.size, child.alpha * child.size, child.beta, child.k))
-            elif isinstance(child, MaxPool2d):  # torch's own: no CPU layout change in the graph
-                setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
-                                                   ceil_mode=child.ceil_mode))  # fmt: skip
-    if hasattr(model, "cpu_inference_channels_last"):
-        model.cpu_inference_channels_last = False  # memory layout is the ONNX runtime's choice, not the graph's
-    pool = getattr(model, "avgpool", None)
-    if isinstance(pool, nn.AdaptiveAvgPool2d) and hasattr(model, "features"):
-        with torch.inference_mode():
-            maps = model.features(torch.zeros(1, 3, input_size, input_size))
-        size_in, size_out = tuple(maps.shape[-2:]), tuple(nn.modules.utils._pair(pool.output_size))
-        # Identity at the net's own input size; otherwise (a small crop, e.g. 67 -> 1 x 1 maps) the same
-        # average as fixed matrices, which export as MatMul
-        model.avgpool = nn.Identity() if size_in == size_out else _FixedAdaptivePool(size_in, size_out)
-    return model
-
-
-class _FixedAdaptivePool(nn.Module):
-    """nn.AdaptiveAvgPool2d for one known input size, as out = P_h @ x @ P_w^T (exportable)."""
-
-    def __init__(self, size_in: tuple[int, int], size_out: tuple[int, int]):
-        super().__init__()
-        self.register_buffer("ph", self._matrix(size_in[0], size_out[0]))
-        self.register_buffer("pwt", self._matrix(size_in[1], size_out[1]).t().contiguous())
-
-    @staticmethod
-    def _matrix(n_in: int, n_out: int) -> torch.Tensor:
-        p = torch.zeros(n_out, n_in)
-        for i in range(n_out):  # PyTorch's adaptive windows: [floor(i n / m), ceil((i + 1) n / m))
-            start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-            p[i, start:end] = 1.0 / (end - start)
-        return p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ph @ x @ self.pwt
-
-
 def _example(pre: dict, batch: int, seed: int, include_preprocessing: bool) -> torch.Tensor:
     """A random input of what the exported graph takes: uint8 images (B, 3, S, S) with the
     preprocessing in the graph, else inputs on the scale the net sees (mean-subtracted 0-255 pixels,
@@ -175,10 +129,13 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
                 include_preprocessing: bool = False) -> dict:  # fmt: skip
     """Export to ONNX (dynamic batch; input `images` (B, 3, H, W) normalised, output `logits`), then
     run it with onnxruntime on a random batch and compare with PyTorch. include_preprocessing: the
-    input is uint8 RGB images (B, 3, S, S) resized the checkpoint's way, and the centre crop and
-    normalisation (mean image, channel statistics or Caffe's BGR mean) run inside the graph.
+    input is uint8 RGB images (B, 3, H, W) of any size (dynamic height and width), and `predict`'s
+    resize, the centre crop and the normalisation (mean image, channel statistics or Caffe's BGR
+    mean) run inside the graph (alexnet.exportable.WithPreprocessing); also checked against
+    `predict`'s own path on images of two other sizes ("resize_max_prob_diff").
 
-    Returns {"out", "format", "opset", "max_abs_diff", "bytes", "include_preprocessing"}. Needs the `onnx` extra."""
+    Returns {"out", "format", "opset", "max_abs_diff", "bytes", "include_preprocessing"
+    (, "resize_max_prob_diff")}. Needs the `onnx` extra."""
     try:
         import onnx
         import onnxruntime as ort
@@ -190,8 +147,9 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
     exportable = onnx_ready(model_from_checkpoint(state, "cpu"), crop)
     if include_preprocessing:
         exportable = WithPreprocessing(exportable, info["pre"]).eval()
-        info["meta"]["input"] = "uint8 RGB (B, 3, S, S); crop and normalisation in the graph"
+        info["meta"]["input"] = PREPROCESSED_INPUT
     x = _example(info["pre"], batch, seed, include_preprocessing)
+    axes = {0: "batch", 2: "height", 3: "width"} if include_preprocessing else {0: "batch"}
 
     def write(tmp):
         with warnings.catch_warnings():
@@ -204,7 +162,7 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
                 opset_version=opset,
                 input_names=["images"],
                 output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={"images": axes, "logits": {0: "batch"}},
             )
         proto = onnx.load(tmp)
         for key, value in info["meta"].items():
@@ -222,16 +180,19 @@ def export_onnx(state: dict, out: str, *, opset: int = 17, batch: int = 2, seed:
             f"ONNX export of {state.get('path', 'checkpoint')} failed: {str(exc).splitlines()[0][:200]}"
         ) from None
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {"images": x.numpy()})[0]
-    want = _eager(model_from_checkpoint(state, "cpu"), info["pre"], x, include_preprocessing)
-    return {
+    run = lambda images: session.run(["logits"], {"images": images.numpy()})[0]
+    reference = model_from_checkpoint(state, "cpu")
+    result = {
         "out": os.path.abspath(out),
         "format": "onnx",
         "opset": opset,
-        "max_abs_diff": float(np.abs(got - want).max()),
+        "max_abs_diff": float(np.abs(run(x) - _eager(reference, info["pre"], x, include_preprocessing)).max()),
         "bytes": os.path.getsize(out),
         "include_preprocessing": include_preprocessing,
     }
+    if include_preprocessing:
+        result["resize_max_prob_diff"] = check_resize(run, reference, info["pre"], seed)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +212,7 @@ def export_torchscript(state: dict, out: str, *, batch: int = 2, seed: int = 0,
     module = traceable(model_from_checkpoint(state, "cpu"))
     if include_preprocessing:
         module = WithPreprocessing(module, info["pre"]).eval()
-        info["meta"]["input"] = "uint8 RGB (B, 3, S, S); crop and normalisation in the graph"
+        info["meta"]["input"] = PREPROCESSED_INPUT
     extra = {"alexnet.json": json.dumps(info["meta"])}
 
     def write(tmp):
@@ -276,13 +237,19 @@ def export_torchscript(state: dict, out: str, *, batch: int = 2, seed: int = 0,
         with torch.no_grad():
             got = loaded(x).numpy()
         diff = max(diff, float(np.abs(got - _eager(reference, info["pre"], x, include_preprocessing)).max()))
-    return {
+    result = {
         "out": os.path.abspath(out),
         "format": "torchscript",
         "max_abs_diff": diff,
         "bytes": os.path.getsize(out),
         "include_preprocessing": include_preprocessing,
     }
+    if include_preprocessing:
+        with torch.no_grad():
+            result["resize_max_prob_diff"] = check_resize(
+                lambda images: loaded(images).numpy(), reference, info["pre"], seed
+            )
+    return result
 
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -311,6 +278,11 @@ def export(path, fmt: str, out: str, *, include_preprocessing: bool = False) -> 
     check = None
     if "max_abs_diff" in result:
         check = f"max |logit difference| against the eager PyTorch net on random inputs: {result['max_abs_diff']:.2g}"
+    if "resize_max_prob_diff" in result:
+        check += (
+            f"; max |probability difference| against `predict` (its PIL resize) on photo-like images of "
+            f"two other sizes: {result['resize_max_prob_diff']:.2g}"
+        )
     params = sum(int(v.numel()) for k, v in clean_state_dict(state["model"]).items() if not k.endswith("_tracked"))
     text = model_card(state, fmt, out, params=params, include_preprocessing=include_preprocessing, check=check)
     return {
@@ -368,14 +340,14 @@ def _read_state_dict(path: str) -> dict:
     return sd
 
 
-def import_torchvision(path: str | None, out: str, *, weights: str | None = None, progress: bool = True) -> dict:
-    """torchvision AlexNet weights -> our checkpoint (atomically): a state dict saved with torch.save
-    (`path`), or torchvision's published weights by name (`weights`, e.g. "IMAGENET1K_V1": read from
-    torch's cache, downloaded into it when missing and the network allows).
+def torchvision_state(path: str | None = None, *, weights: str | None = None, progress: bool = True) -> dict:
+    """torchvision AlexNet weights -> our checkpoint dict (not saved): a state dict saved with
+    torch.save (`path`), or torchvision's published weights by name (`weights`, e.g. "IMAGENET1K_V1":
+    read from torch's cache, downloaded into it when missing and the network allows).
 
     The checkpoint: model `alexnet_torchvision`, the ImageNet class ids and names (for 1000 outputs),
-    torchvision's preprocessing (shorter side 256, centre crop 224, per-channel mean/std on [0, 1]).
-    Returns {"out", "num_classes", "params", "source"}.
+    torchvision's preprocessing (shorter side 256, centre crop 224, per-channel mean/std on [0, 1]),
+    and config {"imported_from", "source": "torchvision"}.
     """
     if path is None and weights is None:
         raise UsageError(
@@ -409,10 +381,21 @@ def import_torchvision(path: str | None, out: str, *, weights: str | None = None
         "preprocess": {"crop": TORCHVISION_CROP, "normalize": "channel"},
         "config": {"imported_from": os.path.abspath(path) if path is not None else source, "source": "torchvision"},
     }
+    return state
+
+
+def import_torchvision(path: str | None, out: str, *, weights: str | None = None, progress: bool = True) -> dict:
+    """torchvision AlexNet weights (a torch.save'd state dict `path`, or the published `weights` by
+    name) -> our checkpoint at `out`, atomically (see torchvision_state).
+    Returns {"out", "num_classes", "params", "source"}.
+    """
+    state = torchvision_state(path, weights=weights, progress=progress)
+    num_classes = state["model_kwargs"]["num_classes"]
+    source = path if path is not None else f"torchvision AlexNet_Weights.{weights}"
     save_checkpoint(out, state)
     return {
         "out": os.path.abspath(out),
         "num_classes": num_classes,
         "source": source,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(v.numel() for v in state["model"].values()),
     }

@@ -160,10 +160,34 @@ def test_onnx_of_a_small_crop_net_matches_pytorch(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=1e-4)
 
 
+def _photos() -> dict[str, np.ndarray]:
+    """Real photographs shipped with scikit-image (uint8 (H, W, 3) RGB), at their own sizes: square,
+    landscape of several ratios, a large one, and a portrait and a small one cut from them."""
+    skimage_data = pytest.importorskip("skimage.data", reason="the photos come with scikit-image (the test extra)")
+    photos = {name: getattr(skimage_data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")}
+    photos["hubble_deep_field"] = skimage_data.hubble_deep_field()  # 872 x 1000
+    photos["coffee, portrait"] = np.ascontiguousarray(photos["coffee"][:, 150:450])  # 400 x 300
+    photos["chelsea, small"] = np.ascontiguousarray(photos["chelsea"][::3, ::3])  # 100 x 151: enlarged
+    return photos
+
+
+def _graph_matches_predict(run, net, photos: dict) -> None:
+    """`run` (uint8 (1, 3, H, W) -> logits) gives `predict`'s probabilities within 1e-3 on every photo,
+    and the comparison is not degenerate (the probabilities differ between the photos)."""
+    tops = []
+    for name, photo in photos.items():
+        want = net.probabilities(photo)  # predict's path: PIL's resize, the crop, the normalisation
+        got = torch.softmax(torch.as_tensor(run(torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous())), 1)
+        assert float((got - want).abs().max()) < 1e-3, f"{name} {photo.shape}: {float((got - want).abs().max()):.2g}"
+        tops.append(float(want.max()))
+    assert max(tops) - min(tops) > 0.01, tops  # the net tells the photos apart: a difference would show
+
+
 @pytest.mark.parametrize("normalize", ["mean_image", pytest.param("channel", marks=pytest.mark.slow)])
-def test_onnx_with_preprocessing_takes_uint8_images(ckpt, small_state, tmp_path, normalize):
-    """--include-preprocessing: uint8 (B, 3, 256, 256) in; onnxruntime's logits are the eager net's
-    on the same images normalised the way `predict` does (TrainedNet.normalize)."""
+def test_onnx_with_preprocessing_takes_photos_of_any_size(ckpt, small_state, tmp_path, normalize):
+    """--include-preprocessing: uint8 images of any size in (dynamic height and width); onnxruntime
+    gives `predict`'s probabilities within 1e-3 on real photos of seven sizes, and the eager net's
+    logits within 1e-5 on prepared (S x S) images, where the resize does nothing."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import alexnet
@@ -172,17 +196,31 @@ def test_onnx_with_preprocessing_takes_uint8_images(ckpt, small_state, tmp_path,
     state["preprocess"] = {**state["preprocess"], "normalize": normalize}
     out = tmp_path / "pre.onnx"
     result = export(state, "onnx", str(out), include_preprocessing=True)
-    assert result["include_preprocessing"] and result["max_abs_diff"] < 1e-4
+    assert result["include_preprocessing"] and result["max_abs_diff"] < 1e-4 and result["resize_max_prob_diff"] < 1e-3
     net = alexnet.load(state, device="cpu")
-    images = torch.stack([net.prepare(_square_png(tmp_path / f"{i}.png", seed=i, size=(300, 256))) for i in range(2)])
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    images = torch.stack([net.prepare(_square_png(tmp_path / f"{i}.png", seed=i, size=(300, 256))) for i in range(2)])
     got = session.run(["logits"], {"images": images.numpy()})[0]
     with torch.no_grad():
         want = net(images).numpy()  # TrainedNet on a uint8 batch: its own normalisation, then the model
     np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()), rtol=1e-4)
+    _graph_matches_predict(lambda x: session.run(["logits"], {"images": x.numpy()})[0], net, _photos())
     card = (tmp_path / "pre.onnx.MODEL_CARD.md").read_text()
-    assert "uint8 RGB images" in card and f"{sum(v.numel() for v in state['model'].values()):,} parameters" in card
+    assert "of any size" in card and f"{sum(v.numel() for v in state['model'].values()):,} parameters" in card
+
+
+def test_torchscript_with_preprocessing_takes_photos_of_any_size(small_state, tmp_path):
+    """The traced file with the preprocessing: torch.jit.load's module gives `predict`'s probabilities
+    within 1e-3 on real photos of seven sizes (the trace saw one size)."""
+    import alexnet
+
+    state = {**small_state, "preprocess": {**small_state["preprocess"], "normalize": "channel"}}
+    export(state, "torchscript", str(tmp_path / "pre.pt"), include_preprocessing=True)
+    loaded = torch.jit.load(str(tmp_path / "pre.pt"))
+    with torch.no_grad():
+        _graph_matches_predict(lambda x: loaded(x).numpy(), alexnet.load(state, device="cpu"), _photos())
 
 
 @pytest.mark.parametrize("preprocessing", [pytest.param(False, marks=pytest.mark.slow), True])

@@ -18,11 +18,12 @@ def register(sub) -> None:
             "pip install 'alexnet[onnx]'). torchscript: the net traced with its LRN and max-pools as\n"
             "plain ops (torch.jit.load runs it without this package), checked against PyTorch on\n"
             "batch sizes the trace did not see. --include-preprocessing (onnx, torchscript): the input\n"
-            "is uint8 RGB images (B, 3, S, S) resized the checkpoint's way (shorter side S and the\n"
-            "central S x S; S = 256 for the paper's), and the centre crop and normalisation (mean image,\n"
-            "channel statistics, Caffe's BGR mean) run inside the graph.\n"
-            "Every export gets FILE.MODEL_CARD.md beside it: architecture, parameters, training data and\n"
-            "recipe, preprocessing, the run's measured metrics, intended use and limits."
+            "is decoded uint8 RGB images (B, 3, H, W) of any size, and predict's resize (shorter side S\n"
+            "and the central S x S; S = 256 for the paper's), the centre crop and the normalisation\n"
+            "(mean image, channel statistics, Caffe's BGR mean) run inside the graph.\n"
+            "Every export gets FILE.MODEL_CARD.md beside it, made from that one checkpoint: architecture,\n"
+            "parameters, provenance and recipe, the preprocessing with its numbers, the checkpoint's own\n"
+            "measured figures, intended use and limits."
         ),
     )
     p.add_argument("checkpoint", metavar="CKPT", help=f"checkpoint file or run directory ({RUN_DIR_CHECKPOINT})")
@@ -31,7 +32,7 @@ def register(sub) -> None:
     p.add_argument(
         "--include-preprocessing",
         action="store_true",
-        help="onnx/torchscript: take uint8 images (B, 3, S, S); crop and normalisation in the graph",
+        help="onnx/torchscript: take uint8 images (B, 3, H, W) of any size; resize, crop and normalisation in the graph",
     )
     add_force_option(p, "FILE and its model card")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -56,6 +57,12 @@ def run(args) -> int:
             f"wrote {result['out']} ({args.format}{', opset ' + str(result['opset']) if 'opset' in result else ''}"
             f"{', preprocessing inside' if args.include_preprocessing else ''}) and {result['model_card']}; "
             f"{runtime} vs PyTorch: max abs difference {result['max_abs_diff']:.3g}"
+            + (
+                f"; vs predict's resize on two other image sizes: max probability difference "
+                f"{result['resize_max_prob_diff']:.2g}"
+                if "resize_max_prob_diff" in result
+                else ""
+            )
         )
     else:
         print(
