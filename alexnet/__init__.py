@@ -44,7 +44,7 @@ _LAZY = {
     "build_model": ("alexnet.model", "build_model"),
     "TrainConfig": ("alexnet.train", "TrainConfig"),
     "summarize": ("alexnet.summary", "summarize"),
-    "load": ("alexnet.artifact", "open_artifact"),
+    "load": ("alexnet.pretrained", "load"),
     "TrainedNet": ("alexnet.artifact", "TrainedNet"),
     "Prediction": ("alexnet.transforms", "Prediction"),
     "Transforms": ("alexnet.transforms", "Transforms"),

@@ -14,7 +14,9 @@ or run directory (`alexnet train`, `alexnet import-torchvision`, a Caffe import)
 `.safetensors` file, or a checkpoint dict already loaded (docs/architecture.md). A TrainedNet has
 `.model` (eval mode, on `.device`), `.preprocess` ({"crop", "normalize", "resize", "size", "stats"}),
 `.transforms` (alexnet.transforms.Transforms), `.class_ids`, `.class_names`, `.device`, `.path` and
-`.state` (the checkpoint without its weights); `.to(device)` and `.eval()` return the net.
+`.state` (the checkpoint without its weights); `.to(device)` and `.eval()` return the net, and
+`.parameters()` and `.state_dict()` are the module's. `alexnet.load` (alexnet.pretrained) opens a
+source by any spelling, torchvision's weight names included, and gives a new head on request.
 
 Images: one image or a list of them, each a file path, a PIL image, a numpy uint8 (H, W, 3) RGB
 array or a torch tensor (3, H, W) (uint8, or float in [0, 1]), or any iterable of them (taken
@@ -48,6 +50,7 @@ from alexnet.data.images import BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
 from alexnet.errors import UsageError, UserError, check_whole, not_found, option
+from alexnet.filekinds import kind_of, wrong_kind
 from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
 from alexnet.transforms import (  # noqa: F401 - caffe_batch, prepare_image re-exported
@@ -119,6 +122,8 @@ def load_safetensors(path: str) -> dict:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        if (wrong := wrong_kind(path, "checkpoint", accepts=("safetensors", "text"))) is not None:  # e.g. an image
+            raise wrong from None
         raise UserError(f"{path}: not a readable safetensors file ({str(exc)[:120]})") from None
     if meta.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
@@ -148,8 +153,10 @@ def load_safetensors(path: str) -> dict:
 
 
 def load_model_state(path) -> dict:
-    """A checkpoint (file or run directory) or an exported .safetensors file, as a checkpoint dict."""
-    if str(path).endswith(".safetensors"):
+    """A checkpoint (file or run directory) or an exported .safetensors file (by its name or its
+    first bytes), as a checkpoint dict."""
+    kind = kind_of(path) if os.path.isfile(path) else None
+    if str(path).endswith(".safetensors") or (kind is not None and kind.name == "safetensors"):
         return load_safetensors(str(path))
     return load_checkpoint(path)
 
@@ -294,6 +301,14 @@ class TrainedNet:
         """The model in eval mode (it is already, unless changed; returns self)."""
         self.model.eval()
         return self
+
+    def parameters(self, recurse: bool = True):
+        """The module's parameters (`.model.parameters()`: e.g. for an optimizer)."""
+        return self.model.parameters(recurse)
+
+    def state_dict(self) -> dict:
+        """The module's state dict (`.model.state_dict()`)."""
+        return self.model.state_dict()
 
     def prepare(self, image) -> torch.Tensor:
         """One image -> uint8 (3, S, S), resized the net's way. Raises BadImageError for a bad file."""

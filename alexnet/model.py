@@ -22,6 +22,7 @@ Variants (paper §3; docs/paper.md):
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -353,19 +354,42 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet152": (_torchvision_builder("resnet152"), "ResNet-152 (torchvision)"),
 }
 MODEL_NAMES = tuple(MODELS)
+ALEXNETS = tuple(n for n in MODEL_NAMES if n.startswith("alexnet"))
 
 
-def build_model(name: str = "alexnet", **kwargs) -> nn.Module:
-    """Build a registered model by name; kwargs go to its builder (e.g. num_classes, input_size).
+def build_model(name: str = "alexnet", *, pretrained: bool = False, weights=None, **kwargs) -> nn.Module:
+    """Build a registered model by name, untrained; kwargs go to its builder (e.g. num_classes, input_size).
 
-    Unknown names raise UserError listing the valid ones.
+    Unknown names raise UserError listing the valid ones. torchvision's and timm's spellings of trained
+    weights (pretrained=True, weights="IMAGENET1K_V1" or a file) raise one UserError naming the way:
+    the package ships no weights, and `alexnet.load` opens trained ones (`.model` is the module).
     """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    if pretrained or weights is not None:
+        raise UserError(_no_weights_here(name, pretrained, weights, kwargs.get("num_classes")))
     try:
         return MODELS[name][0](**kwargs)
     except TypeError as exc:  # an option the builder does not take
         raise UserError(f"model {name}: {exc}") from None
+
+
+def _no_weights_here(name: str, pretrained, weights, num_classes) -> str:
+    """The one line for build_model(..., pretrained=True / weights=...): where trained weights come from."""
+    given = f"build_model({name!r}, " + (
+        f"weights={str(weights)!r}" if weights is not None else f"pretrained={pretrained!r}"
+    )
+    head = f", num_classes={num_classes}" if num_classes is not None else ""
+    if name not in ALEXNETS:
+        return f"{given}): the comparison nets are built untrained (torchvision.models has ImageNet weights for VGG, GoogLeNet and ResNet)"
+    if weights is not None and os.path.splitext(str(weights))[1] in (".pt", ".pth", ".safetensors"):
+        return f"{given}) builds untrained nets; open the file with alexnet.load({str(weights)!r}{head}) (.model is the nn.Module)"
+    return (
+        f"{given}) builds untrained nets; trained ones: alexnet.load('IMAGENET1K_V1'{head}) (torchvision's AlexNet, "
+        "from torch's cache, downloaded when missing), or alexnet.load(FILE) of `alexnet import-torchvision "
+        "--download --out tv.pt` or `alexnet import-caffe bvlc_alexnet.caffemodel --out bvlc.pt` (BVLC's weights "
+        "for the paper's two-tower net); .model is the nn.Module"
+    )
 
 
 def model_input_size(model: nn.Module, default: int = 224) -> int:

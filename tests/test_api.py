@@ -197,13 +197,13 @@ def test_top_level_names_are_lazy_and_real():
         "False",
         "False",
     ]  # `import alexnet` stays fast
-    from alexnet import artifact, model, summary
+    from alexnet import model, pretrained, summary
     from alexnet.train import TrainConfig  # the submodule is still importable by name
     from alexnet.train import train as train_function
 
     assert alexnet.AlexNet is model.AlexNet and alexnet.build_model is model.build_model
     assert alexnet.TrainConfig is TrainConfig and alexnet.summarize is summary.summarize
-    assert alexnet.load is artifact.open_artifact
+    assert alexnet.load is pretrained.load  # open_artifact, plus torchvision's weight names and num_classes=
     # alexnet.train and alexnet.evaluate are the functions, even after their modules were imported
     assert inspect.isfunction(alexnet.train) and alexnet.train is train_function
     assert alexnet.evaluate is sys.modules["alexnet.evaluate"].evaluate_checkpoints
