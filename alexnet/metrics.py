@@ -15,6 +15,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# With 5 classes or fewer every label is among the five most probable: top-5 error is 0 whatever the
+# net does, so every table and JSON result marks it not applicable (null) instead of printing 0.
+TOP5_MIN_CLASSES = 6
+
+
+def top5_applies(num_classes: int) -> bool:
+    """Whether a top-5 error says anything about a net with num_classes outputs (6 or more)."""
+    return num_classes >= TOP5_MIN_CLASSES
+
 
 def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
     """Per-sample hits: for each k, a bool (N,) tensor "target is among the k highest scores".
