@@ -30,7 +30,7 @@ from alexnet.artifact import (
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.prepare import default_workers
 from alexnet.errors import UsageError, UserError, check_whole, option
-from alexnet.metrics import Tally, average_probabilities, topk_correct
+from alexnet.metrics import Tally, average_probabilities, top5_applies, topk_correct
 from alexnet.progress import Progress, resolve_mode
 
 __all__ = [
@@ -154,7 +154,8 @@ def evaluate_checkpoints(
     are all-reduced (every rank gets the full result). Returns the evaluation result
     (docs/architecture.md): {"models", "data", "split", "crops", "crop", "normalize", "n", "loss",
     "top1_error", "top5_error", "per_model": [{"model", "n", "loss", "top1_error", "top5_error"}],
-    "per_class_top1_error": {class id: error or None}}; errors are fractions in [0, 1].
+    "per_class_top1_error": {class id: error or None}}; errors are fractions in [0, 1]. With 5 classes
+    or fewer every top-5 error is None and "top5_note" says why (every label is in the top five).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]  # one checkpoint
@@ -206,6 +207,15 @@ def evaluate_checkpoints(
         for cid, e in zip(prepared.class_ids, result["per_class_top1_error"])
     }
     pre = nets[0].preprocess
+    per_model = [{"model": n.path, **r} for n, r in zip(nets, result["per_model"])]
+    top5 = {"top5_error": result["top5_error"]}
+    if not top5_applies(prepared.num_classes):  # every label is among the top five: 0 whatever the net does
+        top5 = {
+            "top5_error": None,
+            "top5_note": f"not applicable: {prepared.num_classes} classes (top-5 needs 6 or more)",
+        }
+        for r in per_model:
+            r["top5_error"] = None
     return {
         "models": [n.path for n in nets],
         "data": prepared.root,
@@ -216,8 +226,8 @@ def evaluate_checkpoints(
         "n": result["n"],
         "loss": result["loss"],
         "top1_error": result["top1_error"],
-        "top5_error": result["top5_error"],
-        "per_model": [{"model": n.path, **r} for n, r in zip(nets, result["per_model"])],
+        **top5,
+        "per_model": per_model,
         "per_class_top1_error": per_class,
     }
 
@@ -246,13 +256,19 @@ def format_table(result: dict, class_ids: Sequence[str] | None = None) -> str:
     lines.append(f"{'model':<{width}}  {'top-1 err':>9}  {'top-5 err':>9}  {'loss':>7}  crops")
     for name, r in rows:
         lines.append(
-            f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {100 * r['top5_error']:8.2f}%  "
-            f"{r['loss']:7.4f}  {protocol}"
+            f"{name:<{width}}  {100 * r['top1_error']:8.2f}%  {_pct(r['top5_error']):>9}  {r['loss']:7.4f}  {protocol}"
         )
+    if result.get("top5_note"):
+        lines.append(f"(top-5 error {result['top5_note']})")
     if class_ids is not None and is_imagenet(class_ids):
         lines += ["", "for comparison (ILSVRC-2012 val; the paper's Table 2, Caffe, torchvision):"]
         lines += [f"{name:<{width}}  {t1:8.2f}%  {t5:8.2f}%" for name, t1, t5 in PAPER_RESULTS]
     return "\n".join(lines)
+
+
+def _pct(error: float | None) -> str:
+    """An error in % for the table, or n/a (top-5 with 5 classes or fewer)."""
+    return "n/a" if error is None else f"{100 * error:.2f}%"
 
 
 def _short(path: str) -> str:

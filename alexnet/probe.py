@@ -26,6 +26,7 @@ from alexnet.data import PackedDataset, PreparedSet
 from alexnet.errors import UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.layers import batch_features, check_feature_layer
+from alexnet.metrics import top5_applies
 
 POOL = 6  # conv maps are average-pooled to POOL x POOL before the probe
 
@@ -87,6 +88,14 @@ def topk_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return 1 - hit[:, 0].float().mean().item(), 1 - hit.any(dim=1).float().mean().item()
 
 
+def _top5(error: float, classes: int) -> dict:
+    """The top-5 keys of a result: None and a note with 5 classes or fewer (every label is in the top five)."""
+    if top5_applies(classes):
+        return {"top5_error": error, "top5_accuracy": 1 - error}
+    note = f"not applicable: {classes} classes (top-5 needs 6 or more)"
+    return {"top5_error": None, "top5_accuracy": None, "top5_note": note}
+
+
 def probe(checkpoint, data, *, layer: str = "fc7", train_split: str = "train", val_split: str = "val",
           weight_decay: float = 1e-4, max_iter: int = 500, batch_size: int = 64, workers: int | None = None,
           device=None, progress=None) -> dict:  # fmt: skip
@@ -95,7 +104,7 @@ def probe(checkpoint, data, *, layer: str = "fc7", train_split: str = "train", v
 
     Returns {"checkpoint", "data", "layer", "dim", "train_images", "val_images", "top1_error",
     "top5_error", "top1_accuracy", "top5_accuracy", "train_top1_error", "weight_decay", "loss",
-    "iterations"}."""
+    "iterations"}; with 5 classes or fewer the top-5 values are None, and "top5_note" says why."""
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
     prepared._need(train_split)
     prepared._need(val_split)
@@ -121,9 +130,8 @@ def probe(checkpoint, data, *, layer: str = "fc7", train_split: str = "train", v
         "train_images": int(len(y_train)),
         "val_images": int(len(y_val)),
         "top1_error": top1,
-        "top5_error": top5,
         "top1_accuracy": 1 - top1,
-        "top5_accuracy": 1 - top5,
+        **_top5(top5, prepared.num_classes),
         "train_top1_error": train_top1,
         "weight_decay": weight_decay,
         "loss": fit["loss"],

@@ -219,6 +219,12 @@ def test_cli_evaluate_table_and_bad_split(setup, capsys):
     # the default is the paper's test protocol, 10 crops, and the row says so
     assert "3 images, 10 crops" in table
     assert next(line for line in table.splitlines() if line.startswith(setup["b"])).endswith("10 crops")
+    # 3 classes: every label is among the top five, so top-5 error is not applicable (not "0.00%")
+    row = next(line for line in table.splitlines() if line.startswith(setup["b"]))
+    assert " n/a " in row and "(top-5 error not applicable: 3 classes" in table
+    single = setup["single"]
+    assert single["top5_error"] is None and single["per_model"][0]["top5_error"] is None
+    assert single["top5_note"] == "not applicable: 3 classes (top-5 needs 6 or more)"
     assert main(["evaluate", setup["a"], "--data", prepared.root, "--split", "nope", "--workers", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet evaluate: error:") and "nope" in err and "\n" not in err

@@ -54,9 +54,14 @@ def run(args) -> int:
     print(f"  data:    {result['data']}")
     print(f"  run:     {result['run']}  (log.jsonl, checkpoints/, eval.json)")
     print(f"  report:  {result['report'] or '(not written: see the message above)'}")
-    print(f"  validation error, centre crop: top-1 {result['top1_error']:.3f}, top-5 {result['top5_error']:.3f}")
+    top5, top5_10 = (_error(result[k]) for k in ("top5_error", "top5_error_10crop"))  # n/a: 5 classes or fewer
+    print(f"  validation error, centre crop: top-1 {result['top1_error']:.3f}, top-5 {top5}")
     print(
         f"  validation error, 10 crops:    top-1 {result['top1_error_10crop']:.3f}, "
-        f"top-5 {result['top5_error_10crop']:.3f}   (chance: top-1 {1 - 1 / classes:.1f}, top-5 {1 - 5 / classes:.1f})"
+        f"top-5 {top5_10}   (chance: top-1 {1 - 1 / classes:.1f}, top-5 {1 - 5 / classes:.1f})"
     )
     return 0
+
+
+def _error(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

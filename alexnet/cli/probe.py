@@ -65,7 +65,8 @@ def run(args) -> int:
     else:
         print(
             f"linear probe of {result['layer']} ({result['dim']} features) of {result['checkpoint']}: "
-            f"val top-1 error {result['top1_error']:.4f}, top-5 error {result['top5_error']:.4f} "
+            f"val top-1 error {result['top1_error']:.4f}, top-5 error "
+            f"{'n/a' if result['top5_error'] is None else format(result['top5_error'], '.4f')} "
             f"({result['val_images']} images; fitted on {result['train_images']}, train top-1 error "
             f"{result['train_top1_error']:.4f})"
         )

@@ -29,6 +29,7 @@ from alexnet.distributed import pick_device
 from alexnet.errors import UserError
 from alexnet.evaluate import PAPER_RESULTS, is_imagenet
 from alexnet.io import write_json, write_text
+from alexnet.metrics import top5_applies
 from alexnet.report import figures, page
 from alexnet.report.analysis import NEIGHBOURS, analyse, checkpoint_path, data_path, read_run
 from alexnet.summary import summarize
@@ -150,12 +151,12 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
         c, t = result["centre"], result["ten"]
         cards += [
             (f"{result['split']} top-1 error", page.pct(c["top1_error"]), f"centre crop, {c['n']:,} images"),
-            (f"{result['split']} top-5 error", page.pct(c["top5_error"]), "centre crop"),
+            (f"{result['split']} top-5 error", _top5(c, result), "centre crop"),
         ]
         if t:
             cards += [
                 ("top-1 error, 10 crops", page.pct(t["top1_error"]), f"{t['n']:,} images"),
-                ("top-5 error, 10 crops", page.pct(t["top5_error"]), "softmax averaged over crops"),
+                ("top-5 error, 10 crops", _top5(t, result), "softmax averaged over crops"),
             ]
     elif epochs and epochs[-1].get("val_top1_error") is not None:
         cards.append(("val top-1 error", page.pct(epochs[-1]["val_top1_error"]), f"logged after epoch {done}"))
@@ -325,6 +326,12 @@ def _confusion_section(result, tmp: Path, sections: list, summary: dict, notes: 
         notes.append(f"No confusion matrix: {c} classes (it is drawn for at most {MAX_CONFUSION_CLASSES}).")
 
 
+def _top5(r: dict, result: dict) -> str:
+    """A top-5 error cell: n/a with 5 classes or fewer (every label is among the top five)."""
+    classes = len(result["classes"])
+    return page.pct(r["top5_error"]) if top5_applies(classes) else f"n/a ({classes} classes)"
+
+
 def _evaluation(records, result) -> str:
     if result["centre"] is None:
         return "<p>No evaluation split: see the notes above.</p>"
@@ -335,7 +342,7 @@ def _evaluation(records, result) -> str:
         ("10 crops (4 corners + centre, mirrored; softmax averaged)", result["ten"]),
     ):
         if r:
-            rows.append([name, f"{r['n']:,}", page.pct(r["top1_error"]), page.pct(r["top5_error"]), f"{r['loss']:.4f}"])
+            rows.append([name, f"{r['n']:,}", page.pct(r["top1_error"]), _top5(r, result), f"{r['loss']:.4f}"])
     try:
         if is_imagenet(result["state"].get("classes", {}).get("ids", [])):
             rows += [[f"for comparison: {n}", "50,000", f"{t1:.2f}%", f"{t5:.2f}%", ""] for n, t1, t5 in PAPER_RESULTS]

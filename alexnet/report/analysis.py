@@ -163,7 +163,9 @@ def _eval_json(records: RunRecords, ckpt: Path, split: str, n: int) -> dict | No
                 and os.path.samefile(models[0], ckpt)
                 and int(result["n"]) == n
             ):
-                return {k: float(result[k]) for k in ("loss", "top1_error", "top5_error")} | {"n": n}
+                # top-5 error is null with 5 classes or fewer (not applicable)
+                values = {k: result[k] for k in ("loss", "top1_error", "top5_error")}
+                return {k: None if v is None else float(v) for k, v in values.items()} | {"n": n}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return None
