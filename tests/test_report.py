@@ -82,6 +82,8 @@ def test_page_and_figures_from_a_tiny_run(tiny):
         assert title in html, title
     # nothing fetched from elsewhere: no URLs, no scripts
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html
+    # 3 classes: every label is among the top five, so top-5 error is not applicable (not "0.00%")
+    assert html.count("n/a (3 classes)") >= 3  # headline (centre, 10 crops) and the evaluation table
     env = json.loads((tiny["run"] / "env.json").read_text())
     for key in ("batch_global", "batch_per_process", "accumulate", "lr_effective"):  # how the batch was split
         assert re.search(rf"<t[dh]>{key}</t[dh]>\s*<td>{re.escape(str(env[key]))}</td>", html), key
@@ -366,7 +368,7 @@ def test_other_model_and_many_classes(tmp_path):
     html = index.read_text()
     assert set(re.findall(r'<img src="([^"]+)"', html)) == {"curves.png", "top5.png"}
     assert "not an AlexNet" in html and "only AlexNet nets have" in html
-    assert "No confusion matrix: 31 classes" in html
+    assert "No confusion matrix: 31 classes" in html and "n/a (" not in html  # 31 classes: top-5 applies
     _not_blank(index.parent / "top5.png")
     # one 10-crop pass gave both rows (the centre crop is crop 4 of the 10): check both against evaluate
     from alexnet.evaluate import evaluate_checkpoints
