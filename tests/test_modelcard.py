@@ -152,15 +152,13 @@ def test_the_numbers_oracle_catches_a_stray_figure(runs, tmp_path):
     assert [n for n in _numbers(mixed) if n not in _expected(state, run)] == [str(last["step"])]
 
 
-def test_mean_image_and_imported_cards_give_their_numbers(tmp_path):
+def test_mean_image_and_imported_cards_give_their_numbers(tmp_path, monkeypatch):
     """The paper's normalisation: the mean image's size and channel averages; a Caffe import: its
     BGR mean and its source."""
-    from alexnet.model import AlexNet
-
-    model = AlexNet("paper", num_classes=3, init="kaiming", input_size=67)
+    monkeypatch.setitem(MODELS, "card_small", (lambda num_classes=10: Small(num_classes), "a small net (tests)"))
     mean = np.random.default_rng(0).uniform(80, 160, (72, 72, 3)).astype(np.float32)
     state = {
-        "model": model.state_dict(), "model_name": "alexnet", "model_kwargs": {"num_classes": 3, "input_size": 67},
+        "model": Small(3).state_dict(), "model_name": "card_small", "model_kwargs": {"num_classes": 3},
         "classes": {"ids": ["a", "b", "c"], "names": ["apple", "bus", "cloud"]}, "stats": {"mean_image": mean},
         "preprocess": {"crop": 67, "normalize": "mean_image", "size": 72}, "config": {}, "path": "net.pt",
     }  # fmt: skip
