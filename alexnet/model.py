@@ -31,6 +31,7 @@ from torch import nn
 
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
+from alexnet.zfnet import ZFNET_WIDE, ZFNet
 
 __all__ = [
     "AlexNet",
@@ -347,7 +348,13 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
         lambda **kw: AlexNet("bn", **kw),
         "AlexNet-BN (LARS paper): batch norm after every conv, no LRN, one GPU",
     ),
+    "zfnet": (lambda **kw: ZFNet(**kw), "ZFNet (Zeiler & Fergus 2013), the paper's Figure 3: 7x7/2 conv1"),
+    "zfnet_wide": (
+        lambda **kw: ZFNet(widths=ZFNET_WIDE, **kw),
+        "ZFNet with conv3-5 widened to 512, 1024, 512 (their Table 2, row (b))",
+    ),
     "vgg16": (_torchvision_builder("vgg16"), "VGG-16 (torchvision), for comparison"),
+    "vgg19": (_torchvision_builder("vgg19"), "VGG-19 (torchvision), for comparison"),
     "googlenet": (_torchvision_builder("googlenet"), "GoogLeNet (torchvision, no aux heads)"),
     "resnet18": (_torchvision_builder("resnet18"), "ResNet-18 (torchvision)"),
     "resnet50": (_torchvision_builder("resnet50"), "ResNet-50 (torchvision)"),

@@ -7,11 +7,17 @@ Counting conventions (stated so every figure can be checked by hand):
 - multiply-adds (MACs): a convolution does out_h * out_w * out_channels * (in_channels / groups)
   * kh * kw; a fully-connected layer in * out. Biases, activations, pooling and LRN are not counted.
 - activation memory: fp32 bytes of one image's input plus the output of every layer that makes a
-  new tensor (conv, linear, pooling, LRN); in-place ReLU and dropout share their input's memory.
+  new tensor (conv, linear, pooling, LRN, batch norm), plus every concatenation made between layers
+  (GoogLeNet's inception outputs); in-place ReLU, dropout and residual additions write into a
+  tensor that already exists and add nothing.
   These are exactly the line items that course notes list for VGG-16 (input, every CONV, POOL and FC
   output), which sum to 15,237,608 values = 60.95 MB per image, forward. The notes' quoted total, "about 24 M
   activations, ~96 MB", does not follow from its own lines (they add up to 15.2 M, whatever the
   slip was); `alexnet summary --model vgg16` says so under its table.
+- depth: the weight layers (conv, linear) on the longest path from the input to the output, as the
+  papers count it: GoogLeNet's "22 layers deep when counting only layers with parameters", ResNet's
+  152 (a projection shortcut runs beside its block, not after it). Followed op by op on the meta
+  forward (`_Depth`), so branches, concatenations and additions are seen as they run.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+# TorchDispatchMode: the documented way to see every op of a forward (torch's __torch_dispatch__ docs
+# import it from here); it sees each aten op after decomposition, on the meta device too.
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from alexnet.errors import UsageError, UserError
 from alexnet.model import LocalResponseNorm, build_model, model_input_size
@@ -59,6 +71,8 @@ class Summary:
     model: str
     input: int
     layers: list[Layer] = field(default_factory=list)
+    depth: int = 0  # weight layers on the longest input-to-output path (module docstring)
+    concat_bytes: int = 0  # fp32 bytes of concatenations made between layers (GoogLeNet's)
 
     @property
     def params(self) -> int:
@@ -70,7 +84,8 @@ class Summary:
 
     @property
     def activation_bytes(self) -> int:
-        return 3 * self.input * self.input * 4 + sum(layer.activation_bytes for layer in self.layers)
+        layers = sum(layer.activation_bytes for layer in self.layers)
+        return 3 * self.input * self.input * 4 + layers + self.concat_bytes
 
     def share(self, what: str, kind: str = "conv") -> float:
         total = getattr(self, what)
@@ -84,6 +99,8 @@ class Summary:
             "params": self.params,
             "macs": self.macs,
             "activation_bytes": self.activation_bytes,
+            "concat_bytes": self.concat_bytes,
+            "depth": self.depth,
             "layers": [
                 {
                     "name": layer.name,
@@ -170,7 +187,8 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
     model.eval()
     size = input_size or model_input_size(model)
     summary = Summary(model=name, input=size)
-    paper = _paper_names(model) if name.startswith("alexnet") else {}
+    paper = _paper_names(model) if name.startswith(("alexnet", "zfnet")) else {}
+    graph = _Depth()
     qualified = {module: path for path, module in model.named_modules()}
 
     def hook(module, inputs, output):
@@ -206,19 +224,24 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
             layer.padding = _first(module.padding)
         if layer.kernel is not None and len(in_shape) == 3:
             n, f, s, p = in_shape[-1], layer.kernel, layer.stride, layer.padding
-            layer.formula = f"({n} - {f} + 2*{p})/{s} + 1 = {(n - f + 2 * p) // s + 1}"
+            if getattr(module, "ceil_mode", False):  # a pool that rounds up (ZFNet's, Caffe's)
+                layer.formula = f"ceil(({n} - {f} + 2*{p})/{s}) + 1 = {-(-(n - f + 2 * p) // s) + 1}"
+            else:
+                layer.formula = f"({n} - {f} + 2*{p})/{s} + 1 = {(n - f + 2 * p) // s + 1}"
         inplace = getattr(module, "inplace", False) or isinstance(module, (nn.Dropout, nn.Identity))
         if isinstance(module, _STORED) or (not inplace and _kind(module) in ("relu", "tanh")):
             layer.activation_bytes = output.shape[1:].numel() * 4
         if isinstance(module, nn.AdaptiveAvgPool2d) and in_shape == out_shape:
             layer.activation_bytes = 0  # identity at this size: no new tensor worth counting
+        graph.carry(inputs[0], output)
         summary.layers.append(layer)
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.no_grad():
-            model(torch.empty(1, 3, size, size, device="meta"))
+        with torch.no_grad(), graph:
+            output = model(torch.empty(1, 3, size, size, device="meta"))
+        summary.depth, summary.concat_bytes = graph.depth(output), graph.concat_bytes
     except (_EmptyMap, RuntimeError) as exc:
         if isinstance(exc, _EmptyMap):
             where = f"the output of {exc.layer} would be empty"
@@ -233,6 +256,42 @@ def summarize(name: str = "alexnet", input_size: int | None = None, **model_kwar
         for h in handles:
             h.remove()
     return summary
+
+
+_WEIGHT_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
+
+
+class _Depth(TorchDispatchMode):
+    """Follows a forward op by op: each tensor's depth is the most weight layers (convolutions,
+    matrix products) on any path from the input to it; an in-place op (a residual `+=`) deepens
+    the tensor it writes. Also adds up the fp32 bytes of concatenations (new tensors made between
+    layers). One image, so a tensor's elements are its per-image values."""
+
+    def __init__(self):
+        super().__init__()
+        self._depth = WeakTensorKeyDictionary()
+        self.concat_bytes = 0
+
+    def depth(self, t: torch.Tensor) -> int:
+        return self._depth.get(t, 0)
+
+    def carry(self, source: torch.Tensor, result: torch.Tensor) -> None:
+        """A layer's output is at least as deep as its input, even when the layer builds it from
+        a fresh buffer (AlexNet's blocked LRN writes into torch.empty)."""
+        if isinstance(source, torch.Tensor) and isinstance(result, torch.Tensor):
+            self._depth[result] = max(self.depth(result), self.depth(source))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [self.depth(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        depth = max(inputs, default=0) + (func in _WEIGHT_OPS)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._depth[t] = depth
+        if func is torch.ops.aten.cat.default:
+            self.concat_bytes += out.numel() * 4
+        return out
 
 
 class _EmptyMap(Exception):
@@ -303,14 +362,17 @@ def format_table(summary: Summary) -> str:
     lines += [
         "",
         f"model {summary.model}, input 3x{summary.input}x{summary.input}",
+        f"depth             {summary.depth} weight layers (conv, fc) on the longest path",
         f"parameters        {summary.params:,}",
         f"multiply-adds     {summary.macs:,} per image",
         f"activation memory {_bytes(summary.activation_bytes)} per image, forward, fp32 "
-        f"({summary.activation_bytes // 4:,} values: input + every new layer output)",
+        f"({summary.activation_bytes // 4:,} values: input + every new layer output"
+        + (f" + {_bytes(summary.concat_bytes)} of concatenations between layers)" if summary.concat_bytes else ")"),
         f"conv layers:      {conv_p:.1%} of parameters, {conv_m:.1%} of multiply-adds",
         f"fc layers:        {summary.share('params', 'fc'):.1%} of parameters, "
         f"{summary.share('macs', 'fc'):.1%} of multiply-adds",
-        "output size = floor((N - F + 2P)/S) + 1  (N input, F kernel, P padding, S stride)",
+        "output size = floor((N - F + 2P)/S) + 1  (N input, F kernel, P padding, S stride)"
+        + ("; ceil(...) where a pool rounds up" if any(x.formula.startswith("ceil") for x in summary.layers) else ""),
     ]
     if summary.model in SEED_NOTES and summary.input == 224:
         lines.append(SEED_NOTES[summary.model])

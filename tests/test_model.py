@@ -281,7 +281,10 @@ def test_registry():
         "alexnet",
         "alexnet_ungrouped",
         "alexnet_torchvision",
+        "zfnet",
+        "zfnet_wide",
         "vgg16",
+        "vgg19",
         "googlenet",
         "resnet18",
         "resnet50",
@@ -469,3 +472,29 @@ def test_onnx_preparation_refuses_a_per_tower_lrn():
 
     with pytest.raises(UserError, match="per-tower LRN"):
         onnx_ready(meta_net(lrn_scope="tower", num_classes=3), 227)
+
+
+@pytest.mark.parametrize("name", ["zfnet", "zfnet_wide", "vgg19"])
+def test_successors_forward_small_inputs_and_take_num_classes(name):
+    """A real forward on a small image (the 224-px arithmetic is tested on the meta device in
+    test_compare.py): logits of the asked size, a gradient for every parameter."""
+    torch.manual_seed(0)
+    net = build_model(name, num_classes=7).train()
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_zfnet_inits_and_options():
+    net = build_model("zfnet")
+    conv1, fc8 = net.features[0], net.classifier[-1]
+    assert conv1.weight.std().item() == pytest.approx(0.01, rel=0.05)  # "initialized to 10^-2" read as N(0, 0.01^2)
+    assert conv1.bias.abs().sum() == 0 and fc8.bias.abs().sum() == 0  # "biases are set to 0"
+    kaiming = build_model("zfnet", init="kaiming").features[0].weight
+    assert kaiming.std().item() == pytest.approx(math.sqrt(2 / (3 * 7 * 7)), rel=0.05)
+    assert [m.p for m in net.classifier if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    with pytest.raises(UserError, match="unknown init"):
+        build_model("zfnet", init="xavier")
+    with pytest.raises(UserError, match="model zfnet"):
+        build_model("zfnet", lrn=False)  # an AlexNet option: one line naming the model

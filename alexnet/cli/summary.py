@@ -18,16 +18,25 @@ def register(sub) -> None:
             "fp32 activation memory per image; then totals and the conv vs fully-connected shares.\n\n"
             "Counting: MACs are conv out_h*out_w*out_c*(in_c/groups)*kh*kw and fc in*out (biases, ReLU,\n"
             "pooling and LRN not counted); activation memory is the input plus every layer output that\n"
-            "is a new tensor (in-place ReLU and dropout excluded), one image, forward only.\n\n"
+            "is a new tensor, plus concatenations between layers (in-place ReLU, dropout and residual\n"
+            "additions excluded), one image, forward only; depth is the conv and fc layers on the\n"
+            "longest path from input to output.\n\n"
             f"Models:\n{models}"
         ),
     )
     parser.add_argument(
         "--model",
-        default="alexnet",
+        default=None,
         choices=MODEL_NAMES,
         metavar="NAME",
-        help="registered model name (see the list above)",
+        help="registered model name (see the list above); default alexnet",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="instead of one model's table: one table of AlexNet, ZFNet, VGG-16/19, GoogLeNet and "
+        "ResNet-18/50/152, each at its own input size: depth, parameters, multiply-adds, activation "
+        "memory, and its ILSVRC top-5 error as published (year, split, nets averaged, paper and table)",
     )
     parser.add_argument(
         "--input",
@@ -54,9 +63,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.errors import UserError
+    from alexnet.errors import UsageError, UserError
     from alexnet.summary import format_table, summarize
 
+    if args.compare:
+        from alexnet.compare import compare, format_compare
+
+        given = [flag for flag, on in (("--model", args.model), ("--input", args.input), ("--comm", args.comm)) if on]
+        if given:
+            raise UsageError(
+                f"--compare measures its fixed list of nets, each at its own input size; drop {', '.join(given)}"
+            )
+        result = compare()
+        print_json(result) if args.json else print(format_compare(result))
+        return 0
+    args.model = args.model or "alexnet"
     if args.comm:
         from alexnet.parallel.traffic import comm_table, format_comm
 
