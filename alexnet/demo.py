@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 from alexnet import config as cfg
+from alexnet.data import PreparedSet
 from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.io import write_json, write_text
+from alexnet.progress import Progress
 from alexnet.report import write_report
 from alexnet.train import TrainConfig, train
 
@@ -44,6 +46,9 @@ OVERRIDES = [
     "train.log_every=10",
     "train.stall_steps=100",
 ]
+# Seconds between progress lines when stderr is not a terminal: the demo is watched as it runs (the
+# 30 s of alexnet.progress suit hours-long jobs); a terminal gets a bar, updated every batch.
+PROGRESS_EVERY = 5.0
 
 
 def _marker(path: Path) -> dict | None:
@@ -115,20 +120,24 @@ def run_demo(
         shutil.rmtree(run)
     config = cfg.load_config(TrainConfig, None, list(OVERRIDES) + list(overrides))
     _say(f"training the paper's AlexNet for {config.train.epochs} epochs into {run} ...", quiet)
-    train(data, run, config, progress="off" if quiet else progress, command=["alexnet", "demo", "--out", str(out)])
+    progress = "off" if quiet else progress
+    train(data, run, config, progress=progress, command=["alexnet", "demo", "--out", str(out)])
 
     # The paper's test protocol on the last weights: centre crop, then 10 crops (4 corners + centre,
     # mirrored), through `alexnet evaluate`'s library side: eval.json is a list of its results
     last = str(run / "checkpoints" / "last.pt")
-    results = {
-        crops: evaluate_checkpoints(
-            [last], data, "val", crops, batch_size=32 if crops == 1 else 8, workers=config.data.workers, device=None
-        )
-        for crops in (1, 10)
-    }
+    n = PreparedSet(data).split_size("val")
+    results = {}
+    for crops, name in ((1, "centre crop"), (10, "10 crops")):
+        _say(f"evaluating {last} on {n} validation images, {name} ...", quiet)
+        with Progress(f"evaluate, {name}", n, unit="img", mode=progress, every=PROGRESS_EVERY) as counter:
+            results[crops] = evaluate_checkpoints(
+                [last], data, "val", crops, batch_size=32 if crops == 1 else 8, workers=config.data.workers,
+                device=None, progress=counter.update,
+            )  # fmt: skip
     write_json(run / "eval.json", [results[1], results[10]], indent=2)  # atomically
     _say("writing the report ...", quiet)
-    report = write_report(run, data=data, out=run / "report")
+    report = write_report(run, data=data, out=run / "report", progress=progress, every=PROGRESS_EVERY)
     return {
         "run": str(run),
         "data": str(data),

@@ -1,17 +1,21 @@
 """`alexnet demo`: the pipeline on generated images (shrunk here; the real default is a slow test)."""
 
 import json
+import re
 
 import pytest
 
 from alexnet import demo
 from alexnet.cli import main
+from alexnet.report import analysis
 
 KEYS = {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds"}
 
 
 def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DATA", {"classes": 3, "per_class": 6, "val_per_class": 2, "size": 256, "seed": 0})
+    monkeypatch.setattr(demo, "PROGRESS_EVERY", 0.0)  # a progress line at every update (5 s apart by default)
+    monkeypatch.setattr(analysis, "BATCH", 4)  # the report's passes in several batches
     out = tmp_path / "demo"
     shrink = [
         "--set",
@@ -23,9 +27,17 @@ def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
         "--set",
         "data.workers=0",
     ]
-    assert main(["demo", "--out", str(out), "--json", *shrink]) == 0
+    assert main(["demo", "--out", str(out), "--json", "--progress", "lines", *shrink]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)  # nothing but the JSON on stdout
+    # after training, every step says what it does and counts its batches: the final evaluation
+    # (6 images: one batch each, then the closing line) and each pass of the report (batches of 4;
+    # its 10 crops come from eval.json)
+    err = captured.err.splitlines()
+    tail = err[next(i for i, x in enumerate(err) if x.startswith("demo: evaluating")) :]
+    counted = [re.search(r"(\d+/\d+) img \(", x)[1] for x in tail if " img (" in x]
+    assert counted == ["6/6"] * 4 + ["4/6", "6/6", "6/6"] + ["4/18", "8/18", "12/18", "16/18", "18/18", "18/18"]
+    assert sum(x.startswith("report: drawing") for x in tail) == 5  # curves, Figures 3, 4 left and right, confusion
     assert set(result) == KEYS
     assert result["run"] == str(out / "run") and result["data"] == str(out / "data")
     assert 0 <= result["top1_error"] <= 1 and 0 <= result["top1_error_10crop"] <= 1

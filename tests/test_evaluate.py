@@ -367,3 +367,21 @@ def test_evaluate_out_is_not_overwritten_without_force(setup, tmp_path, capsys):
     assert main(args + ["--quiet"]) == 2 and out.read_text() == "keep"  # refused before evaluating
     assert "--force" in capsys.readouterr().err
     assert main(args + ["--force", "--quiet"]) == 0 and json.loads(out.read_text())["n"] == 3
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_progress_is_told_every_batch(setup, capsys, monkeypatch, crops):
+    """Never silent for longer than a batch: the callable hears each batch (3 images in batches of 2
+    -> 2, 1), and `--progress lines` with the line interval at 0 prints a line per batch, counting
+    up, then the closing line (the interval is alexnet.progress's, 30 s off a terminal)."""
+    from alexnet.progress import Progress
+
+    root = setup["prepared"].root
+    done = []
+    evaluate_checkpoints([setup["a"]], root, "val", crops, batch_size=2, workers=0, device="cpu", progress=done.append)
+    assert done == [2, 1]
+    monkeypatch.setitem(Progress.__init__.__kwdefaults__, "every", 0.0)
+    args = ["evaluate", setup["a"], "--data", root, "--workers", "0", "--device", "cpu", "--crops", str(crops)]
+    assert main(args + ["--batch-size", "1", "--progress", "lines", "--json"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("evaluate: ")]
+    assert [x.split()[1] for x in lines] == ["1/3", "2/3", "3/3", "3/3"]  # a line per batch, then the last

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,9 @@ from alexnet.checkpoint import resolve_checkpoint_path
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.report import analysis, figures, write_report
+
+sys.path.insert(0, str(Path(__file__).parent))
+from chromium import find_chromium, inspect_page  # noqa: E402 - the helper beside this file
 
 FIGURES = {"curves.png", "conv1.png", "top5.png", "neighbours.png", "confusion.png"}
 
@@ -396,16 +401,8 @@ def test_other_model_and_many_classes(tmp_path):
 # ---------------------------------------------------------------- headless Chromium
 
 
-def _chromium() -> str | None:
-    """A Chromium (or Chrome) binary on PATH, else None."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def test_page_renders_in_chromium(tiny, tmp_path):
-    browser = _chromium()
+    browser = find_chromium()
     if browser is None:
         pytest.skip("no chromium on PATH (Debian/Ubuntu: apt-get install chromium)")
     shot = tmp_path / "page.png"
@@ -427,6 +424,39 @@ def test_page_renders_in_chromium(tiny, tmp_path):
     assert pixels.std() > 10, "the screenshot is a flat colour"
     not_white = (pixels < 240).any(axis=2).mean()
     assert not_white > 0.05, f"only {not_white:.1%} of the screenshot is drawn"
+
+
+def test_page_on_a_phone_in_chromium(tiny):
+    """The report as a phone shows it (headless Chromium, 390 CSS px wide, driven over the DevTools
+    protocol): every image loaded, no console error (a missing image is one), no horizontal scroll."""
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian/Ubuntu: apt-get install chromium)")
+    page = inspect_page(browser, tiny["index"].resolve().as_uri(), width=390)
+    assert {i["src"] for i in page["images"]} == FIGURES
+    assert all(i["complete"] and i["width"] > 0 for i in page["images"]), page["images"]
+    assert page["errors"] == []
+    assert page["clientWidth"] == 390  # the viewport meta tag: laid out at the phone's width, not 980
+    assert page["scrollWidth"] <= page["clientWidth"], f"wider than the phone: {page['wide']}"
+
+
+def test_phone_check_sees_what_it_should(tiny, tmp_path):
+    """The check above can fail: a missing image is seen (not loaded, and a console error), and so
+    is an element wider than the phone."""
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian/Ubuntu: apt-get install chromium)")
+    html = (
+        tiny["index"]
+        .read_text()
+        .replace("</main>", '<img src="gone.png"><div class="long" style="width:1200px">x</div></main>')
+    )
+    shutil.copytree(tiny["index"].parent, tmp_path / "page")
+    (tmp_path / "page" / "index.html").write_text(html)
+    page = inspect_page(browser, (tmp_path / "page" / "index.html").as_uri(), width=390)
+    assert [i["width"] for i in page["images"] if i["src"] == "gone.png"] == [0]
+    assert any("gone.png" in e for e in page["errors"])
+    assert page["scrollWidth"] > page["clientWidth"] and page["wide"] == ["div.long"]
 
 
 def test_eval_json_is_read_in_the_one_evaluation_schema(tmp_path):
@@ -460,3 +490,36 @@ def test_eval_json_is_read_in_the_one_evaluation_schema(tmp_path):
     for doc in ([centre], dict(ten, models=[str(ckpt), str(ckpt)])):  # no 10-crop result; an ensemble's
         (tmp_path / "eval.json").write_text(json.dumps(doc))
         assert analysis._eval_json(records, ckpt, "val", 7) is None
+
+
+def test_progress_names_every_stage_and_counts_every_batch(tiny, tmp_path, capsys, monkeypatch):
+    """`--progress lines` (interval 0 here; 30 s off a terminal by default): a line before each pass
+    over the images and each figure, and a counter line per batch of each pass, so that no step is
+    silent for longer than a batch (2 images here) or a figure. `--quiet` prints nothing."""
+    monkeypatch.setattr(analysis, "BATCH", 2)  # 10 crops: 1 image a batch; fc7 features: 2
+    monkeypatch.setitem(__import__("alexnet.progress").progress.Progress.__init__.__kwdefaults__, "every", 0.0)
+    out = tmp_path / "rep"
+    args = ["report", str(tiny["run"]), "--out", str(out), "--device", "cpu"]
+    assert main(args + ["--progress", "lines"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    stages = [x[len("report: ") :] for x in err if x.startswith("report: ") and "img" not in x]
+    assert stages[0].startswith("evaluating ") and stages[1:] == [
+        "centre crop and 10 crops over 9 val images",
+        "fc7 features of 12 training images (Figure 4, right)",
+        "drawing the training curves",
+        "drawing Figure 3 (conv1 kernels)",
+        "drawing Figure 4, left (top-5 predictions)",
+        "drawing Figure 4, right (nearest neighbours)",
+        "drawing the confusion matrix",
+    ]
+    counts = {}
+    for line in err:
+        if " img" in line:
+            what, rest = line[len("report: ") :].split(": ", 1)
+            counts.setdefault(what, []).append(rest.split()[0])
+    assert counts == {
+        "centre crop and 10 crops over 9 val images": [f"{i}/9" for i in range(1, 10)] + ["9/9"],
+        "fc7 features of 12 training images (Figure 4, right)": [f"{i}/12" for i in range(2, 13, 2)] + ["12/12"],
+    }
+    assert main(args + ["--quiet", "--force"]) == 0
+    assert capsys.readouterr().err == ""

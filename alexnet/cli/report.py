@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
-from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
+from alexnet.cli import add_force_option, add_parser, add_progress_option, print_json, refuse_overwrite
 
 
 def register(sub) -> None:
@@ -36,7 +35,11 @@ def register(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu; unset: the best available")
     add_force_option(p, "an existing report directory")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_progress_option(
+        p,
+        "progress on stderr: a line per stage (each pass over the images, each figure) and a counter "
+        "per pass; auto = a bar on a terminal, a line every ~30 s otherwise",
+    )
     p.add_argument("--json", action="store_true", help='print {"report": path of index.html} as JSON')
     p.set_defaults(func=run)
 
@@ -46,9 +49,8 @@ def run(args) -> int:
 
     out = args.out if args.out is not None else os.path.join(args.run, "report")
     refuse_overwrite(out, args.force, "--out" if args.out is not None else "report directory")
-    say = None if args.quiet else (lambda text: print(f"report: {text}", file=sys.stderr, flush=True))
     path = write_report(
-        args.run, data=args.data, out=args.out, progress=say, checkpoint=args.checkpoint, device=args.device
+        args.run, data=args.data, out=args.out, progress=args.progress, checkpoint=args.checkpoint, device=args.device
     )
     if args.json:
         print_json({"report": str(path)})

@@ -31,7 +31,7 @@ from alexnet.evaluate import PAPER_RESULTS, is_imagenet
 from alexnet.io import write_json, write_text
 from alexnet.metrics import top5_applies
 from alexnet.report import figures, page
-from alexnet.report.analysis import NEIGHBOURS, analyse, checkpoint_path, data_path, read_run
+from alexnet.report.analysis import NEIGHBOURS, Steps, analyse, checkpoint_path, data_path, read_run
 from alexnet.summary import summarize
 
 MAX_CONFUSION_CLASSES = 30  # a bigger matrix is unreadable on a page
@@ -39,19 +39,24 @@ MAX_CONFUSION_CLASSES = 30  # a bigger matrix is unreadable on a page
 __all__ = ["write_report"]
 
 
-def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, device=None) -> Path:
+def write_report(
+    run, *, data=None, out=None, progress=None, checkpoint=None, device=None, every: float | None = None
+) -> Path:
     """Write the HTML report of a run directory; returns the path of its index.html.
 
     Args:
         run: run directory written by `alexnet train` (a run still training works too).
         data: prepared directory; default the one the run recorded (env.json "data").
         out: report directory, default RUN/report; replaced as a whole (built beside, then renamed).
-        progress: None, or a callable(str) told each stage in a few words.
+        progress: None (silent), a callable(str) told each stage in a few words, or "auto", "bar",
+            "lines", "off" (as the command's --progress): stages as `report: ...` lines on stderr and
+            each pass over the images counted batch by batch (a bar on a terminal, else a line
+            every `every` seconds; None: alexnet.progress's 30).
         checkpoint: checkpoint file to show; default RUN/checkpoints/best.pt, else last.pt (as every command).
         device: torch device for the passes over the data; default cuda -> mps -> cpu.
     A run without a checkpoint gets the curves only; what is skipped is said on the page.
     """
-    say = progress or (lambda text: None)
+    steps = Steps(progress, every)  # a bad mode: one UsageError before any work
     if device is not None:  # a mistyped or missing device: a one-line error before any work
         device = pick_device(str(device), option="--device")
     records = read_run(run)
@@ -84,16 +89,15 @@ def write_report(run, *, data=None, out=None, progress=None, checkpoint=None, de
                 f'{records.root}: the run does not record its prepared directory (env.json "data"); '
                 "give it with --data DIR"
             )
-        say(f"evaluating {ckpt}")
-        result = analyse(records, ckpt, prepared, device=device, say=say)
+        steps.say(f"evaluating {ckpt}")
+        result = analyse(records, ckpt, prepared, device=device, steps=steps)
         notes += result["notes"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        say("drawing the figures")
-        sections, summary = _sections(records, result, tmp, notes)
+        sections, summary = _sections(records, result, tmp, notes, steps.say)
         html = page.render(
             title=f"AlexNet run report: {records.root.name}",
             subtitle=_subtitle(records, result),
@@ -172,8 +176,9 @@ def _headline(records, result) -> list[tuple[str, str, str]]:
     return cards
 
 
-def _sections(records, result, tmp: Path, notes: list[str]):
-    """The page's sections (anchor, title, HTML) and report.json's summary; writes the PNGs to tmp."""
+def _sections(records, result, tmp: Path, notes: list[str], say=lambda text: None):
+    """The page's sections (anchor, title, HTML) and report.json's summary; writes the PNGs to tmp,
+    saying which figure it draws (each takes a second or more)."""
     sections = []
     summary = {
         "run": str(records.root),
@@ -183,14 +188,24 @@ def _sections(records, result, tmp: Path, notes: list[str]):
         "epochs_logged": len(records.epochs),
         "steps_logged": len(records.steps),
     }
+    say("drawing the training curves")
     _curves_section(records, tmp, sections, summary)
 
     if result is not None:
         sections.append(("evaluation", "Evaluation", _evaluation(records, result)))
         summary.update({k: result[k] for k in ("split", "centre", "ten", "crop", "normalize")})
+
+        def drawing(shown, what: str) -> None:
+            if shown:
+                say(f"drawing {what}")
+
+        drawing(result["conv1"] is not None, "Figure 3 (conv1 kernels)")
         _conv1_section(result, tmp, sections, summary, notes)
+        drawing(result["top5"], "Figure 4, left (top-5 predictions)")
         _top5_section(result, tmp, sections, summary)
+        drawing(result["queries"], "Figure 4, right (nearest neighbours)")
         _neighbours_section(result, tmp, sections, summary)
+        drawing(result["centre"] and len(result["classes"]) <= MAX_CONFUSION_CLASSES, "the confusion matrix")
         _confusion_section(result, tmp, sections, summary, notes)
         arch = _architecture(result, notes)
         if arch:

@@ -7,12 +7,15 @@ checkpoint. `analyse` loads a checkpoint and makes the passes the figures need:
     10 crops (capped harder, or taken from RUN/eval.json when that file evaluated the same weights);
     fc7 features of five query images and of the training split (capped) -> Figure 4 right.
 Caps keep the report of an ImageNet-sized run to minutes; every cap that bites is reported as a note.
+`Steps` says what the report does while it works: a line per stage, a counter per pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from alexnet.errors import UserError, not_found
 from alexnet.evaluate import prepared_batches
 from alexnet.metrics import scores
 from alexnet.model import AlexNet
+from alexnet.progress import Progress, resolve_mode
 
 # Images per pass at most (evenly spaced over the split, so every class of a class-ordered split shows).
 MAX_CENTRE = 10_000  # centre-crop evaluation images
@@ -34,6 +38,41 @@ MAX_TRAIN_FEATURES = 5_000  # training images searched for Figure 4 right's neig
 TOP5_IMAGES = 8  # Figure 4 left
 QUERY_IMAGES = 5  # Figure 4 right
 NEIGHBOURS = 6  # Figure 4 right
+BATCH = 64  # images per forward pass (a tenth of that with 10 crops); also what a progress update counts
+
+
+class Steps:
+    """What a report says while it works, so that no step is silent for long: a line before each
+    stage (a pass over the images, a figure) and a counter over each pass, batch by batch.
+
+    progress: None (silent), a callable(str) told each stage in a few words (no counters), or a
+    mode of alexnet.progress ("auto", "bar", "lines", "off"): stages as `report: ...` lines on
+    stderr and the counters as a bar (terminal) or lines. every: seconds between counter lines off
+    a terminal (None: alexnet.progress's LINE_EVERY)."""
+
+    def __init__(self, progress: str | Callable[[str], None] | None = None, every: float | None = None):
+        self.every = {} if every is None else {"every": every}
+        if progress is None or callable(progress):
+            self.mode, self._say = "off", progress
+        else:
+            self.mode = resolve_mode(progress)
+            self._say = None if self.mode == "off" else _stderr
+
+    def say(self, text: str) -> None:
+        """Announce a stage (before it starts)."""
+        if self._say is not None:
+            self._say(text)
+
+    def count(self, what: str, batches: Iterable, total: int) -> Iterator:
+        """The batches of a pass over `total` images, counted as they are used (by their labels)."""
+        with Progress(f"report: {what}", total, unit="img", mode=self.mode, **self.every) as bar:
+            for images, labels in batches:
+                yield images, labels
+                bar.update(len(labels))
+
+
+def _stderr(text: str) -> None:
+    print(f"report: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -208,7 +247,7 @@ def _open(records: RunRecords, ckpt: Path, data: str, device, notes: list[str]):
     return prepared, net, out
 
 
-def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds: PackedDataset, loader, say) -> None:
+def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds: PackedDataset, loader, steps) -> None:
     """Centre crop (the table, Figure 4 left, the confusion matrix) and 10 crops, into `out`."""
     split, notes = out["split"], out["notes"]
     rows = spread(len(ds), MAX_CENTRE)
@@ -227,13 +266,15 @@ def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds:
     if ten is not None:
         ten["source"] = "eval.json"
     if ten is None and len(ds) <= MAX_TEN_CROP and len(rows) == len(ds):
-        say(f"centre crop and 10 crops over {len(rows)} {split} images")
-        all_views = torch.cat([views(net, x) for x, _ in loader(ds, rows, 10)])
+        what = f"centre crop and 10 crops over {len(rows)} {split} images"
+        steps.say(what)
+        all_views = torch.cat([views(net, x) for x, _ in loader(ds, rows, 10, what)])
         out["probs"] = all_views[:, 4].numpy()
         ten = scores(all_views.mean(dim=1).numpy(), out["labels"])
     else:
-        say(f"centre crop over {len(rows)} {split} images")
-        out["probs"] = torch.cat([net.probabilities(x) for x, _ in loader(ds, rows, 1)]).numpy()
+        what = f"centre crop over {len(rows)} {split} images"
+        steps.say(what)
+        out["probs"] = torch.cat([net.probabilities(x) for x, _ in loader(ds, rows, 1, what)]).numpy()
     out["centre"] = scores(out["probs"], out["labels"])
     if ten is None:
         rows10 = spread(len(ds), MAX_TEN_CROP)
@@ -242,27 +283,29 @@ def _evaluation(out: dict, net: TrainedNet, records: RunRecords, ckpt: Path, ds:
                 f"10-crop evaluation uses {len(rows10):,} of the {len(ds):,} {split} images "
                 "(evenly spaced), to keep the report fast."
             )
-        say(f"10 crops over {len(rows10)} {split} images")
-        p10 = [net.probabilities(x, crops=10) for x, _ in loader(ds, rows10, 10)]
+        what = f"10 crops over {len(rows10)} {split} images"
+        steps.say(what)
+        p10 = [net.probabilities(x, crops=10) for x, _ in loader(ds, rows10, 10, what)]
         ten = scores(torch.cat(p10).numpy(), ds.labels[rows10])
     out["ten"] = ten
 
 
-def _neighbours(out: dict, net: TrainedNet, ds: PackedDataset, train: PackedDataset, loader, say) -> None:
+def _neighbours(out: dict, net: TrainedNet, ds: PackedDataset, train: PackedDataset, loader, steps) -> None:
     """Figure 4 right: fc7 nearest training images of a few evaluation images, into out["queries"]."""
     rows, notes = out["indices"], out["notes"]
     enough = len(out["labels"]) - len(out["top5"]) >= QUERY_IMAGES  # else Figure 4 left's may be reused
     qpos = pick_examples(out["labels"], QUERY_IMAGES, seed=1, exclude=out["top5"] if enough else ())
     qrows = rows[qpos]
-    query = torch.cat([net.features(x) for x, _ in loader(ds, qrows, 1)])
+    query = torch.cat([net.features(x) for x, _ in loader(ds, qrows, 1, None)])
     trows = spread(len(train), MAX_TRAIN_FEATURES)
     if len(trows) < len(train):
         notes.append(
             f"Figure 4 (right) searches {len(trows):,} of the {len(train):,} training images "
             "(evenly spaced), to keep the report fast."
         )
-    say(f"fc7 features of {len(trows)} training images")
-    dists = [torch.cdist(query.double(), net.features(x).double()) for x, _ in loader(train, trows, 1)]
+    what = f"fc7 features of {len(trows)} training images (Figure 4, right)"
+    steps.say(what)
+    dists = [torch.cdist(query.double(), net.features(x).double()) for x, _ in loader(train, trows, 1, what)]
     dist = torch.cat(dists, dim=1)  # (queries, train images), Euclidean
     k = min(NEIGHBOURS, dist.shape[1])
     near = dist.topk(k, dim=1, largest=False)
@@ -274,24 +317,25 @@ def _neighbours(out: dict, net: TrainedNet, ds: PackedDataset, train: PackedData
         out["queries"].append((int(row), int(ds.labels[row]), hits))
 
 
-def analyse(
-    records: RunRecords, ckpt: Path, data: str, *, device=None, batch_size: int = 64, say=lambda text: None
-) -> dict:
+def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, steps: Steps | None = None) -> dict:
     """Run the checkpoint over the prepared set; everything the figures and tables need.
 
     Returns {"checkpoint", "state" (without weights), "classes" (names), "split", "split_size",
     "centre", "ten" (metrics dicts or None), "probs" (N, C), "labels" (N,), "indices" (N,) rows of
     the split, "conv1" (out, in, k, k) numpy or None, "towers" (bool), "top5" [positions into
     probs], "queries" [(split row, label, [(train row, label, distance)])], "images" (callable
-    (split, row) -> uint8 HWC), "notes" [str]}.
+    (split, row) -> uint8 HWC), "notes" [str]}. steps: what to say while working (silent by default);
+    each pass over the images is counted batch by batch.
     """
+    steps = steps or Steps()
     notes: list[str] = []
     prepared, net, out = _open(records, ckpt, data, device, notes)
     workers = 0 if net.device.type == "cpu" else min(8, os.cpu_count() or 1)
 
-    def loader(dataset, rows, crops: int):  # 10 crops: a tenth of the images per batch
-        size = batch_size if crops == 1 else max(1, batch_size // 10)
-        return prepared_batches(dataset, rows, batch_size=size, workers=workers)
+    def loader(dataset, rows, crops: int, what: str | None):  # 10 crops: a tenth of the images per batch
+        size = BATCH if crops == 1 else max(1, BATCH // 10)
+        batches = prepared_batches(dataset, rows, batch_size=size, workers=workers)
+        return batches if what is None else steps.count(what, batches, len(rows))
 
     datasets: dict[str, PackedDataset] = {}
 
@@ -308,7 +352,7 @@ def analyse(
     out["split"], out["split_size"] = split, prepared.split_size(split)
     if split != "val":
         notes.append(f"No val split: the {split} split is evaluated instead.")
-    _evaluation(out, net, records, ckpt, dataset(split), loader, say)
+    _evaluation(out, net, records, ckpt, dataset(split), loader, steps)
     if out["centre"] is None:
         return out
     # Figure 4: examples from different classes; the retrieval queries are other images.
@@ -320,5 +364,5 @@ def analyse(
     elif "train" not in prepared.splits or prepared.split_size("train") == 0:
         notes.append("No training split in the prepared directory: Figure 4 (right) is skipped.")
     else:
-        _neighbours(out, net, dataset(split), dataset("train"), loader, say)
+        _neighbours(out, net, dataset(split), dataset("train"), loader, steps)
     return out

@@ -1,4 +1,5 @@
-"""The report's HTML: one self-contained page (inline CSS, no scripts, images as relative links).
+"""The report's HTML: one self-contained page (inline CSS, no scripts, images as relative links),
+readable on a phone (390 CSS px: no sideways scrolling of the page; wide tables scroll in their box).
 
 Every piece of text from the run (names, config values, notes) goes through `html.escape`.
 """
@@ -14,7 +15,7 @@ CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --soft:#f6f8fa; --accent:#0b5cad; --bad:#b42318; }
 * { box-sizing: border-box; }
 body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-       color:var(--ink); background:#fff; line-height:1.5; }
+       color:var(--ink); background:#fff; line-height:1.5; overflow-wrap:anywhere; }
 header { background:#14233c; color:#fff; padding:28px 40px 22px; }
 header h1 { margin:0 0 4px; font-size:26px; font-weight:650; }
 header p { margin:0; color:#c9d4e3; font-size:14px; }
@@ -35,14 +36,21 @@ h3 { font-size:15px; margin:18px 0 6px; }
 figure { margin:0; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
 figcaption, .how { color:var(--muted); font-size:14px; margin-top:6px; max-width:1000px; }
-table { border-collapse:collapse; font-size:13px; margin:6px 0 10px; }
-th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left; vertical-align:top; }
+table { border-collapse:collapse; font-size:13px; }
+.scroll { max-width:100%; overflow-x:auto; margin:6px 0 10px; }
+th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left; vertical-align:top;
+         overflow-wrap:normal; }
 th { background:var(--soft); font-weight:600; }
 td.num, th.num { text-align:right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight:600; border-top:2px solid var(--line); }
-.grid2 { display:grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap:20px; }
+.grid2 { display:grid; grid-template-columns: repeat(auto-fit, minmax(min(360px, 100%), 1fr)); gap:20px; }
+.grid2 > div { min-width:0; }
 code { background:var(--soft); padding:1px 4px; border-radius:4px; font-size:12.5px; word-break:break-all; }
 footer { color:var(--muted); font-size:12px; border-top:1px solid var(--line); margin-top:40px; padding-top:10px; }
+@media (max-width: 640px) {  /* a phone: narrower margins; wide tables scroll inside their box */
+  header { padding:20px 14px 16px; } header h1 { font-size:21px; }
+  nav { padding:8px 14px; } main { padding:8px 14px 28px; }
+}
 """
 
 
@@ -73,7 +81,8 @@ def table(header: list[str], rows: list[list], numeric=(), total_rows=()) -> str
             f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row)
         )
         body.append(f'<tr class="total">{cells}</tr>' if r in total_rows else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # in a box of the page's width that scrolls sideways when the table is wider (a phone)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _value(v) -> str:
