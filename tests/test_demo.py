@@ -2,12 +2,17 @@
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from alexnet import demo
 from alexnet.cli import main
 from alexnet.report import analysis
+
+sys.path.insert(0, str(Path(__file__).parent))
+from chromium import find_chromium, inspect_page  # noqa: E402 - the helper beside this file
 
 KEYS = {"run", "data", "report", "top1_error", "top5_error", "top1_error_10crop", "seconds"}
 
@@ -52,6 +57,10 @@ def test_demo_small_json_and_rerun(tmp_path, monkeypatch, capsys):
     assert evaluation[1]["models"] == [str(out / "run" / "checkpoints" / "last.pt")]
     # the report's 10-crop row is the demo's 10-crop evaluation, read back from eval.json
     assert "read from RUN/eval.json" in (out / "run" / "report" / "index.html").read_text()
+    if find_chromium():  # the demo's page on a phone (tests/test_report.py checks a report page in depth)
+        page = inspect_page(find_chromium(), (out / "run" / "report" / "index.html").as_uri(), width=390)
+        assert page["errors"] == [] and len(page["images"]) == 5 and all(i["width"] > 0 for i in page["images"])
+        assert page["scrollWidth"] <= page["clientWidth"] == 390, page["wide"]
     assert (out / "run" / "checkpoints" / "last.pt").is_file()
 
     # a rerun without --force leaves the previous run alone: exit 2 and one line naming --force
