@@ -348,7 +348,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
         lambda **kw: AlexNet("bn", **kw),
         "AlexNet-BN (LARS paper): batch norm after every conv, no LRN, one GPU",
     ),
-    "zfnet": (lambda **kw: ZFNet(**kw), "ZFNet (Zeiler & Fergus 2013), the paper's Figure 3: 7x7/2 conv1"),
+    "zfnet": (
+        lambda **kw: ZFNet(**kw),
+        "ZFNet (Zeiler & Fergus 2014), their Figure 3: 7x7/2 conv1, 5x5/2 conv2, 224 input",
+    ),
     "zfnet_wide": (
         lambda **kw: ZFNet(widths=ZFNET_WIDE, **kw),
         "ZFNet with conv3-5 widened to 512, 1024, 512 (their Table 2, row (b))",
