@@ -496,7 +496,10 @@ def test_progress_names_every_stage_and_counts_every_batch(tiny, tmp_path, capsy
     """`--progress lines` (interval 0 here; 30 s off a terminal by default): a line before each pass
     over the images and each figure, and a counter line per batch of each pass, so that no step is
     silent for longer than a batch (2 images here) or a figure. `--quiet` prints nothing."""
-    monkeypatch.setattr(analysis, "BATCH", 2)  # 10 crops: 1 image a batch; fc7 features: 2
+    monkeypatch.setattr(analysis, "BATCH", 2)  # 10 crops: 1 image a batch; otherwise 2
+    monkeypatch.setattr(analysis, "MAX_TEN_CROP", 2)  # a centre pass, then a (short) 10-crop pass
+    for name in ("training_curves", "conv1_kernels", "top5_panel", "neighbours_panel", "confusion"):
+        monkeypatch.setattr(figures, name, lambda *args, **kwargs: None)  # the stages, not the drawing
     monkeypatch.setitem(__import__("alexnet.progress").progress.Progress.__init__.__kwdefaults__, "every", 0.0)
     out = tmp_path / "rep"
     args = ["report", str(tiny["run"]), "--out", str(out), "--device", "cpu"]
@@ -504,7 +507,8 @@ def test_progress_names_every_stage_and_counts_every_batch(tiny, tmp_path, capsy
     err = capsys.readouterr().err.splitlines()
     stages = [x[len("report: ") :] for x in err if x.startswith("report: ") and "img" not in x]
     assert stages[0].startswith("evaluating ") and stages[1:] == [
-        "centre crop and 10 crops over 9 val images",
+        "centre crop over 9 val images",
+        "10 crops over 2 val images",
         "fc7 features of 12 training images (Figure 4, right)",
         "drawing the training curves",
         "drawing Figure 3 (conv1 kernels)",
@@ -518,7 +522,8 @@ def test_progress_names_every_stage_and_counts_every_batch(tiny, tmp_path, capsy
             what, rest = line[len("report: ") :].split(": ", 1)
             counts.setdefault(what, []).append(rest.split()[0])
     assert counts == {
-        "centre crop and 10 crops over 9 val images": [f"{i}/9" for i in range(1, 10)] + ["9/9"],
+        "centre crop over 9 val images": ["2/9", "4/9", "6/9", "8/9", "9/9", "9/9"],
+        "10 crops over 2 val images": ["1/2", "2/2", "2/2"],
         "fc7 features of 12 training images (Figure 4, right)": [f"{i}/12" for i in range(2, 13, 2)] + ["12/12"],
     }
     assert main(args + ["--quiet", "--force"]) == 0
