@@ -45,12 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.checkpoint import check_metadata, load_checkpoint, model_from_checkpoint
-from alexnet.data.images import BadImageError
+from alexnet.checkpoint import check_metadata, load_checkpoint, model_from_checkpoint, note_once
+from alexnet.data.images import MAX_SIDE, BadImageError
 from alexnet.data.layouts import imagenet_names
 from alexnet.distributed import pick_device
 from alexnet.errors import UsageError, UserError, check_whole, not_found, option
+from alexnet.fields import check_fields, whole
 from alexnet.filekinds import kind_of, wrong_kind
+from alexnet.integrity import verify_safetensors
 from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import average_probabilities
 from alexnet.transforms import (  # noqa: F401 - caffe_batch, prepare_image re-exported
@@ -127,6 +129,9 @@ def load_safetensors(path: str) -> dict:
         raise UserError(f"{path}: not a readable safetensors file ({str(exc)[:120]})") from None
     if meta.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path}: a safetensors file without alexnet metadata; export it with `alexnet export`")
+    if not verify_safetensors(tensors, meta, str(path)):
+        note_once(f"{path}: exported without a digest (by an older alexnet), so damage to its weights cannot be "
+                  "detected; exporting it again adds one")  # fmt: skip
     stats = {k[len(STATS_PREFIX) :]: v.numpy() for k, v in tensors.items() if k.startswith(STATS_PREFIX)}
     try:
         preprocess = (
@@ -149,6 +154,7 @@ def load_safetensors(path: str) -> dict:
         raise UserError(f"{path}: damaged alexnet metadata ({str(exc)[:80]}); export it again") from None
     if not isinstance(state["preprocess"], dict) or not all(isinstance(v, list) for v in state["classes"].values()):
         raise UserError(f"{path}: damaged alexnet metadata (preprocess or class lists of the wrong kind)")
+    check_fields(state)
     return state
 
 
@@ -172,6 +178,7 @@ def checkpoint_preprocess(state: dict, fallback_stats: dict | None = None) -> di
     the paper's mean-image normalisation; without "resize", the paper's shorter-side resize. size:
     the prepared image side: preprocess["size"], else the mean image's side, else 256 (the paper's).
     """
+    check_fields(state)  # types and ranges first: a bad field is one line, not a traceback or nan%
     pre = dict(state.get("preprocess") or {})
     kwargs = state.get("model_kwargs") or {}
     default_crop = kwargs.get("input_size") or (224 if "torchvision" in state.get("model_name", "") else 227)
@@ -185,9 +192,9 @@ def checkpoint_preprocess(state: dict, fallback_stats: dict | None = None) -> di
         raise UserError(f"{where}: unknown resize {resize!r} (known: {', '.join(RESIZE)})")
     mean = stats.get("mean_image_bgr" if normalize == "caffe" else "mean_image")
     mean_side = int(mean.shape[0]) if mean is not None and mean.ndim == 3 else None
-    size = int(pre.get("size") or mean_side or 256)
+    size = whole(pre.get("size") or mean_side or 256, "preprocess.size", where, MAX_SIDE)
     return {
-        "crop": int(pre.get("crop") or default_crop),
+        "crop": whole(pre.get("crop") or default_crop, "preprocess.crop (or model_kwargs.input_size)", where, MAX_SIDE),
         "normalize": normalize,
         "resize": resize,
         "size": size,
@@ -336,8 +343,8 @@ class TrainedNet:
             path = path_of(image)
             try:
                 yield path, self.prepare(image), None
-            except (BadImageError, UserError) as exc:
-                reason = getattr(exc, "reason", None) or str(exc)
+            except (BadImageError, UserError, MemoryError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc) or "out of memory preparing it"
                 if errors == "raise":
                     name = path if path is not None else f"input {i} ({type(image).__name__})"
                     raise UserError(f"{name}: {reason}") from None

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from alexnet.artifact import imagenet_classes
-from alexnet.checkpoint import save_checkpoint
+from alexnet.checkpoint import MAX_CLASSES, save_checkpoint
 from alexnet.errors import UsageError, UserError, not_found
 from alexnet.model import build_model
 
@@ -38,6 +38,8 @@ INSTALL_HINT = "pip install 'alexnet[caffe]'"
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # ilsvrc_2012_mean per channel (104.007, 116.669, 122.679), rounded as ports do
 PREPROCESS = {"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256}
 RESIZES = ("warp", "shorter")
+MAX_PROTO_BYTES = 2**31  # protobuf's limit on one message: a larger file is no .caffemodel
+MAX_MEAN_BYTES = 4096 * 4096 * 3 * 4 + 2**20  # a float BGR mean image of the largest side prepare makes
 
 # fmt: off
 # bvlc_alexnet's inference path, in order: (name, type). Weights are mapped by these names.
@@ -247,6 +249,11 @@ def read_caffemodel(path: str) -> tuple[object, list[SimpleNamespace]]:
     """Parse a .caffemodel (binary NetParameter) -> (net message, its layers). Bad files: one line."""
     if not os.path.isfile(path):
         raise not_found(path, "file", "give BVLC's bvlc_alexnet.caffemodel (docs/evaluation.md)")
+    size = os.path.getsize(path)
+    if size > MAX_PROTO_BYTES:  # protobuf parses at most 2 GiB: refuse before reading it into memory
+        raise UserError(
+            f"{path}: {size / 2**30:.1f} GiB, larger than any Caffe model can be (2 GiB); not a .caffemodel"
+        )
     with open(path, "rb") as f:
         data = f.read()
     net = messages().NetParameter()
@@ -286,6 +293,10 @@ def read_mean(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise not_found(f"--mean {path}", "file", "give Caffe's imagenet_mean.binaryproto")
     blob = messages().BlobProto()
+    if os.path.getsize(path) > MAX_MEAN_BYTES:  # checked before reading it into memory
+        raise UserError(
+            f"--mean {path}: {os.path.getsize(path) >> 20} MiB, more than a mean image needs; not a mean file"
+        )
     try:
         with open(path, "rb") as f:
             blob.ParseFromString(f.read())
@@ -492,6 +503,8 @@ def import_caffe(
     k = lrn_k(path, model_path)
     fc8 = next(layer for layer in path if layer.name == "fc8")
     num_classes = _core(fc8.blobs[0][0])[0] if fc8.blobs else 1000
+    if not 1 <= num_classes <= MAX_CLASSES:  # before the net is built (fc8 alone would be num_classes x 4096)
+        raise UserError(f"{model_path}: fc8 declares {num_classes} classes, not a count in 1..{MAX_CLASSES}")
     model = build_model("alexnet", num_classes=num_classes, lrn_k=k, lrn_alpha_per_size=True, init="default")
     check_layer_params(path, model, model_path)
     if prototxt:

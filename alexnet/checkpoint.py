@@ -3,10 +3,14 @@
 A checkpoint is a plain dict (see docs/architecture.md) saved with `torch.save` and loaded with
 `torch.load(weights_only=True)`, so a file from elsewhere can hold tensors and plain Python values
 but never code. Values must therefore be tensors, numbers, strings, lists, tuples or dicts.
+Every checkpoint written here carries a digest of its contents (alexnet.integrity), checked by
+every load: a damaged file is one line naming it (and an intact checkpoint beside it, if any).
 """
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from alexnet.errors import UserError, not_found
 from alexnet.filekinds import wrong_kind
+from alexnet.integrity import check_layout, verify_state, with_digest
 from alexnet.io import atomic_write_bytes
 from alexnet.model import MODELS, build_model
 
@@ -24,8 +29,15 @@ MAX_CLASSES = 1_000_000  # more outputs than any real label set: metadata saying
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Atomically save a checkpoint dict (temporary file + rename; the previous file survives a crash)."""
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    """Atomically save a checkpoint dict with its digest (temporary file + rename; the previous file
+    survives a crash)."""
+    atomic_write_bytes(path, lambda f: write_checkpoint(state, f))
+
+
+def write_checkpoint(state: dict, f) -> None:
+    """torch.save a checkpoint dict with its digest (alexnet.integrity) into an open binary file;
+    every writer of checkpoints goes through here (save_checkpoint, the run directory's save)."""
+    torch.save(with_digest(state), f)
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -47,14 +59,39 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict on the CPU, safely. A bad file raises UserError naming it."""
+def load_checkpoint(path: str | Path, *, mmap: bool = True) -> dict:
+    """Load a checkpoint dict on the CPU, safely, and check it: no tensor with overlapping elements,
+    its digest matches (a file without one loads with a one-line note). A bad file raises UserError
+    naming it; a damaged one also names an intact checkpoint beside it, if there is one.
+
+    mmap: the tensors stay backed by the file (a private mapping: writes to them are this process's)
+    until copied into a module, so the digest check reads the bytes instead of a copy of them. A
+    caller keeping tensors for long (the optimizer's state on resume) passes False: the mapping would
+    hold the replaced file's disk space until it ends."""
     path = resolve_checkpoint_path(path)
     # an image, an ONNX or TorchScript export (which torch.load would hand to torch.jit.load): named as such
     if (wrong := wrong_kind(path, "checkpoint", accepts=("pickle", "zip"))) is not None:
         raise wrong
+    state = _read(path, mmap)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        checked = verify_state(state, str(path))
+    except UserError as exc:
+        other = intact_alternative(path)
+        hint = f"; {other} beside it is intact (copy it over {path.name} to use it)" if other else ""
+        raise UserError(f"{exc}{hint}") from None
+    if not checked:
+        note_once(f"{path}: written without a digest (by an older alexnet or other code), so damage to its "
+                  "weights cannot be detected; saving it again adds one")  # fmt: skip
+    state["path"] = str(path)
+    return state
+
+
+def _read(path: Path, mmap: bool = True) -> dict:
+    """torch.load(weights_only=True) of a checkpoint file, memory-mapped (mmap and a zip: torch's
+    format since 1.6): the digest check then reads the bytes instead of torch copying them first."""
+    try:
+        mmap = mmap and zipfile.is_zipfile(path)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001  truncated zip, pickle with code in it, not a checkpoint at all
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in reason:  # torch's text goes on to suggest weights_only=False: never
@@ -70,8 +107,32 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path}: not an alexnet checkpoint (missing {', '.join(REQUIRED_KEYS)}); "
             "checkpoints come from `alexnet train` or `alexnet import-torchvision`"
         )
-    state["path"] = str(path)
+    check_layout(state, str(path))  # before anything reads a tensor whole (the digest, a copy)
     return state
+
+
+def intact_alternative(path: Path) -> Path | None:
+    """Another checkpoint in the folder of a damaged `path` (not the same file: best.pt may be a
+    link to last.pt) whose digest matches, or None. Run directories keep best.pt and last.pt."""
+    for other in sorted(path.parent.glob("*.pt")):
+        try:
+            if other.samefile(path) or not other.is_file():
+                continue
+            if verify_state(_read(other), str(other)):
+                return other
+        except (UserError, OSError):
+            continue
+    return None
+
+
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """One line on stderr, once per process per message (a command may open a checkpoint twice)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"alexnet: note: {message}", file=sys.stderr)
 
 
 def check_same_data(state: dict, class_ids, stats: dict, data_root: str) -> None:
@@ -162,6 +223,7 @@ def check_metadata(state: dict) -> dict:
         raise UserError(f"{where}: damaged metadata: {len(ids)} class ids for a net with {n} outputs")
     if not isinstance(state.get("model"), dict):
         raise UserError(f"{where}: damaged checkpoint: its weights are not a dict of tensors")
+    check_layout(state["model"], where)  # strides only: a stride-0 tensor would be materialised whole below
     return kwargs
 
 

@@ -20,6 +20,8 @@ from typing import TypeVar
 from alexnet.errors import UsageError, not_found
 
 T = TypeVar("T")
+INT_MAX = 2**63 - 1  # every integer setting fits a 64-bit integer; each section's validate() checks its own range
+INT_MIN = -(2**63)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
@@ -227,6 +229,8 @@ def _coerce(value, kind, name: str, source: str):
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
+            if not INT_MIN <= int(value) <= INT_MAX:  # torch and numpy take 64-bit integers: an overflow, deep inside
+                raise UsageError(f"{source}: {name} = {value!r} is out of range (a whole number within +-{INT_MAX})")
             return int(value)
         if kind is float:
             if isinstance(value, bool):
@@ -238,6 +242,8 @@ def _coerce(value, kind, name: str, source: str):
             if not isinstance(value, str):
                 raise ValueError
             return value
+    except UsageError:
+        raise
     except (TypeError, ValueError):
         raise UsageError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from None
     return value

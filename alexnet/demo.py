@@ -26,7 +26,7 @@ from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
 from alexnet.evaluate import evaluate_checkpoints
-from alexnet.io import write_json, write_text
+from alexnet.io import check_replaceable, mark_output, write_json, write_text
 from alexnet.progress import Progress
 from alexnet.report import write_report
 from alexnet.train import TrainConfig, train
@@ -64,8 +64,9 @@ def _prepared(out: Path, quiet: bool) -> Path:
     if _marker(marker) == DATA and (data / "manifest.json").is_file():
         _say(f"reusing the prepared images in {data}", quiet)
         return data
-    for path in (images, data):
+    for path, kind in ((images, "shapes"), (data, "prepared")):
         if path.exists():
+            check_replaceable(path, kind, "--out's")  # a folder of the user's of that name is never deleted
             shutil.rmtree(path)
     marker.unlink(missing_ok=True)
     _say(
@@ -81,8 +82,10 @@ def _prepared(out: Path, quiet: bool) -> Path:
         val_per_class=DATA["val_per_class"],
     )
     _say(f"preparing {data} ...", quiet)
+    mark_output(images, "shapes")
     prepare(str(images), str(data), force=True)  # force: an interrupted demo's prepare starts over
     write_text(marker, json.dumps(DATA) + "\n")  # last: marks the set complete
+    mark_output(out, "demo")
     return data
 
 
@@ -113,6 +116,7 @@ def run_demo(
             raise UsageError(
                 f"--out {out}: holds a previous demo run (run/); pass --force to replace it, or choose another --out"
             )
+        check_replaceable(run, "run", "--out's")  # --force removes run/: only if it holds nothing else
     out.mkdir(parents=True, exist_ok=True)
     data = _prepared(out, quiet)
     if run.exists():

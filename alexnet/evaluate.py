@@ -29,6 +29,7 @@ from alexnet.artifact import (
 )
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.prepare import default_workers
+from alexnet.data.validate import check_has_images
 from alexnet.errors import UsageError, UserError, check_whole, option
 from alexnet.metrics import Tally, average_probabilities, top5_applies, topk_correct
 from alexnet.progress import Progress, resolve_mode
@@ -171,7 +172,7 @@ def evaluate_checkpoints(
     elif progress is not None and not callable(progress):
         raise UsageError(f"{option('progress', progress)}: give auto, bar, lines, off or a callable")
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
-    prepared._need(split)
+    check_has_images(prepared, split, "evaluate")
     nets = []
     for path in paths:
         net = open_artifact(path, device, fallback_stats=prepared.stats)

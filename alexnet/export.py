@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from alexnet.artifact import (
     load_safetensors,  # noqa: F401 - re-exported: exports are read back through here too
 )
 from alexnet.checkpoint import (
+    MAX_CLASSES,
     check_finite,
     check_metadata,
     check_shapes,
@@ -46,6 +48,7 @@ from alexnet.exportable import (  # noqa: F401 - onnx_ready re-exported
     onnx_ready,
     traceable,
 )
+from alexnet.integrity import check_layout, safetensors_digest
 from alexnet.io import atomic_write_bytes, atomic_write_path
 from alexnet.model import build_model
 from alexnet.modelcard import model_card, write_model_card
@@ -92,6 +95,7 @@ def export_safetensors(state: dict, out: str) -> dict:
     tensors = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(state["model"]).items()}
     for key, value in info["pre"]["stats"].items():
         tensors[STATS_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
+    info["meta"]["digest"] = safetensors_digest(tensors, info["meta"])  # checked by every load
     # safetensors' own writer raises a SafetensorError without the errno on a full disk: the bytes
     # go through alexnet.io's writer instead
     atomic_write_bytes(out, lambda f: f.write(save(tensors, metadata=info["meta"])))
@@ -255,6 +259,30 @@ def export_torchscript(state: dict, out: str, *, batch: int = 2, seed: int = 0,
 FORMATS = ("safetensors", "onnx", "torchscript")
 
 
+def is_export(path) -> bool:
+    """Whether a file is one `alexnet export` wrote (what --force may overwrite): a safetensors file
+    with alexnet's format entry, an ONNX file whose metadata (at its end) names it, or a
+    TorchScript file holding alexnet.json."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = f.seek(0, os.SEEK_END)
+        if len(head) == 8 and 2 <= (n := int.from_bytes(head, "little")) <= min(size - 8, 100 << 20):
+            f.seek(8)
+            try:  # safetensors: an 8-byte length, then the JSON header
+                return json.loads(f.read(n)).get("__metadata__", {}).get("format") == FORMAT
+            except (ValueError, AttributeError):
+                pass
+        f.seek(max(0, size - (4 << 20)))
+        tail = f.read()
+    if FORMAT.encode() in tail:  # ONNX: metadata_props follow the graph
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("extra/alexnet.json") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def export(path, fmt: str, out: str, *, include_preprocessing: bool = False) -> dict:
     """`alexnet export`: checkpoint (or run directory, .safetensors, checkpoint dict) -> safetensors, ONNX or
     TorchScript, and a model card beside it (alexnet.modelcard). Returns the writer's result with
@@ -359,7 +387,12 @@ def torchvision_state(path: str | None = None, *, weights: str | None = None, pr
     sd = _read_state_dict(path) if path is not None else download_torchvision(weights, progress=progress)
     if not isinstance(sd, dict) or "classifier.6.weight" not in (sd := clean_state_dict(sd)):
         raise UserError(f"{source}: not a torchvision AlexNet state dict (no classifier.6.weight)")
+    check_layout(sd, source)  # a stride-0 tensor declares more than the file holds
     num_classes = int(sd["classifier.6.weight"].shape[0])
+    if not 1 <= num_classes <= MAX_CLASSES:  # checked before the net is built: 10 million classes is 164 GB
+        raise UserError(
+            f"{source}: classifier.6.weight declares {num_classes} classes, not a count in 1..{MAX_CLASSES}"
+        )
     model = build_model("alexnet_torchvision", num_classes=num_classes)
     try:
         model.load_state_dict(sd)

@@ -8,6 +8,7 @@ the path (`UserError`), and the previous file stays intact.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import os
 import tempfile
@@ -164,3 +165,117 @@ def read_json(path: str | Path) -> dict:
             return json.load(f)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable ({exc})") from None
+
+
+# ---------------------------------------------------------------- what --force may replace
+
+OUTPUT_MARKER = ".alexnet-output"  # in every folder alexnet writes as a whole: JSON {"kind", "files"}
+RUN_MARKER = ".alexnet-run"  # a run directory's (alexnet/rundir.py): its files are the RUN_FILES
+RUN_FILES = (".alexnet-run", "config.json", "config.toml", "env.json", "log.jsonl", "eval.json", "result.json",
+             "checkpoints/*.pt", "checkpoints/.*.tmp", "tensorboard/*", "report/index.html", "report/report.json",
+             "report/*.png")  # fmt: skip
+# Folders written before the marker: the files alexnet put there, by name (fnmatch: * spans folders)
+LEGACY = {
+    "prepared": ("manifest.json", "classes.json", "stats.npz", "*/images.bin", "*/images.u8", "*/labels.npy",
+                 "*/offsets.npy", "*/digests.npy", "*/sources.json"),
+    "run": RUN_FILES,
+    "report": ("index.html", "report.json", "*.png"),
+    "demo": ("data.json", "images/*", "data/*"),
+    "experiment": ("result.json", "*.png", "runs/*.json"),
+    "bench-gpu": ("gpu.json", "gpu.md", "work/*"),
+    "shapes": ("*.jpg",),
+}  # fmt: skip
+
+
+def _files(folder: Path):
+    """Relative POSIX paths of the files under `folder` (links included, not followed), sorted."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        rel = Path(root).relative_to(folder)
+        out += [(rel / name).as_posix() for name in sorted(files + [d for d in dirs if os.path.islink(Path(root, d))])]
+    return out
+
+
+def _listing(folder: Path, cache: dict) -> set | None:
+    """The files a folder's OUTPUT_MARKER lists, or None without a readable one (cached)."""
+    if folder not in cache:
+        try:
+            with open(folder / OUTPUT_MARKER, encoding="utf-8") as f:
+                files = json.load(f).get("files")
+            cache[folder] = set(files) | {OUTPUT_MARKER} if isinstance(files, list) else None
+        except (OSError, ValueError, AttributeError):
+            cache[folder] = None
+    return cache[folder]
+
+
+def foreign_file(folder: str | Path, kind: str) -> str | None:
+    """A file under `folder` that alexnet did not write, or None: each file must be listed by the
+    marker of the nearest folder above it that has one, or lie in a run directory among its
+    RUN_FILES, or (a folder written before markers) match the kind's LEGACY names."""
+    folder, cache = Path(folder), {}
+    for rel in _files(folder):
+        parts = rel.split("/")
+        for depth in range(len(parts) - 1, -1, -1):  # the nearest marked folder above the file
+            base, inner = folder.joinpath(*parts[:depth]), "/".join(parts[depth:])
+            listed = _listing(base, cache)
+            if listed is not None:
+                ours = inner in listed
+                break
+            if (base / RUN_MARKER).is_file():
+                ours = any(fnmatch.fnmatchcase(inner, p) for p in RUN_FILES)
+                break
+        else:
+            ours = any(fnmatch.fnmatchcase(rel, p) for p in LEGACY.get(kind, ()))
+        if not ours:
+            return rel
+    return None
+
+
+def check_replaceable(folder: str | Path, kind: str, what: str = "--out") -> None:
+    """UserError naming one file that alexnet did not write, when --force would replace or remove
+    `folder` (a missing or empty folder passes): nothing is deleted that alexnet did not write."""
+    folder = Path(folder)
+    if not os.path.lexists(folder):
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise UserError(f"{what} {folder}: exists and is not a folder alexnet wrote; refusing to replace it "
+                        "even with --force; choose another path")  # fmt: skip
+    bad = foreign_file(folder, kind)
+    if bad is not None:
+        raise UserError(f"{what} {folder}: holds {bad}, which alexnet did not write; refusing to replace the "
+                        "folder even with --force (nothing was deleted); move that file out, or choose another path")  # fmt: skip
+
+
+def mark_output(folder: str | Path, kind: str, skip: tuple[str, ...] = ()) -> None:
+    """Record the files now under `folder` (outside its marked subfolders and run directories, and
+    the folders named in `skip`) in its OUTPUT_MARKER: what a later --force may replace."""
+    folder = Path(folder)
+    files = [rel for rel in _files(folder) if rel != OUTPUT_MARKER and not _in_marked_subfolder(folder, rel)
+             and rel.split("/")[0] not in skip]  # fmt: skip
+    write_json(folder / OUTPUT_MARKER, {"kind": kind, "written_by": "alexnet", "files": files})
+
+
+def _in_marked_subfolder(folder: Path, rel: str) -> bool:
+    parts = rel.split("/")
+    return any(
+        (folder.joinpath(*parts[:d]) / OUTPUT_MARKER).is_file() or (folder.joinpath(*parts[:d]) / RUN_MARKER).is_file()
+        for d in range(1, len(parts))
+    )
+
+
+def check_replaceable_file(path: str | Path, ours, what: str = "--out") -> None:
+    """UserError when --force would replace a file that `ours(path)` does not recognise as one
+    alexnet wrote (or a folder): the user's other files are never overwritten."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder; give a file name to write")
+    try:
+        recognised = ours(path)
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file is not ours
+        recognised = False
+    if not recognised:
+        raise UserError(f"{what} {path}: exists and is not a file alexnet wrote; refusing to overwrite it even "
+                        "with --force; choose another path")  # fmt: skip

@@ -41,6 +41,13 @@ def card_path(out: str | os.PathLike) -> str:
     return os.fspath(out) + ".MODEL_CARD.md"
 
 
+def is_model_card(path) -> bool:
+    """Whether a file is a model card write_model_card wrote (what --force may overwrite)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"# Model card: ") and b"Exported by `alexnet export" in head
+
+
 def _run_dir(state: dict) -> Path | None:
     """The run directory of a checkpoint at RUN/checkpoints/NAME.pt (None for other files)."""
     path = Path(str(state.get("path", "")))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "save_features",
 ]
 
+OUT_OF_MEMORY = "out of memory preparing it (an image too large for this machine; lower --max-pixels)"
 FEATURES_KEYS = ("features", "labels", "indices", "class_ids", "class_names", "meta")
 
 
@@ -193,6 +195,8 @@ class Predictor:
                     image = self.net.prepare(path.data if isinstance(path, StdinImage) else path)
                 except BadImageError as exc:
                     error = exc.reason
+                except MemoryError:  # past every bound: this image fails, the others are still predicted
+                    error = OUT_OF_MEMORY
             yield path, image, error
 
 
@@ -257,6 +261,12 @@ def save_features(path: str, features: dict, *, class_ids: Sequence[str], class_
         "meta": np.asarray(json.dumps(meta or {})),
     }
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def is_features_file(path) -> bool:
+    """Whether a file is a features file alexnet wrote (what --force may overwrite)."""
+    with zipfile.ZipFile(path) as z:
+        return {f"{k}.npy" for k in FEATURES_KEYS} <= set(z.namelist())
 
 
 def load_features(path: str) -> dict:
@@ -341,6 +351,8 @@ def features_of_images(checkpoint: str, inputs: Sequence[str], out: str, *, laye
                     pending.append((path, net.prepare(path)))
                 except BadImageError as exc:
                     error = exc.reason
+                except MemoryError:
+                    error = OUT_OF_MEMORY
             if error is not None:
                 errors.append({"path": path, "error": error})
                 if warn is not None:

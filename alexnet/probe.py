@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from alexnet.artifact import check_image_size, open_artifact
 from alexnet.data import PackedDataset, PreparedSet
+from alexnet.data.validate import check_has_images
 from alexnet.errors import UserError
 from alexnet.evaluate import prepared_batches
 from alexnet.layers import batch_features, check_feature_layer
@@ -106,8 +107,8 @@ def probe(checkpoint, data, *, layer: str = "fc7", train_split: str = "train", v
     "top5_error", "top1_accuracy", "top5_accuracy", "train_top1_error", "weight_decay", "loss",
     "iterations"}; with 5 classes or fewer the top-5 values are None, and "top5_note" says why."""
     prepared = data if isinstance(data, PreparedSet) else PreparedSet(data)
-    prepared._need(train_split)
-    prepared._need(val_split)
+    check_has_images(prepared, train_split, "fit a probe on")
+    check_has_images(prepared, val_split, "score a probe on")
     net = open_artifact(checkpoint, device, fallback_stats=prepared.stats)
     check_feature_layer(net.model, layer)
     check_image_size(net.state, net.preprocess, prepared)

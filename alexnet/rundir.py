@@ -29,7 +29,7 @@ import torch
 from alexnet import __version__
 from alexnet import config as cfg
 from alexnet import io as fileio
-from alexnet.checkpoint import nonfinite_tensors
+from alexnet.checkpoint import nonfinite_tensors, write_checkpoint
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_path, disk_error, dumps, write_json, write_text
@@ -171,7 +171,7 @@ class RunDir:
 
         def write(tmp: str) -> None:
             with fileio.open_new(tmp) as f:  # a file object: a full disk is an OSError with its errno
-                torch.save(payload, f)
+                write_checkpoint(payload, f)  # with its digest
             kill_point("checkpoint-write")
             if best:
                 _replace_with_link(tmp, self.best)

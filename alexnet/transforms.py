@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from alexnet.data.augment import Stats, crop_offsets, eval_batch
-from alexnet.data.images import center_crop, load_rgb, resize_shorter, to_rgb, warp
+from alexnet.data.images import load_rgb, shorter_center_crop, to_rgb, warp
 from alexnet.errors import UsageError, UserError, option
 
 # ---------------------------------------------------------------- typed results
@@ -85,7 +85,7 @@ def prepare_image(image, size: int, resize: str = "shorter") -> torch.Tensor:
     """One image -> uint8 (3, size, size): "shorter" = torchvision's Resize(size) + CenterCrop(size),
     "warp" = the whole image scaled to size x size. Raises BadImageError for an unusable file."""
     img = as_pil(image)
-    img = warp(img, size) if resize == "warp" else center_crop(resize_shorter(img, size), size)
+    img = warp(img, size) if resize == "warp" else shorter_center_crop(img, size)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 

@@ -52,7 +52,7 @@ from alexnet.bench.pipeline import generate_set, run_pipeline_bench
 from alexnet.bench.trainstep import stage_train_step
 from alexnet.data.cores import default_loader_workers
 from alexnet.errors import UsageError, UserError
-from alexnet.io import read_json, write_json, write_text
+from alexnet.io import mark_output, read_json, write_json, write_text
 
 STAGES = ("tests", "env", "matmul_tflops", "train_step", "pipeline", "infer", "train_run")
 # The test files holding GPU tests, named (not collected from tests/): one that cannot be imported
@@ -382,6 +382,7 @@ def run_gpu_bench(out: str | Path, *, device: str = "cuda", quick: bool = False,
 def save(out: Path, result: dict) -> None:
     write_json(out / "gpu.json", result)
     write_text(out / "gpu.md", markdown(result))
+    mark_output(out, "bench-gpu")  # what a later --force may replace
 
 
 def load(out: str | Path) -> dict:

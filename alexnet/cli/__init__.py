@@ -118,6 +118,49 @@ def add_parser(sub, name: str, help: str, description: str | None = None) -> arg
     return p
 
 
+MAX_COUNT = 2**31 - 1  # the largest count an option takes: more steps, images or rounds is a typo
+MAX_BATCH = 65536  # images per batch at most: (65536, 3, 227, 227) float32 is 40 GB already
+MAX_WORKERS = 1024  # loader or prepare processes
+MAX_SIDE = 4096  # image sides (--size, --crop): alexnet.data.images.MAX_SIDE, here without importing torch
+
+
+def whole(minimum: int = 1, maximum: int = MAX_COUNT):
+    """An argparse type: a whole number in minimum..maximum; anything else is a usage error (one line
+    naming the option and the range, exit 2) instead of an overflow or an allocation deep inside."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a whole number in {minimum}..{maximum}")
+        return value
+
+    return parse
+
+
+def number(minimum: float | None = None, maximum: float | None = None, *, above: bool = False, below: bool = False):
+    """An argparse type: a finite number >= minimum (> with above) and <= maximum (< with below)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low = minimum is not None and (value <= minimum if above else value < minimum)
+        high = maximum is not None and (value >= maximum if below else value > maximum)
+        if value != value or value in (float("inf"), float("-inf")) or low or high:
+            lo = "" if minimum is None else f"{'>' if above else '>='} {minimum:g}"
+            hi = "" if maximum is None else f"{'<' if below else '<='} {maximum:g}"
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: give a finite number {' and '.join(filter(None, (lo, hi)))}"
+            )
+        return value
+
+    return parse
+
+
 def add_progress_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """--progress auto|bar|lines|off and --quiet (= --progress off), into args.progress."""
     parser.add_argument(
@@ -183,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"alexnet {args.command}: error: {exc}{usage}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+    except MemoryError:  # past every bound checked before allocating: still one line, not a traceback
+        print(f"alexnet {args.command}: error: out of memory; use smaller inputs or batches, or a machine with more "
+              "memory", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt as exc:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # SIGINT 130; a run stopped by SIGTERM 143 (errors.Stopped)

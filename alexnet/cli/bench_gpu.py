@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from alexnet.cli import add_force_option, add_parser, print_json, refuse_overwrite
+from alexnet.io import check_replaceable
 
 
 def register(sub) -> None:
@@ -40,6 +41,8 @@ def run(args) -> int:
     from alexnet.bench.gpu import run_gpu_bench  # lazy: keeps `alexnet --help` from importing torchvision
 
     refuse_overwrite(Path(args.out) / "gpu.json", args.force, "--out's gpu.json")
+    if args.force:  # --force replaces gpu.json, gpu.md and work/: only in a folder holding nothing else
+        check_replaceable(args.out, "bench-gpu")
     result = run_gpu_bench(args.out, device=args.device, quick=args.quick, skip_tests=args.skip_tests,
                            progress=None if args.quiet else lambda m: print(f"bench gpu: {m}", file=sys.stderr))  # fmt: skip
     if args.json:

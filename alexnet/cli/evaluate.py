@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 
 from alexnet.cli import (
+    MAX_BATCH,
+    MAX_WORKERS,
     RUN_DIR_CHECKPOINT,
     add_force_option,
     add_parser,
     add_progress_option,
     print_json,
     refuse_overwrite,
+    whole,
 )
 
 
@@ -44,8 +47,10 @@ def register(sub) -> None:
         choices=(1, 10),
         help="10 = the paper's test protocol (default), 1 = centre crop (as training's validation)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
+    p.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=64, help="images per batch")
+    p.add_argument(
+        "--workers", type=whole(0, MAX_WORKERS), default=None, help="loader processes (default: from the CPU count)"
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
     p.add_argument(

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alexnet.cli import add_force_option, add_parser, add_set_option, print_json, refuse_overwrite
+from alexnet.cli import (
+    MAX_SIDE,
+    MAX_WORKERS,
+    add_force_option,
+    add_parser,
+    add_set_option,
+    number,
+    print_json,
+    refuse_overwrite,
+    whole,
+)
+from alexnet.io import check_replaceable, mark_output
 
 RELU_DESCRIPTION = """\
 The paper's Figure 1 (§3.1): a four-layer CNN (cuda-convnet's layers-80sec: three 5x5 conv layers
@@ -53,16 +64,21 @@ def _add_relu_vs_tanh_parser(inner) -> None:
     )
     p.add_argument("--epochs", type=int, default=10, help="epochs per net")
     p.add_argument("--seeds", type=int, default=1, help="repeats with seeds 0..K-1 (mean ± std reported)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate of both nets")
+    p.add_argument("--lr", type=number(0, above=True), default=0.01, help="learning rate of both nets")
     p.add_argument(
         "--lr-tanh",
-        type=float,
+        type=number(0, above=True),
         default=None,
         help="a separate learning rate for the tanh net (the paper tuned each); default: --lr",
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per SGD step")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N training images")
-    p.add_argument("--target", type=float, default=0.25, help="training error at which speed is compared")
+    p.add_argument(
+        "--target",
+        type=number(0, 1, above=True, below=True),
+        default=0.25,
+        help="training error at which speed is compared",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--cache",
@@ -109,13 +125,15 @@ def _add_ablations_parser(inner) -> None:
     )
     p.add_argument(
         "--crop",
-        type=int,
+        type=whole(1, MAX_SIDE),
         default=None,
         help="training crop / model input; default: 227/256 of the prepared size (227 at 256)",
     )
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop each run after N SGD steps")
     add_set_option(p, "an alexnet train setting for every run, e.g. --set data.batch_size=64 (repeatable)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes; unset: train's default")
+    p.add_argument(
+        "--workers", type=whole(0, MAX_WORKERS), default=None, help="loader processes; unset: train's default"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--demo-per-class",
@@ -174,7 +192,10 @@ def run_relu_vs_tanh(args) -> int:
         device=args.device,
     )
     refuse_overwrite(Path(args.out) / "result.json", args.force, "--out's result.json")
+    if args.force:  # --force replaces the results: only in a folder holding nothing but the experiment's
+        check_replaceable(args.out, "experiment")
     result = run(args.data, args.out, config, cache=args.cache, progress=not (args.quiet or args.json))
+    mark_output(args.out, "experiment")
     if args.json:
         print_json(result)
         return 0
@@ -237,6 +258,8 @@ def run_ablations(args) -> int:
     demo = {k: v for k, v in (("per_class", args.demo_per_class), ("size", args.demo_size)) if v is not None}
     # an unfinished experiment (no result.json yet) resumes without --force; finished runs are reused either way
     refuse_overwrite(Path(args.out) / "result.json", args.force, "--out's result.json")
+    if args.force:  # --force replaces the results: only in a folder holding nothing but the experiment's
+        check_replaceable(args.out, "experiment")
     result = run(
         args.data,
         args.out,
@@ -245,6 +268,7 @@ def run_ablations(args) -> int:
         demo=demo or None,
         progress="off" if (args.quiet or args.json) else "auto",
     )
+    mark_output(args.out, "experiment")
     if args.json:
         print_json(result)
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alexnet.cli import RUN_DIR_CHECKPOINT, add_force_option, add_parser, print_json, refuse_overwrite
+from alexnet.io import check_replaceable_file
 
 
 def register(sub) -> None:
@@ -41,11 +42,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.export import export  # lazy: torch loads only when the command runs (fast --help)
-    from alexnet.modelcard import card_path
+    from alexnet.export import export, is_export  # lazy: torch loads only when the command runs (fast --help)
+    from alexnet.modelcard import card_path, is_model_card
 
     refuse_overwrite(args.out, args.force)
     refuse_overwrite(card_path(args.out), args.force, "--out's model card")
+    check_replaceable_file(args.out, is_export)  # --force overwrites only files alexnet wrote
+    check_replaceable_file(card_path(args.out), is_model_card, "--out's model card")
     result = export(args.checkpoint, args.format, args.out, include_preprocessing=args.include_preprocessing)
     if args.json:
         print_json(result)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 
 from alexnet.cli import (
+    MAX_BATCH,
+    MAX_WORKERS,
     RUN_DIR_CHECKPOINT,
     add_force_option,
     add_parser,
     add_progress_option,
     print_json,
     refuse_overwrite,
+    whole,
 )
+from alexnet.io import check_replaceable_file
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")  # alexnet.layers (no torch here)
 
@@ -43,8 +47,10 @@ def register(sub) -> None:
         "--out", default=None, metavar="FILE", help="features file to write (.npz; default: features-LAYER.npz here)"
     )
     p.add_argument("--recursive", action="store_true", help="images: also the files in subfolders of a FOLDER")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
+    p.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=64, help="images per batch")
+    p.add_argument(
+        "--workers", type=whole(0, MAX_WORKERS), default=None, help="loader processes (default: from the CPU count)"
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
     add_force_option(p, "--out FILE")
@@ -62,6 +68,9 @@ def run(args) -> int:
     if args.out is None:  # e.g. features-fc7.npz, in the current folder; said in the closing line
         args.out = f"features-{args.layer}.npz"
     refuse_overwrite(args.out, args.force)
+    from alexnet.predict import is_features_file
+
+    check_replaceable_file(args.out, is_features_file)  # --force overwrites only a features file alexnet wrote
     if args.data is not None:
         from alexnet.data import PreparedSet
         from alexnet.predict import features_of_split

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 
-from alexnet.cli import RUN_DIR_CHECKPOINT, add_parser, print_json
+from alexnet.cli import MAX_BATCH, RUN_DIR_CHECKPOINT, add_parser, print_json, whole
 
 
 def register(sub) -> None:
@@ -35,14 +35,14 @@ def register(sub) -> None:
         help="image files and/or folders of images; '-' reads paths from standard input, one a line, or "
         "the bytes of one image piped in (cat x.jpg | alexnet predict CKPT -; its path shows as '-')",
     )
-    p.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    p.add_argument("--topk", type=whole(), default=5, help="classes shown per image")
     p.add_argument("--crops", type=int, default=1, choices=(1, 10), help="1 = centre crop, 10 = the paper's")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders of a folder")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=16, help="images per forward pass")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=whole(1, 2**40),
         default=None,
         help="refuse (as a bad input) images of more pixels, width x height; unset: 100000000 "
         "(decoding takes up to 24 bytes a pixel)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from alexnet.cli import add_parser, add_progress_option, print_json
+from alexnet.cli import MAX_SIDE, MAX_WORKERS, add_parser, add_progress_option, number, print_json, whole
 from alexnet.data.prepare import CHUNK_SIZE
 
 DESCRIPTION = """\
@@ -50,28 +50,33 @@ uninterrupted run writes; --force starts over instead.
 def register(sub) -> None:
     p = add_parser(sub, "prepare", "pack an image set (folder, ImageNet, Flowers-17, CIFAR-10) for training",
                    description=DESCRIPTION)  # fmt: skip
-    p.add_argument("src", metavar="SRC", help="source folder (of images, or of the archives)")
-    p.add_argument("out", metavar="OUT", help="output directory (created; atomic)")
+    p.add_argument("src", metavar="SRC", nargs="?", help="source folder (of images, or of the archives)")
+    p.add_argument("out", metavar="OUT", nargs="?", help="output directory (created; atomic)")
+    p.add_argument("--verify", metavar="DIR", default=None,
+                   help="instead of preparing: check every byte of the prepared set DIR against the digests "
+                   "prepare wrote; the first damaged sample is named (split, index, source file), exit 1")  # fmt: skip
     p.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "flowers17", "cifar10", "imagenet-tar", "parquet", "webdataset"],
                    help="source layout; auto detects it")  # fmt: skip
     p.add_argument("--format", dest="fmt", default="jpeg", choices=["jpeg", "raw"],
                    help="jpeg: the SIZExSIZE images as JPEGs (small, fast to decode); raw: uint8 pixels (no decode, 196 KB per 256-px image)")  # fmt: skip
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=whole(8, MAX_SIDE), default=None,
                    help="side of the stored square images in pixels; unset: 256 (the paper's), 32 for CIFAR-10")  # fmt: skip
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=number(0, 1, below=True), default=0.1,
                    help="fraction of each class held out as val when the source has no val split")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out val selection")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (--format jpeg)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0, help="seed of the held-out val selection")
+    p.add_argument(
+        "--quality", type=whole(1, 100), default=90, help="JPEG quality of the stored images (--format jpeg)"
+    )
+    p.add_argument("--workers", type=whole(1, MAX_WORKERS), default=None,
                    help="worker processes; unset: min(cores, 8); fewer when that many decoding images of "
                    "--max-pixels at 24 bytes a pixel would pass half the machine's memory")  # fmt: skip
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--max-pixels", type=whole(1, 2**40), default=None,
                    help="skip (and list) source images of more pixels (width x height); unset: 100000000")  # fmt: skip
     p.add_argument("--force", action="store_true",
                    help="replace an existing prepared OUT, or start an interrupted prepare over")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted prepare into OUT (same SRC and options)")  # fmt: skip
-    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+    p.add_argument("--chunk-size", type=whole(), default=CHUNK_SIZE,
                    help="images per committed chunk: the most work an interruption loses")  # fmt: skip
     add_progress_option(p, "auto: a bar on a terminal, otherwise a line every 30 s on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -82,6 +87,10 @@ def run(args) -> int:
     from alexnet.data.prepare import prepare, summary
     from alexnet.errors import UsageError
 
+    if args.verify is not None:
+        return verify(args)
+    if args.src is None or args.out is None:
+        raise UsageError("give SRC and OUT (alexnet prepare SRC OUT), or --verify DIR")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     try:
@@ -107,4 +116,25 @@ def run(args) -> int:
             print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
         if len(short["skipped"]) > 10:
             print(f"  ... and {len(short['skipped']) - 10} more", file=sys.stderr)
+    return 0
+
+
+def verify(args) -> int:
+    """`prepare --verify DIR`: every byte of a prepared set against its digests."""
+    from alexnet.data.integrity import verify_prepared
+    from alexnet.data.packed import PreparedSet
+    from alexnet.errors import UsageError
+    from alexnet.progress import Progress
+
+    if args.src is not None:
+        raise UsageError(f"--verify {args.verify} checks a prepared set; give no SRC or OUT with it")
+    ps = PreparedSet(args.verify)  # its small files are checked here
+    total = sum(ps.split_size(s) for s in ps.splits)
+    with Progress("verify", total, unit="img", mode=args.progress) as bar:
+        result = verify_prepared(ps, progress=bar.update)
+    if args.json:
+        print_json(result)
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
+        print(f"verified {result['root']}: {counts} images, {result['bytes'] / 1e6:.1f} MB; every byte as prepared")
     return 0

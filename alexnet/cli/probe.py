@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from alexnet.cli import RUN_DIR_CHECKPOINT, add_parser, add_progress_option, print_json
+from alexnet.cli import (
+    MAX_BATCH,
+    MAX_WORKERS,
+    RUN_DIR_CHECKPOINT,
+    add_parser,
+    add_progress_option,
+    number,
+    print_json,
+    whole,
+)
 from alexnet.cli.features import LAYERS
 
 
@@ -28,10 +37,14 @@ def register(sub) -> None:
     p.add_argument("--layer", default="fc7", choices=LAYERS, help="the layer whose features to probe")
     p.add_argument("--train-split", default="train", help="split the classifier is fitted on")
     p.add_argument("--val-split", default="val", help="split it is scored on")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty on the weights (lambda/2 ||W||^2)")
-    p.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch when extracting features")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: from the CPU count)")
+    p.add_argument("--weight-decay", type=number(0), default=1e-4, help="L2 penalty on the weights (lambda/2 ||W||^2)")
+    p.add_argument("--max-iter", type=whole(), default=500, help="L-BFGS iterations at most")
+    p.add_argument(
+        "--batch-size", type=whole(1, MAX_BATCH), default=64, help="images per batch when extracting features"
+    )
+    p.add_argument(
+        "--workers", type=whole(0, MAX_WORKERS), default=None, help="loader processes (default: from the CPU count)"
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     add_progress_option(p, "auto: a bar on a terminal, a line every ~30 s otherwise")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

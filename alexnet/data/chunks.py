@@ -17,9 +17,10 @@ from PIL import Image
 
 from alexnet.data import decode
 from alexnet.data.images import BadImageError, load_rgb, resize_center_crop
+from alexnet.data.integrity import DIGESTS, SOURCES, crc32, read_source, source_info, source_name
 from alexnet.data.resume import Partial
 from alexnet.errors import UserError
-from alexnet.io import atomic_write_path, disk_error
+from alexnet.io import atomic_write_path, disk_error, write_json
 
 IMAGE_FILE = {"jpeg": "images.bin", "raw": "images.u8"}
 TASK = 32  # images per task sent to a worker process
@@ -29,7 +30,8 @@ TASK = 32  # images per task sent to a worker process
 
 
 def _prepare_one(item, size: int, fmt: str, quality: int, max_pixels: int | None = None) -> tuple[bytes, np.ndarray]:
-    """One sample -> (stored bytes, the (size, size, 3) uint8 pixels the loader will see)."""
+    """One sample (CIFAR pixels, or a file's path or bytes) -> (stored bytes, the (size, size, 3)
+    uint8 pixels the loader will see)."""
     if isinstance(item, np.ndarray):  # CIFAR: already pixels
         img = Image.fromarray(item)
         if img.size != (size, size):
@@ -55,17 +57,21 @@ def _process_task(task):
     out = []
     acc = StatsAccumulator(size) if with_stats else None
     for item, label in samples:
+        source = None
         try:
+            if not isinstance(item, np.ndarray):  # read once: decoded, and its size, time and CRC-32 recorded
+                item, source = read_source(item, max_pixels)
             data, pixels = _prepare_one(item, size, fmt, quality, max_pixels)
         except BadImageError as exc:
-            out.append((None, label, exc.reason))
+            out.append((None, label, exc.reason, source or source_info(None, path=item)))
             continue
         except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-            out.append((None, label, f"failed to process ({type(exc).__name__}: {str(exc)[:80]})"))
+            out.append((None, label, f"failed to process ({type(exc).__name__}: {str(exc)[:80]})",
+                        source or source_info(None, path=item)))  # fmt: skip
             continue
         if acc is not None:
             acc.add(pixels)
-        out.append((data, label, None))
+        out.append((data, label, None, source or source_info(None)))
     return out, acc
 
 
@@ -182,7 +188,8 @@ def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, b
             rec = _new_record()
             for j, (out, acc) in enumerate(results):
                 k, first = tasks[j][0], tasks[j][1]
-                for m, (data, label, reason) in enumerate(out):
+                for m, (data, label, reason, source) in enumerate(out):
+                    rec["sources"].append(source)
                     if data is None:
                         rec["skipped_index"].append(first + m)
                         rec["skipped_reason"].append(reason)
@@ -190,6 +197,7 @@ def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, b
                         f.write(data)
                         rec["lengths"].append(len(data))
                         rec["labels"].append(label)
+                        rec["crc"].append(crc32(data))
                 if acc is not None:
                     rec["stats"] = rec["stats"] or StatsAccumulator(size)
                     rec["stats"].merge(acc)
@@ -205,16 +213,22 @@ def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, b
 
 
 def _new_record() -> dict:
-    return {"lengths": [], "labels": [], "skipped_index": [], "skipped_reason": [], "stats": None}
+    return {"lengths": [], "labels": [], "skipped_index": [], "skipped_reason": [], "stats": None, "crc": [],
+            "sources": []}  # fmt: skip
 
 
 def _record_arrays(rec: dict, end: int, stats_size: int | None) -> dict[str, np.ndarray]:
+    sources = np.asarray(rec["sources"], np.int64).reshape(-1, 3)  # per sample: size, mtime (ns), CRC-32
     arrays = {
         "lengths": np.asarray(rec["lengths"], np.int64),
         "labels": np.asarray(rec["labels"], np.int64),
         "skipped_index": np.asarray(rec["skipped_index"], np.int64),
         "skipped_reason": np.asarray(rec["skipped_reason"], dtype=str),
         "end": np.int64(end),
+        "crc": np.asarray(rec["crc"], np.int64),  # per stored sample: its bytes' CRC-32 (digests.npy)
+        "src_size": sources[:, 0],
+        "src_mtime": sources[:, 1],
+        "src_crc": sources[:, 2],
     }
     if stats_size is not None:  # training chunk: its sums (zero when none of its images was readable)
         arrays.update((rec["stats"] or StatsAccumulator(stats_size)).arrays())
@@ -222,20 +236,27 @@ def _record_arrays(rec: dict, end: int, stats_size: int | None) -> dict[str, np.
 
 
 def assemble_split(partial: Partial, name: str, samples: list, *, fmt: str, num_classes: int, skipped: list,
-                    stats: StatsAccumulator | None) -> dict:  # fmt: skip
-    """The split's labels.npy (+ offsets.npy) from its chunk records, in chunk order; adds the
-    split's skipped images to `skipped` and its statistic sums to `stats`; returns its counts."""
-    lengths, labels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+                    stats: StatsAccumulator | None, root: str = "") -> dict:  # fmt: skip
+    """The split's labels.npy (+ offsets.npy), digests.npy and sources.json (names relative to
+    `root`, the source folder) from its chunk records, in chunk order; adds the split's skipped
+    images to `skipped` and its statistic sums to `stats`; returns its counts."""
+    lengths, labels, crcs, names, first = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], [], 0
+    d = os.path.join(partial.path, name)
     for r in partial.records(name):
         lengths.append(r["lengths"])
         labels.append(r["labels"])
+        skipped_here = set(r["skipped_index"].tolist())
         for index, reason in zip(r["skipped_index"].tolist(), r["skipped_reason"].tolist()):
             item = samples[index][0]
             skipped.append({"path": item if isinstance(item, str) else f"{name}[{index}]", "reason": reason})
+        count = len(r["lengths"]) + len(skipped_here)
+        kept = [i for i in range(first, first + count) if i not in skipped_here]
+        names += [source_name(samples[i][0], i, name, root) for i in kept]
+        crcs.append(r["crc"] if "crc" in r else _read_back_crcs(d, fmt, r))
+        first += count
         if stats is not None:
             stats.merge_arrays(r)
     lengths, labels = np.concatenate(lengths), np.concatenate(labels)
-    d = os.path.join(partial.path, name)
     os.makedirs(d, exist_ok=True)  # a split with no samples has no chunks
     if not os.path.exists(os.path.join(d, IMAGE_FILE[fmt])):
         open(os.path.join(d, IMAGE_FILE[fmt]), "wb").close()
@@ -243,7 +264,22 @@ def assemble_split(partial: Partial, name: str, samples: list, *, fmt: str, num_
     if fmt == "jpeg":
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         atomic_write_path(os.path.join(d, "offsets.npy"), lambda tmp: _save_npy(tmp, offsets))
+    digests = np.concatenate([np.zeros(0, np.int64), *crcs]).astype(np.uint32)
+    atomic_write_path(os.path.join(d, DIGESTS), lambda tmp: _save_npy(tmp, digests))
+    write_json(os.path.join(d, SOURCES), names)
     return {"count": int(len(labels)), "per_class": np.bincount(labels, minlength=num_classes).tolist()}
+
+
+def _read_back_crcs(d: str, fmt: str, rec: dict) -> np.ndarray:
+    """The CRC-32s of a chunk recorded before records held them (an older prepare resumed): its
+    samples read back from the split's image file."""
+    start = int(rec["end"]) - int(rec["lengths"].sum())
+    out = []
+    with open(os.path.join(d, IMAGE_FILE[fmt]), "rb") as f:
+        f.seek(start)
+        for n in rec["lengths"].tolist():
+            out.append(crc32(f.read(n)))
+    return np.asarray(out, np.int64)
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:

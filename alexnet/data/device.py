@@ -35,6 +35,7 @@ from alexnet.data.augment import (
     train_batch,
 )
 from alexnet.data.batchpool import PoolSlot, empty_batch
+from alexnet.data.integrity import check_sample
 from alexnet.data.packed import (
     Collated,
     Loader,
@@ -112,6 +113,7 @@ class UInt8Dataset(PackedDataset):
         handle = self._open()
         for j, (a, b) in enumerate(spans):
             raw = bytearray(os.pread(handle, b - a, a))
+            check_sample(self, int(keys[j][0]), raw)  # its bytes as prepared, before the GPU decodes them
             data[int(offsets[j]) : int(offsets[j + 1])] = torch.frombuffer(raw, dtype=torch.uint8)
         return data, offsets
 

@@ -30,6 +30,10 @@ from alexnet.filekinds import IMAGE_EXTENSIONS, is_image_name, sniff_bytes  # no
 # this limit. ImageNet's largest photos are a fraction of it. `--max-pixels` (prepare, predict,
 # features) or the max_pixels arguments raise it.
 MAX_PIXELS = 100_000_000
+# The largest side of a prepared or resized image a file may ask for (prepare --size, a checkpoint's
+# preprocess.size and crop): the paper's is 256; 4096 x 4096 x 3 bytes is 48 MB an image.
+MAX_SIDE = 4096
+MAX_ASPECT = 16  # long side / short side beyond which only the central part is resized (central_resize)
 BYTES_PER_PIXEL = 24  # peak memory of decoding one image, per pixel, at worst (measured: RGBA PNG)
 Image.MAX_IMAGE_PIXELS = None  # PIL's own guard only errs at twice its limit and warns below: ours instead
 
@@ -42,26 +46,53 @@ class BadImageError(Exception):
         self.reason = reason
 
 
-def _read_bytes(path_or_bytes) -> bytes:
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
-    else:
+def file_limit(max_pixels: int | None = None) -> int:
+    """The most bytes an image file may hold: 8 a pixel at the pixel limit (16-bit RGBA, uncompressed),
+    at least 64 MiB. A larger file is refused before it is read (a 10 GiB sparse `photo.jpg`)."""
+    return max((max_pixels or MAX_PIXELS) * 8, 64 << 20)
+
+
+def read_file(path, limit: int | None = None) -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes and its stat, read in 1 MiB pieces after its size was checked against
+    `limit` (unset: file_limit()); BadImageError for a FIFO, a device, a missing, empty or too large file."""
+    limit = limit or file_limit()
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once (to be refused below) instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BadImageError(os_reason(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would hang, /dev/zero never ends
+            raise BadImageError(f"not a regular file (a {_file_kind(st.st_mode)}); only files are read as images")
+        if st.st_size > limit:
+            raise BadImageError(_too_big(st.st_size, limit))
+        pieces, total = [], 0
         try:
-            # O_NONBLOCK: opening a FIFO returns at once (to be refused below) instead of waiting for a writer
-            fd = os.open(path_or_bytes, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            while piece := f.read(1 << 20):  # a file that grows while read still stops at the limit
+                total += len(piece)
+                if total > limit:
+                    raise BadImageError(_too_big(total, limit))
+                pieces.append(piece)
         except OSError as exc:
             raise BadImageError(os_reason(exc)) from None
-        with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):  # a FIFO would hang, /dev/zero never ends
-                raise BadImageError(f"not a regular file (a {_file_kind(mode)}); only files are read as images")
-            try:
-                data = f.read()
-            except OSError as exc:
-                raise BadImageError(os_reason(exc)) from None
-    if not data:
+    if not total:
         raise BadImageError("empty file (0 bytes)")
-    return data
+    return b"".join(pieces), st
+
+
+def _too_big(size: int, limit: int) -> str:
+    return (f"file too large for an image ({size / 2**20:.0f} MiB; the limit is {limit / 2**20:.0f} MiB, "
+            "8 bytes a pixel at --max-pixels)")  # fmt: skip
+
+
+def _read_bytes(path_or_bytes, limit: int | None = None) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = bytes(path_or_bytes)
+        if not data:
+            raise BadImageError("empty file (0 bytes)")
+        return data
+    return read_file(path_or_bytes, limit)[0]
 
 
 def os_reason(exc: OSError) -> str:
@@ -94,7 +125,7 @@ def load_rgb(path_or_bytes, *, draft_size: int | None = None, max_pixels: int | 
         BadImageError: zero-byte, truncated, unreadable, too large or non-image input, or not a
         regular file (FIFO, device).
     """
-    data = _read_bytes(path_or_bytes)
+    data = _read_bytes(path_or_bytes, file_limit(max_pixels))
     limit = max_pixels or MAX_PIXELS
     try:
         with warnings.catch_warnings():
@@ -158,10 +189,37 @@ def resize_center_crop(img: Image.Image, size: int = 256) -> Image.Image:
     Sizes and offsets are torchvision's Resize(size) + CenterCrop(size), so an image up to 6x the
     target is resized exactly as there; beyond that PIL first box-reduces by an integer factor
     (reducing_gap, much faster for big photos, a difference below JPEG noise)."""
+    if extreme(img.size):
+        return central_resize(img, size)
     nw, nh = _shorter_size(img.size, size)
     if (nw, nh) != img.size:
         img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
     return center_crop(img, size)
+
+
+def extreme(wh: tuple[int, int]) -> bool:
+    """Whether an image's long side is over MAX_ASPECT times its short side: resizing its short
+    side to 256 would scale its long side up to MAX_ASPECT x 256 pixels or more (a 10000 x 1 PNG:
+    2.56 million x 256, 2 GB), so only its central part is resized (central_resize)."""
+    return max(wh) > MAX_ASPECT * min(wh)
+
+
+def central_resize(img: Image.Image, size: int) -> Image.Image:
+    """What the shorter-side resize + central crop keeps of an image, resized straight to size x
+    size (PIL's resize of a box): the same region and filter, without making the whole long side
+    first. Used for extreme aspect ratios only; equal to the two steps up to rounding at the edges."""
+    w, h = img.size
+    nw, nh = _shorter_size(img.size, size)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    sx, sy = w / nw, h / nh
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), Image.BILINEAR, box=box)
+
+
+def shorter_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, then the central size x size: torchvision's Resize + CenterCrop pixel
+    for pixel (resize_shorter, center_crop), or central_resize for an extreme aspect ratio."""
+    return central_resize(img, size) if extreme(img.size) else center_crop(resize_shorter(img, size), size)
 
 
 def _shorter_size(wh: tuple[int, int], size: int) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from alexnet.data import decode
 from alexnet.data.augment import EvalTransform, TrainTransform, check_options
 from alexnet.data.batchpool import EXTRA_BUFFERS, BatchPool, PooledBatches, PoolSlot, empty_batch
 from alexnet.data.cores import default_loader_workers
+from alexnet.data.integrity import check_sample, load_digests
 from alexnet.data.validate import check_prepared, damaged
 from alexnet.errors import UserError, not_found
 from alexnet.filekinds import wrong_kind
@@ -106,6 +107,7 @@ class PackedDataset(Dataset):
         self.labels = np.load(os.path.join(d, "labels.npy")).astype(np.int64)
         self._path = os.path.join(d, "images.bin" if self.format == "jpeg" else "images.u8")
         self.offsets = np.load(os.path.join(d, "offsets.npy")) if self.format == "jpeg" else None
+        self.digests = load_digests(ps, split)  # a CRC-32 per sample, checked as each is read
         self._handle, self._pid = None, None
         self.decoder = decoder_name() if self.format == "jpeg" else "raw"
         self._decode, self._scratch = None, None  # made in each process that reads
@@ -134,12 +136,14 @@ class PackedDataset(Dataset):
         """The stored image i as uint8 (S, S, 3), written into `out` (S, S, 3) when given."""
         handle = self._open()
         if self.format != "jpeg":
+            check_sample(self, i, handle[i])  # its bytes as prepared (a CRC-32), before anything uses them
             if out is None:
                 return np.array(handle[i])
             np.copyto(out, handle[i])
             return out
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         data = os.pread(handle, end - start, start)
+        check_sample(self, i, data)
         try:
             return self._decoder()(data, out)
         except Exception as exc:  # noqa: BLE001 - any decoder's failure: a damaged file, say where

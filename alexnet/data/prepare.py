@@ -25,10 +25,11 @@ import numpy as np
 
 from alexnet.data.chunks import StatsAccumulator, assemble_split, run_split
 from alexnet.data.images import BYTES_PER_PIXEL, MAX_PIXELS
+from alexnet.data.integrity import DIGESTS, SOURCES, check_sources, files_digest
 from alexnet.data.layouts import read_source, stratified_split
-from alexnet.data.resume import PARTIAL, Partial
+from alexnet.data.resume import META, PARTIAL, Partial
 from alexnet.errors import UsageError, UserError
-from alexnet.io import atomic_write_path, disk_error, read_json, write_json
+from alexnet.io import atomic_write_path, check_replaceable, disk_error, mark_output, read_json, write_json
 from alexnet.progress import LINE_EVERY, Progress, resolve_mode
 
 FORMATS = ("jpeg", "raw")
@@ -59,8 +60,7 @@ def _check_out(out: str, force: bool) -> None:
     if os.path.lexists(out):
         if not force:
             raise UsageError(f"{out}: already exists; pass --force to replace it or choose another OUT")
-        if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, "manifest.json"))):
-            raise UserError(f"{out}: exists and is not a prepared directory; refusing to replace it even with --force")
+        check_replaceable(out, "prepared", "OUT")  # only a set alexnet wrote, holding nothing else
     parent = os.path.dirname(out) or "."
     try:
         os.makedirs(parent, exist_ok=True)
@@ -224,6 +224,7 @@ def prepare(
         args = {**early, "layout": source.layout, "size": size, "listing": _digest(splits), "versions": _versions()}
         if resuming:
             partial.check(args)
+            check_sources(partial, splits, chunk_size)  # the finished chunks' files are still the same
         else:
             _start(partial, args)
         opts = {"size": size, "fmt": fmt, "quality": quality, "chunk_size": chunk_size, "max_pixels": max_pixels}
@@ -271,7 +272,7 @@ def _write_metadata(partial: Partial, source, splits: dict, *, src: str, fmt: st
     counts = {}
     for name, samples in splits.items():
         counts[name] = assemble_split(partial, name, samples, fmt=fmt, num_classes=len(source.class_ids),
-                                       skipped=skipped, stats=stats if name == "train" else None)  # fmt: skip
+                                       skipped=skipped, stats=stats if name == "train" else None, root=src)  # fmt: skip
     if stats.n == 0:
         partial.remove()  # resuming would fail the same way
         raise UserError(f"{src}: no training image could be read; nothing to compute statistics from "
@@ -291,9 +292,17 @@ def _write_metadata(partial: Partial, source, splits: dict, *, src: str, fmt: st
         "notes": source.notes,
         "skipped": skipped,
         "versions": _versions(),
+        "digests": files_digest(partial.path, _checked_files(splits, fmt)),  # checked when the set is opened
     }
-    write_json(os.path.join(partial.path, "manifest.json"), manifest)  # last: marks the set complete
+    write_json(os.path.join(partial.path, "manifest.json"), manifest)  # marks the set complete
+    mark_output(partial.path, "prepared", skip=(META,))  # what a later --force may replace
     return manifest
+
+
+def _checked_files(splits: dict, fmt: str) -> list[str]:
+    """The set's files whose CRC-32 the manifest keeps (the images have one per sample)."""
+    per_split = ["labels.npy", *(["offsets.npy"] if fmt == "jpeg" else []), DIGESTS, SOURCES]
+    return ["classes.json", "stats.npz", *(f"{name}/{f}" for name in splits for f in per_split)]
 
 
 def summary(manifest: dict) -> dict:

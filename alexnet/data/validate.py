@@ -9,6 +9,7 @@ memory-mapped, and nothing is decoded (a sample that does not decode is named by
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 
@@ -18,6 +19,15 @@ from alexnet.errors import UserError
 def damaged(path: str, what: str) -> UserError:
     """The one-line error for a damaged file of a prepared set."""
     return UserError(f"{path}: {what}; the prepared set is damaged: re-run `alexnet prepare SRC OUT --force`")
+
+
+def check_has_images(ps, split: str, what: str) -> None:
+    """UserError when a split is missing or holds no images: a metric over none would be made of
+    nothing (100 % error and a loss of 0 for an empty val split)."""
+    ps._need(split)
+    if ps.split_size(split) == 0:
+        raise UserError(f"{ps.root}: split {split!r} holds no images, so there is nothing to {what}; "
+                        f"use a prepared set whose {split} split has images (prepare --val-fraction 0.1)")  # fmt: skip
 
 
 def check_prepared(ps) -> None:
@@ -38,6 +48,41 @@ def check_prepared(ps) -> None:
             raise damaged(os.path.join(ps.root, "stats.npz"), f"{key} is {got}, expected {shape}")
     for split in ps.splits:
         _check_split(ps, split)
+    check_file_digests(ps)
+
+
+BLOCK = 8 << 20  # bytes read at a time when checking a whole file
+
+
+def file_crc(path: str) -> int:
+    """CRC-32 of a file's bytes, read BLOCK at a time."""
+    value = 0
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            value = zlib.crc32(block, value)
+    return value & 0xFFFFFFFF
+
+
+def check_file_digests(ps) -> None:
+    """The set's small files (classes, statistics, each split's labels, offsets and sample digests)
+    against the CRC-32s the manifest recorded (alexnet/data/integrity.py); sources.json is only
+    read by `prepare --verify`. A set prepared before digests has none to check."""
+    entry = ps.manifest.get("digests")
+    if entry is None:
+        return
+    files = entry.get("files") if isinstance(entry, dict) and entry.get("algorithm") == "crc32" else None
+    if not isinstance(files, dict):
+        raise damaged(os.path.join(ps.root, "manifest.json"), "its digests entry is not one alexnet writes")
+    for name, want in files.items():
+        if name.endswith("sources.json"):
+            continue
+        path = os.path.join(ps.root, name)
+        try:
+            got = file_crc(path)
+        except OSError as exc:
+            raise damaged(path, f"unreadable ({exc.strerror or exc})") from None
+        if got != want:
+            raise damaged(path, "changed since it was prepared (CRC-32 mismatch: a disk or copy error)")
 
 
 def _check_split(ps, split: str) -> None:

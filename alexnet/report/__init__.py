@@ -28,7 +28,7 @@ from alexnet import __version__
 from alexnet.distributed import pick_device
 from alexnet.errors import UserError
 from alexnet.evaluate import PAPER_RESULTS, is_imagenet
-from alexnet.io import write_json, write_text
+from alexnet.io import check_replaceable, mark_output, write_json, write_text
 from alexnet.metrics import top5_applies
 from alexnet.report import figures, page
 from alexnet.report.analysis import NEIGHBOURS, Steps, analyse, checkpoint_path, data_path, read_run
@@ -108,6 +108,7 @@ def write_report(
         )
         write_text(tmp / "index.html", html)
         write_json(tmp / "report.json", summary)
+        mark_output(tmp, "report")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,9 +117,9 @@ def write_report(
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a directory that is not a report (a mistyped --out must not delete data)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.html").is_file())):
-        raise UserError(f"{out}: exists and is not a report directory; choose another --out")
+    """Refuse to replace a folder holding anything but a report alexnet wrote (a mistyped --out must
+    not delete data)."""
+    check_replaceable(out, "report")
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -345,9 +345,11 @@ def analyse(records: RunRecords, ckpt: Path, data: str, *, device=None, steps: S
         return datasets[split]
 
     out["images"] = lambda split, row: dataset(split).image(int(row)).permute(1, 2, 0).numpy()
-    split = next((s for s in ("val", "test") if s in prepared.splits), None)
-    if split is None:
-        notes.append(f"{prepared.root} has no val (or test) split: no evaluation, Figure 4 or confusion matrix.")
+    split = next((s for s in ("val", "test") if s in prepared.splits and prepared.split_size(s) > 0), None)
+    if split is None:  # no metric made of nothing: an empty split is no split
+        notes.append(
+            f"{prepared.root} has no val (or test) split with images: no evaluation, Figure 4 or confusion matrix."
+        )
         return out
     out["split"], out["split_size"] = split, prepared.split_size(split)
     if split != "val":
