@@ -175,11 +175,11 @@ def test_existing_out_needs_force_and_errors(tmp_path, photo_tree):
     not_prepared = tmp_path / "precious"
     not_prepared.mkdir()
     (not_prepared / "file.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not a prepared directory"):
+    with pytest.raises(UserError, match="holds file.txt, which alexnet did not write"):
         prepare(src, str(not_prepared), workers=1, force=True)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me too")
-    with pytest.raises(UserError, match="not a prepared directory"):
+    with pytest.raises(UserError, match="not a folder alexnet wrote"):
         prepare(src, str(a_file), workers=1, force=True)
     assert a_file.read_text() == "keep me too"
     empty = tmp_path / "empty"

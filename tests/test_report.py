@@ -270,14 +270,15 @@ def test_run_without_checkpoint_gets_curves_only(tmp_path, logged):
 def test_report_is_replaced_atomically_and_guards_other_directories(tmp_path):
     run = _hand_run(tmp_path / "run")
     first = write_report(run)
-    (first.parent / "stale.png").write_bytes(b"old")
+    (first.parent / "stale.png").write_bytes(b"old")  # a figure an older report wrote (before markers)
+    (first.parent / ".alexnet-output").unlink()
     second = write_report(run)
     assert second == first and not (second.parent / "stale.png").exists()
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.txt").write_text("keep")
-    with pytest.raises(UserError, match="not a report directory"):
+    with pytest.raises(UserError, match="data.txt, which alexnet did not write"):
         write_report(run, out=precious)
     assert (precious / "data.txt").read_text() == "keep"
 
