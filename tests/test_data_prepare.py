@@ -194,7 +194,7 @@ def test_existing_out_needs_force_and_errors(tmp_path, photo_tree):
     (flat / "x.bin").write_bytes(b"123")
     with pytest.raises(UserError, match="unrecognised layout"):
         prepare(str(flat), str(tmp_path / "o4"))
-    with pytest.raises(UserError, match="not a prepared directory"):
+    with pytest.raises(UserError, match="not a prepared (directory|set)"):
         PreparedSet(src)
 
 

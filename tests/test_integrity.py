@@ -338,6 +338,19 @@ def test_prepare_skips_a_sparse_10_gib_source_file_without_reading_it(tiny_image
     assert "file too large" in entry["reason"] and manifest["splits"]["train"]["count"] == 18
 
 
+def test_archive_members_are_read_once_bounded_by_their_declared_size(tmp_path):
+    from alexnet.data.archives import Member
+    from alexnet.data.images import BadImageError, file_limit
+    from alexnet.data.integrity import crc32, read_source
+
+    tar = tmp_path / "shard.tar"
+    tar.write_bytes(b"0123456789" * 10)
+    data, info = read_source(Member("a.jpg", str(tar), 10, 20))
+    assert data == (b"0123456789" * 2) and info == [20, -1, crc32(data)]  # no file of its own: no mtime
+    with pytest.raises(BadImageError, match="too large"):  # refused on its declared size, before reading
+        read_source(Member("huge.jpg", str(tar), 0, file_limit() + 1))
+
+
 def test_an_extreme_aspect_ratio_is_resized_by_its_central_part(tmp_path):
     from alexnet.data.images import center_crop, central_resize, resize_center_crop, resize_shorter
     from alexnet.transforms import prepare_image

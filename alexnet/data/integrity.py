@@ -45,10 +45,10 @@ def source_info(data: bytes | None, st: os.stat_result | None = None, *, path=No
     """[size, modification time (ns), CRC-32 of `data`] of a source file, from its bytes and stat
     as the worker read them, or from os.stat(path) (a file that could not be read: CRC-32 -1);
     all -1 when unknown (CIFAR's arrays, covered by the listing's digest)."""
-    if st is None and isinstance(path, (str, bytes, os.PathLike)):
+    if st is None and isinstance(path, (str, os.PathLike)) and not hasattr(path, "read_bytes"):
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):  # missing, a loop, a NUL in the name
             st = None
     if st is None:
         return [-1, -1, -1]
@@ -60,6 +60,8 @@ def read_source(item, max_pixels: int | None = None) -> tuple[bytes, list[int]]:
     is read: images.read_file), an archive member or parquet row (.read_bytes()), or bytes."""
     limit = file_limit(max_pixels)
     if hasattr(item, "read_bytes"):  # alexnet/data/archives.py: no file of its own to stat
+        if isinstance(getattr(item, "size", None), int) and item.size > limit:  # a tar member's declared size
+            raise BadImageError(f"file too large for an image ({item.size / 2**20:.0f} MiB)")
         data = item.read_bytes()
         if len(data) > limit:
             raise BadImageError(f"file too large for an image ({len(data) / 2**20:.0f} MiB)")
@@ -73,7 +75,7 @@ def read_source(item, max_pixels: int | None = None) -> tuple[bytes, list[int]]:
 def source_name(item, index: int, split: str, root: str) -> str:
     """How a sample's source is named in sources.json and messages: its path under the source
     folder (else as given), or SPLIT[INDEX] for an in-memory array."""
-    if isinstance(item, np.ndarray):
+    if isinstance(item, (np.ndarray, bytes, bytearray, memoryview)):
         return f"{split}[{index}]"
     path = os.fsdecode(item)
     rel = os.path.relpath(path, root) if os.path.isabs(path) and root else path
