@@ -42,22 +42,22 @@ __version__ = "0.1.0"
 _LAZY = {
     "AlexNet": ("alexnet.model", "AlexNet"),
     "build_model": ("alexnet.model", "build_model"),
-    "TrainConfig": ("alexnet.train", "TrainConfig"),
+    "TrainConfig": ("alexnet.training.loop", "TrainConfig"),
     "summarize": ("alexnet.summary", "summarize"),
     "load": ("alexnet.pretrained", "load"),
     "TrainedNet": ("alexnet.artifact", "TrainedNet"),
     "Prediction": ("alexnet.transforms", "Prediction"),
     "Transforms": ("alexnet.transforms", "Transforms"),
     "transforms_for": ("alexnet.artifact", "transforms_for"),
-    "train": ("alexnet.train", "train"),
+    "train": ("alexnet.training.loop", "train"),
     "evaluate": ("alexnet.evaluate", "evaluate_checkpoints"),
     "features": ("alexnet.predict", "features_of_split"),
     "probe": ("alexnet.probe", "probe"),
 }
 # `alexnet.train` and `alexnet.evaluate` are also submodules, and the import system sets a package's
-# attribute to its submodule whenever one is imported (`from alexnet.train import X` included). The
+# attribute to its submodule whenever one is imported (`from alexnet.training.loop import X` included). The
 # package keeps the function instead (see _Package), so alexnet.train is always the function; the
-# modules stay reachable as sys.modules["alexnet.train"] and through `from alexnet.train import ...`.
+# modules stay reachable as sys.modules["alexnet.training.loop"] and through `from alexnet.training.loop import ...`.
 _SHADOWED = {name for name, (module, _) in _LAZY.items() if module == f"alexnet.{name}"}
 
 __all__ = ["NotFoundError", "UsageError", "UserError", "__version__", *_LAZY]

@@ -29,7 +29,7 @@ from alexnet.evaluate import evaluate_checkpoints
 from alexnet.io import check_replaceable, mark_output, write_json, write_text
 from alexnet.progress import Progress
 from alexnet.report import write_report
-from alexnet.train import TrainConfig, train
+from alexnet.training.loop import TrainConfig, train
 
 # The demo's data set and recipe; changing any of them regenerates the data (see _data_marker).
 DATA = {"classes": 10, "per_class": 100, "val_per_class": 20, "size": 256, "seed": 0}

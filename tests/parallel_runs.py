@@ -18,8 +18,8 @@ import torch.distributed as dist
 from alexnet import model
 from alexnet.errors import Stopped
 from alexnet.parallel import SENT
-from alexnet.rundir import KILL_ENV, KILL_SIGNAL_ENV
-from alexnet.train import resolve_config, train
+from alexnet.training.rundir import KILL_ENV, KILL_SIGNAL_ENV
+from alexnet.training.loop import resolve_config, train
 
 
 class NarrowAlexNet(model.AlexNet):

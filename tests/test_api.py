@@ -198,8 +198,8 @@ def test_top_level_names_are_lazy_and_real():
         "False",
     ]  # `import alexnet` stays fast
     from alexnet import model, pretrained, summary
-    from alexnet.train import TrainConfig  # the submodule is still importable by name
-    from alexnet.train import train as train_function
+    from alexnet.training.loop import TrainConfig  # the submodule is still importable by name
+    from alexnet.training.loop import train as train_function
 
     assert alexnet.AlexNet is model.AlexNet and alexnet.build_model is model.build_model
     assert alexnet.TrainConfig is TrainConfig and alexnet.summarize is summary.summarize
@@ -213,7 +213,7 @@ def test_top_level_names_are_lazy_and_real():
 
 
 def test_dir_lists_the_public_api_only():
-    code = "import alexnet, alexnet.train, alexnet.artifact; print(' '.join(dir(alexnet)))"
+    code = "import alexnet, alexnet.training.loop, alexnet.artifact; print(' '.join(dir(alexnet)))"
     names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert names == sorted(alexnet.__all__)  # no importlib, sys, types, submodules
     for name in alexnet.__all__:

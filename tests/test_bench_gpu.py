@@ -211,8 +211,8 @@ def test_train_run_writes_at_most_two_checkpoints(prepared_shapes, tmp_path, mon
     epoch): one save, at the end (before, a last.pt and a best.pt at every epoch end: 490 MB each
     on the paper net)."""
     data = prepared_shapes(dict(classes=3, per_class=6, seed=0), val_fraction=0.0)
-    from alexnet import rundir
-    from alexnet.train import TrainConfig, train
+    from alexnet.training import rundir
+    from alexnet.training.loop import TrainConfig, train
 
     saves = []
     original = rundir.RunDir.save

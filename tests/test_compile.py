@@ -15,9 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from alexnet import config as cfg
 from alexnet.lrn import LocalResponseNorm, lrn_traceable
 from alexnet.model import AlexNet
-from alexnet.optim import PaperSGD, paper_update
-from alexnet.step import Stepper, forward_loss
-from alexnet.train import TrainConfig, train
+from alexnet.training.optim import PaperSGD, paper_update
+from alexnet.training.step import Stepper, forward_loss
+from alexnet.training.loop import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_trainer  # noqa: E402,F401 - registers the "tiny" model

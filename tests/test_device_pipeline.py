@@ -163,7 +163,7 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
     """--fast: FAST under the user's own options on CUDA (printed), untouched with a note on the CPU."""
     from alexnet import distributed
     from alexnet.cli import train as cli_train
-    from alexnet.train import resolve_config
+    from alexnet.training.loop import resolve_config
 
     args = argparse.Namespace(out=str(tmp_path / "run"), config=None, resume=False)
     mine = ["train.amp=fp16", "train.device=cpu"]

@@ -11,17 +11,17 @@ import torch
 from torch import nn
 
 from alexnet import config as cfg
-from alexnet import finetune
+from alexnet.training import finetune
 from alexnet.artifact import open_artifact
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.data.augment import Stats, eval_batch
-from alexnet.divergence import Diverged, DivergenceCheck
+from alexnet.training.health import Diverged, DivergenceCheck
 from alexnet.errors import UserError
 from alexnet.layers import layer_params, param_groups
 from alexnet.model import MODELS, AlexNet, build_model
-from alexnet.optim import PaperSGD, Schedule
-from alexnet.train import TrainConfig, TrainSection, train
+from alexnet.training.optim import PaperSGD, Schedule
+from alexnet.training.loop import TrainConfig, TrainSection, train
 
 
 class Small(nn.Module):

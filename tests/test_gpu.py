@@ -44,11 +44,11 @@ def _step(model, opt, x, y, amp):
 
 
 def test_fast_training_step_matches_fp32():
-    """train --fast's step (alexnet/step.py: bf16 autocast, channels_last, compiled forward/backward,
+    """train --fast's step (alexnet/training/step.py: bf16 autocast, channels_last, compiled forward/backward,
     compiled PaperSGD): the same loss and update as the eager fp32 step, loosely; one compilation
     across an lr drop."""
-    from alexnet.optim import PaperSGD, paper_update
-    from alexnet.step import Stepper
+    from alexnet.training.optim import PaperSGD, paper_update
+    from alexnet.training.step import Stepper
 
     torch._dynamo.reset()
     torch.manual_seed(0)

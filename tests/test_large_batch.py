@@ -14,11 +14,11 @@ from torch import nn
 from alexnet import config as cfg
 from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
-from alexnet.lars import LARS
+from alexnet.training.lars import LARS
 from alexnet.model import build_model
-from alexnet.optim import Schedule, build_optimizer, scaled_lr
-from alexnet.step import Stepper
-from alexnet.train import TrainConfig, train, train_step
+from alexnet.training.optim import Schedule, build_optimizer, scaled_lr
+from alexnet.training.step import Stepper
+from alexnet.training.loop import TrainConfig, train, train_step
 
 TRAINER = Path(__file__).with_name("tiny_trainer.py")  # `alexnet train` with a registered "tiny" net (dropout on)
 SHAPES = ((4, 3, 2, 2), (4,), (5, 4), (5,))  # conv weight, its bias, fc weight, its bias

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alexnet.optim import PaperSGD, Schedule, build_optimizer
+from alexnet.training.optim import PaperSGD, Schedule, build_optimizer
 
 
 def _grads(step: int, shapes):

@@ -54,7 +54,7 @@ def test_a_second_train_on_a_held_run_directory_names_the_holder_and_writes_noth
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from alexnet.rundir import lock_run; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from alexnet.training.rundir import lock_run; "
          "held = lock_run(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)", str(run)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
     )  # fmt: skip
@@ -67,7 +67,7 @@ def test_a_second_train_on_a_held_run_directory_names_the_holder_and_writes_noth
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock
         holder.wait()
-    from alexnet.rundir import lock_run
+    from alexnet.training.rundir import lock_run
 
     lock_run(run).close()  # free again
 
@@ -76,7 +76,7 @@ def test_two_real_trains_on_one_run_directory_the_second_is_refused(tiny_prepare
     """A job started twice: the first `alexnet train` is paused after its first step (SIGSTOP, lock
     held, files written); the second is refused naming its PID and changes no byte; the first then
     finishes alone, its log holding each step once."""
-    from alexnet.rundir import KILL_ENV, KILL_SIGNAL_ENV
+    from alexnet.training.rundir import KILL_ENV, KILL_SIGNAL_ENV
 
     run = tmp_path / "run"
     sets = _sets([*TINY_TRAIN, "train.max_steps=2", "train.log_every=1"])
@@ -112,7 +112,7 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tiny_prepared, tmp_path
 
 
 def test_run_directories_of_older_versions_are_still_runs(tmp_path):
-    from alexnet.rundir import is_run_dir
+    from alexnet.training.rundir import is_run_dir
 
     old = tmp_path / "old"
     (old / "checkpoints").mkdir(parents=True)
@@ -305,7 +305,7 @@ def test_non_finite_weights_are_refused_by_every_command(nan_ckpt, tiny_prepared
 
 def test_training_never_saves_non_finite_weights(tmp_path):
     from alexnet.distributed import Dist
-    from alexnet.rundir import RunDir
+    from alexnet.training.rundir import RunDir
 
     run = RunDir(tmp_path / "run", Dist(), resume=False)
     run.save({"model": {"w": torch.ones(3)}, "step": 1})
@@ -393,7 +393,7 @@ class _FullDisk:
 def test_a_full_disk_is_one_line_and_leaves_no_half_file(nan_ckpt, tmp_path, monkeypatch, capsys):
     from alexnet import io
     from alexnet.distributed import Dist
-    from alexnet.rundir import RunDir
+    from alexnet.training.rundir import RunDir
 
     state = load_checkpoint(nan_ckpt)
     state["model"]["features.0.weight"].nan_to_num_(0.0)
@@ -490,7 +490,7 @@ def test_a_file_name_that_is_not_utf8_prepares(tmp_path, photo_tree):
 )
 def test_config_values_are_finite_and_in_range(item, words):
     from alexnet import config as cfg
-    from alexnet.train import TrainConfig
+    from alexnet.training.loop import TrainConfig
 
     with pytest.raises(UserError) as info:
         cfg.load_config(TrainConfig, None, [item])

@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
     """A real run: 3 classes x 4 training + 3 validation images, one epoch of 2 steps on the CPU."""
     from alexnet.data.prepare import prepare
     from alexnet.data.synthetic import make_shapes
-    from alexnet.train import TrainConfig, train
+    from alexnet.training.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("report")
     make_shapes(root / "src", classes=3, per_class=4, val_per_class=3, seed=0)
@@ -106,7 +106,7 @@ def test_page_and_figures_from_a_tiny_run(tiny):
     for name in PreparedSet(tiny["data"]).class_names:  # the per-class table
         assert f"<td>{name}</td>" in html
     # no temporary directories left beside the report
-    from alexnet.rundir import MARKER  # the run directory's own marker
+    from alexnet.training.rundir import MARKER  # the run directory's own marker
 
     assert sorted(p.name for p in tiny["run"].iterdir() if p.name.startswith(".")) == [MARKER]
 

@@ -11,7 +11,7 @@ from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.train import NonFiniteLoss, TrainConfig, model_kwargs, resolve_config, train, train_step
+from alexnet.training.loop import NonFiniteLoss, TrainConfig, model_kwargs, resolve_config, train, train_step
 
 STEP_KEYS = {"step", "epoch", "loss", "lr", "img_s", "data_frac", "time"}
 EPOCH_KEYS = {
@@ -326,7 +326,7 @@ def test_every_registered_model_trains_a_step(name):
     config = _config(f"model.name={name}", "model.init=null", "data.crop=227")
     torch.manual_seed(0)
     model = build_model(name, **model_kwargs(config, 3)).train()
-    from alexnet.optim import PaperSGD
+    from alexnet.training.optim import PaperSGD
 
     opt = PaperSGD(model.parameters(), lr=0.01)
     before = [p.detach().clone() for p in model.parameters()]

@@ -7,7 +7,7 @@ what it measured; a stage that fails records its error and the next one runs):
                 that fails to import is its own error): passed / failed / skipped counts
     env         GPU, driver, torch / torchvision / CUDA / cuDNN versions, date
     matmul      bf16 matrix product 8192^3: the machine's dense rate (TFLOP/s) measured now
-    train_step  one training step at batch 256: ours as `train --fast` runs it (alexnet/step.py:
+    train_step  one training step at batch 256: ours as `train --fast` runs it (alexnet/training/step.py:
                 bf16, channels_last, compiled step, compiled PaperSGD, cudnn.benchmark) at 227 and
                 at 224 px vs torchvision.models.alexnet at 224 px eager fp32, eager bf16 +
                 channels_last and compiled bf16 + channels_last, alternating, medians after

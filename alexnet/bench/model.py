@@ -52,7 +52,7 @@ def train_step_fn(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if optimizer == "paper":
-        from alexnet.optim import PaperSGD
+        from alexnet.training.optim import PaperSGD
 
         opt = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     elif optimizer == "sgd":

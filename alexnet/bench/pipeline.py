@@ -33,8 +33,8 @@ from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
 from alexnet.model import build_model
-from alexnet.optim import PaperSGD
-from alexnet.step import Stepper
+from alexnet.training.optim import PaperSGD
+from alexnet.training.step import Stepper
 
 PATHS = ("host", "device", "nvjpeg")
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches buffered per worker
@@ -146,7 +146,7 @@ def _contenders(ps: PreparedSet, dev: torch.device, step: Callable, *, paths: li
 def _training_step(ps: PreparedSet, dev: torch.device, *, crop: int, amp: str | None, channels_last: bool,
                    compile: bool) -> Callable:  # fmt: skip
     """The paper net (seeded) with PaperSGD, as one step function on batches already on `dev`: the
-    step train runs (alexnet/step.py), compiled as `train --compile` compiles it."""
+    step train runs (alexnet/training/step.py), compiled as `train --compile` compiles it."""
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=max(1000, ps.num_classes), input_size=crop).to(dev).train()
     if channels_last:

@@ -1,7 +1,7 @@
 """`bench gpu`'s training-step stage: the step `alexnet train --fast` runs, against torchvision's AlexNet
 under each of its usual settings, with FLOPs counted exactly and MFU against two peaks.
 
-Ours is alexnet/step.py's Stepper exactly as train builds it under --fast: bf16 autocast, channels_last,
+Ours is alexnet/training/step.py's Stepper exactly as train builds it under --fast: bf16 autocast, channels_last,
 the forward and loss as one compiled graph with its compiled backward, PaperSGD's compiled update,
 cudnn.benchmark (on CUDA; on a CPU --fast changes nothing, so neither does this). It runs at the
 paper's 227 px and at torchvision's 224 px (conv1 then pads by 2), so one row compares equal inputs.
@@ -20,8 +20,8 @@ import torchvision
 from alexnet.bench.common import median, sync, time_alternately
 from alexnet.bench.model import train_step_fn
 from alexnet.model import build_model
-from alexnet.optim import PaperSGD
-from alexnet.step import Stepper
+from alexnet.training.optim import PaperSGD
+from alexnet.training.step import Stepper
 from alexnet.summary import summarize
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets, by a name

@@ -37,7 +37,7 @@ paper's init, and --init-from CHECKPOINT starts from trained weights (fine-tunin
 def register(sub) -> None:
     from alexnet.config import describe
     from alexnet.model import MODEL_NAMES
-    from alexnet.train import TrainConfig
+    from alexnet.training.loop import TrainConfig
 
     keys = "\n".join("  " + line for line in describe(TrainConfig).splitlines())
     p = add_parser(
@@ -109,7 +109,7 @@ FAST = (
 def _fast(args, overrides: list[str], config):
     """The config with FAST under the user's overrides on CUDA; unchanged elsewhere. One line on stderr."""
     from alexnet.distributed import pick_device
-    from alexnet.train import resolve_config
+    from alexnet.training.loop import resolve_config
 
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun: rank 0
     device = pick_device(config.train.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -132,7 +132,7 @@ def _fast(args, overrides: list[str], config):
 
 
 def run(args) -> int:
-    from alexnet.train import resolve_config, train
+    from alexnet.training.loop import resolve_config, train
 
     overrides = list(args.overrides)
     if args.model:

@@ -1,6 +1,6 @@
 """The training loop's state: position, running meters, RNG states, and what it prints.
 
-Kept apart from alexnet/train.py so the loop reads in one sitting. Everything written to a
+Kept apart from alexnet/training/loop.py so the loop reads in one sitting. Everything written to a
 checkpoint here is a tensor, number, string, list or dict, so it loads with weights_only=True,
 and everything that changes a later number is saved: a resumed run logs the same records.
 """

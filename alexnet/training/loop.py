@@ -1,13 +1,13 @@
 """Training: the paper's recipe (§5) as config dataclasses, and the loop that runs it.
 
 `train(data, out, config)` trains a registered model on a prepared set and writes a run directory
-(alexnet/rundir.py, docs/architecture.md): config.json/.toml, env.json, log.jsonl, checkpoints/last.pt
+(alexnet/training/rundir.py, docs/architecture.md): config.json/.toml, env.json, log.jsonl, checkpoints/last.pt
 and best.pt. It resumes exactly (`resume=True`): a checkpoint records the position inside the epoch,
 the meters and every RNG state, and batches depend only on (seed, epoch, index), so a run killed at
 any moment and resumed ends with the same weights, optimizer state and log as an uninterrupted one.
 Under torchrun it trains with DDP (alexnet/distributed.py); `data.batch_size` is the global batch,
 split evenly over the processes, and each process may split its share further into
-`data.accumulate` micro-batches (alexnet/accumulate.py). lr is rescaled only when asked
+`data.accumulate` micro-batches (alexnet/training/accumulate.py). lr is rescaled only when asked
 (`optim.lr_scaling=linear`), and the start of a run says which batch and lr it trains with.
 """
 
@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from alexnet import config as cfg
-from alexnet import divergence, finetune
+from alexnet.training import finetune, health as divergence
 from alexnet.checkpoint import (
     SkipInit,
     check_same_data,
@@ -41,13 +41,13 @@ from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.io import read_json
 from alexnet.layers import param_groups
-from alexnet.loopstate import LoopState, Printer, gather_rng, set_rng
+from alexnet.training.state import LoopState, Printer, gather_rng, set_rng
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.optim import Schedule, build_optimizer, scaled_lr
+from alexnet.training.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.parallel import Layout, ParallelConfig, make_layout, model_options
 from alexnet.progress import resolve_mode
-from alexnet.rundir import RunDir, kill_point
-from alexnet.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
+from alexnet.training.rundir import RunDir, kill_point
+from alexnet.training.step import COMPILE_BACKENDS, Stepper, train_step  # noqa: F401 - train_step: public here too
 
 # ------------------------------------------------------------------------------------------------
 # Config: one dataclass per concern; every default is the paper's recipe unless it says otherwise
@@ -134,7 +134,7 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 @dataclass
 class OptimConfig:
     # paper: v <- m v - wd lr w - lr g; w <- w + v (§5); sgd: torch.optim.SGD; lars: layer-wise adaptive
-    # rates (You, Gitman & Ginsburg 2017; alexnet/lars.py)
+    # rates (You, Gitman & Ginsburg 2017; alexnet/training/lars.py)
     name: Literal["paper", "sgd", "lars"] = "paper"
     lr: float = 0.01  # learning rate epsilon (§5) for a global batch of base_batch images (= batch_size unless scaled)
     momentum: float = 0.9  # (§5)
@@ -193,7 +193,7 @@ class TrainSection:
     # autocast for the forward pass: bf16 (CUDA; runs on CPU too), or fp16 with a GradScaler (its state in checkpoints)
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the training step (alexnet/step.py); eager with a warning if it fails
+    compile: bool = False  # torch.compile the training step (alexnet/training/step.py); eager with a warning if it fails
     compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels), aot_eager or eager (debugging)
     cudnn_benchmark: bool = False  # CUDA: let cuDNN time its convolution algorithms once per shape (fixed shapes here)
     log_every: int = 20  # steps between step records in log.jsonl and progress lines
@@ -292,7 +292,7 @@ class Loop:
     layout: Layout | None = None  # how the processes share net and batch (alexnet/parallel)
     model: torch.nn.Module | None = None  # what trains: raw, or DDP around it
     evaluator: torch.nn.Module | None = None  # what validates: compiled raw, without DDP
-    stepper: Stepper | None = None  # the training step of model (alexnet/step.py), compiled or eager
+    stepper: Stepper | None = None  # the training step of model (alexnet/training/step.py), compiled or eager
     compile_pending: bool = False  # torch.compile compiles at the first step; it may still fail there
     interrupted: int = 0  # the number of a stop signal (SIGINT, SIGTERM, SIGUSR1): stop after this step, save, exit
     signalled: int = 0  # a stop signal this process got; a split net acts on it at a log point (interrupted)

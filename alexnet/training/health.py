@@ -86,7 +86,7 @@ def message(reason: str, config) -> str:
 
 
 def check(loop, record: dict) -> None:
-    """At a log point of the training loop (alexnet/train.py's Loop): warn (and log) once if the loss
+    """At a log point of the training loop (alexnet/training/loop.py's Loop): warn (and log) once if the loss
     diverges, or stop the run with train.diverge_stop. Uses the record's interval mean only."""
     watcher = loop.extra_states["divergence"]
     reason = watcher.observe(record["step"], record["loss"])

@@ -12,7 +12,7 @@ still carries steps taken at the old lr, torch's buffer is rescaled by the new o
 `Schedule` sets the learning rate of an optimizer before every step: "plateau" (the paper: divide
 by 10 when the validation error stops improving, at most 3 times), "step" (milestone epochs),
 "cosine", "poly" (lr (1 - t/T)^power: the LARS paper's, power 2) or "constant", each after an
-optional linear warm-up. `build_optimizer` also builds LARS (alexnet/lars.py), and
+optional linear warm-up. `build_optimizer` also builds LARS (alexnet/training/lars.py), and
 `scaled_lr` applies the linear scaling rule.
 """
 
@@ -23,7 +23,7 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from alexnet.lars import LARS, velocities_of
+from alexnet.training.lars import LARS, velocities_of
 
 BASE_BATCH = 128  # the paper's batch (§5), the one its learning rate is for
 

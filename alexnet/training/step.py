@@ -5,13 +5,13 @@ three compiled pieces and nothing between them that waits for the device:
 - `forward_loss` (the model, the cross-entropy and the meter row) traced by torch.compile into one
   graph (fullgraph: any break raises instead of silently running eager code);
 - its backward, compiled by AOTAutograd from the same trace (run by `loss.backward()`);
-- PaperSGD's update, one compiled function with lr in a tensor (alexnet/optim.py).
+- PaperSGD's update, one compiled function with lr in a tensor (alexnet/training/optim.py).
 Under DDP the model is wrapped first and compiled around it: Dynamo then splits the graph at the
 gradient buckets so each bucket's all-reduce starts while the rest of the backward runs (DDP around
 a compiled model all-reduces only after the whole backward).
 
 The step returns the loss and the meter row as device tensors; nothing here reads a value back to
-the host, so the host runs ahead and queues the next step while the device works (alexnet/loopstate.py
+the host, so the host runs ahead and queues the next step while the device works (alexnet/training/state.py
 reads the meters once per log interval).
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alexnet.accumulate import accumulated_step
+from alexnet.training.accumulate import accumulated_step
 from alexnet.metrics import topk_correct
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends train.compile_backend accepts
@@ -100,7 +100,7 @@ class Stepper:
         return forward_loss(self.model, images, labels, self.autocast_dtype, self.channels_last)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.accumulate > 1:  # the same step over micro-batches (alexnet/accumulate.py)
+        if self.accumulate > 1:  # the same step over micro-batches (alexnet/training/accumulate.py)
             return accumulated_step(
                 self.forward, self.model, self.optimizer, images, labels, steps=self.accumulate,
                 scaler=self.scaler, exact_dropout=self.backend is None,
