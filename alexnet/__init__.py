@@ -30,19 +30,20 @@ tensors (3, H, W), or a list of them; each net applies its own preprocessing (al
 """
 
 import importlib
-import sys
-import types
 
 from alexnet.errors import NotFoundError, UsageError, UserError
 
 __version__ = "0.1.0"
 
 # Public names -> (module, attribute). Imported on first use, so that `import alexnet` (and the CLI's
-# start-up) does not pay for torch and the rest until something is asked for.
+# start-up) does not pay for torch and the rest until something is asked for. No module of the
+# package bears a public function's name (the training loop is alexnet/training/loop.py, the test
+# protocol alexnet/evaluation.py, the probe alexnet/linear_probe.py): importing one never replaces
+# alexnet.train, alexnet.evaluate or alexnet.probe.
 _LAZY = {
     "AlexNet": ("alexnet.model", "AlexNet"),
     "build_model": ("alexnet.model", "build_model"),
-    "TrainConfig": ("alexnet.training.loop", "TrainConfig"),
+    "TrainConfig": ("alexnet.training.config", "TrainConfig"),
     "summarize": ("alexnet.summary", "summarize"),
     "load": ("alexnet.pretrained", "load"),
     "TrainedNet": ("alexnet.artifact", "TrainedNet"),
@@ -50,30 +51,12 @@ _LAZY = {
     "Transforms": ("alexnet.transforms", "Transforms"),
     "transforms_for": ("alexnet.artifact", "transforms_for"),
     "train": ("alexnet.training.loop", "train"),
-    "evaluate": ("alexnet.evaluate", "evaluate_checkpoints"),
+    "evaluate": ("alexnet.evaluation", "evaluate_checkpoints"),
     "features": ("alexnet.predict", "features_of_split"),
-    "probe": ("alexnet.probe", "probe"),
+    "probe": ("alexnet.linear_probe", "probe"),
 }
-# `alexnet.train` and `alexnet.evaluate` are also submodules, and the import system sets a package's
-# attribute to its submodule whenever one is imported (`from alexnet.training.loop import X` included). The
-# package keeps the function instead (see _Package), so alexnet.train is always the function; the
-# modules stay reachable as sys.modules["alexnet.training.loop"] and through `from alexnet.training.loop import ...`.
-_SHADOWED = {name for name, (module, _) in _LAZY.items() if module == f"alexnet.{name}"}
 
 __all__ = ["NotFoundError", "UsageError", "UserError", "__version__", *_LAZY]
-
-
-class _Package(types.ModuleType):
-    """This package's module type: a submodule named in _SHADOWED, attached here by the import
-    system, is replaced by the function of the same public name."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            value = getattr(value, _LAZY[name][1])
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -25,11 +25,12 @@ from alexnet.data import PreparedSet
 from alexnet.data.prepare import prepare
 from alexnet.data.synthetic import make_shapes
 from alexnet.errors import UsageError, UserError
-from alexnet.evaluate import evaluate_checkpoints
+from alexnet.evaluation import evaluate_checkpoints
 from alexnet.io import check_replaceable, mark_output, write_json, write_text
 from alexnet.progress import Progress
 from alexnet.report import write_report
-from alexnet.training.loop import TrainConfig, train
+from alexnet.training.config import TrainConfig
+from alexnet.training.loop import train
 
 # The demo's data set and recipe; changing any of them regenerates the data (see _data_marker).
 DATA = {"classes": 10, "per_class": 100, "val_per_class": 20, "size": 256, "seed": 0}

@@ -16,24 +16,17 @@ import torch.distributed as dist
 from alexnet.errors import UsageError
 
 
-@dataclasses.dataclass
-class Dist:
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """This process among a launch's processes (torchrun's environment), and its device. Nothing
+    changes it after setup: how the processes share the net and the batch is the parallel
+    layout's decision (alexnet/parallel), which it is asked for."""
+
     rank: int = 0
     local_rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this module initialised the process group (and tears it down)
-    # A net split over several processes (alexnet/parallel) gives them the same images: the batch is
-    # then cut `replicas` ways (this process takes share `replica`), metrics are summed over `group`
-    # (one process per share; None: all), and every process draws the same random numbers.
-    replica: int | None = None  # None: rank
-    replicas: int | None = None  # None: world
-    group: object | None = None
-    shared_rng: bool = False
-
-    def __post_init__(self):
-        self.replica = self.rank if self.replica is None else self.replica
-        self.replicas = self.world if self.replicas is None else self.replicas
 
     @property
     def main(self) -> bool:
@@ -68,45 +61,45 @@ def pick_device(name: str = "auto", local_rank: int = 0, option: str = "train.de
     return device
 
 
-def setup(device: str = "auto") -> Dist:
+def setup(device: str = "auto") -> Processes:
     """Join the process group when launched by torchrun (or when one is already initialised)."""
     if dist.is_available() and dist.is_initialized():  # e.g. tests that spawn processes themselves
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return Dist(rank, local, world, pick_device(device, local), owns_group=False)
+        return Processes(rank, local, world, pick_device(device, local), owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(device=pick_device(device))
+        return Processes(device=pick_device(device))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return Dist(rank, local, world, dev, owns_group=True)
+    return Processes(rank, local, world, dev, owns_group=True)
 
 
-def teardown(info: Dist) -> None:
-    if info.owns_group and dist.is_initialized():
+def teardown(procs: Processes) -> None:
+    if procs.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def all_reduce_sum(t: torch.Tensor, info: Dist) -> torch.Tensor:
-    """Sum of t over the ranks of info.group (all by default; in place); t itself in one process."""
-    if info.enabled:
-        dist.all_reduce(t, group=info.group)
+def all_reduce_sum(t: torch.Tensor, procs: Processes, group=None) -> torch.Tensor:
+    """Sum of t over the ranks of `group` (all by default; in place); t itself in one process."""
+    if procs.enabled:
+        dist.all_reduce(t, group=group)
     return t
 
 
-def gather_objects(obj, info: Dist) -> list:
+def gather_objects(obj, procs: Processes) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (a list of one in one process)."""
-    if not info.enabled:
+    if not procs.enabled:
         return [obj]
-    out = [None] * info.world
+    out = [None] * procs.world
     dist.all_gather_object(out, obj)
     return out
 
 
-def barrier(info: Dist) -> None:
-    if info.enabled:
+def barrier(procs: Processes) -> None:
+    if procs.enabled:
         dist.barrier()

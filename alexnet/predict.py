@@ -36,7 +36,7 @@ from alexnet.checkpoint import unwrap
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.images import BadImageError, is_image_name, load_rgb, os_reason
 from alexnet.errors import UsageError, UserError
-from alexnet.evaluate import prepared_batches
+from alexnet.evaluation import prepared_batches
 from alexnet.io import atomic_write_bytes, check_writable
 from alexnet.layers import batch_features, check_feature_layer
 

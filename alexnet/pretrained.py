@@ -13,7 +13,7 @@ offline the error is one line naming the cache file and `alexnet import-torchvis
 net has no such download: `alexnet import-caffe` turns BVLC's weights into a checkpoint.
 
 `num_classes=N` (another count than the net's) keeps every layer but the head, as fine-tuning does
-(alexnet.finetune.build_from_source): the head is new (the variant's init, drawn from torch's global
+(alexnet.training.finetune.build_from_source): the head is new (the variant's init, drawn from torch's global
 generator), the classes are "class 0".."class N-1", and `net.state["init_from"]` records what was
 loaded. A Caffe import becomes the same function on RGB, as fine-tuning makes it: conv1's input
 channels reversed and Caffe's BGR mean an RGB mean image.
@@ -27,7 +27,8 @@ from types import SimpleNamespace
 from alexnet.artifact import TrainedNet, checkpoint_preprocess, class_names, load_model_state, open_artifact
 from alexnet.errors import UserError, check_whole, not_found
 from alexnet.export import torchvision_state
-from alexnet.finetune import Source, build_from_source, source_stats
+from alexnet.training.config import model_kwargs
+from alexnet.training.finetune import SourceNet, build_from_source, source_stats
 from alexnet.model import build_model
 
 WEIGHT_NAMES = ("IMAGENET1K_V1", "DEFAULT")  # torchvision's AlexNet_Weights members ("DEFAULT" = V1)
@@ -78,11 +79,11 @@ def with_new_head(state: dict, num_classes: int) -> dict:
     caffe = pre["normalize"] == "caffe"
     config = SimpleNamespace(  # the settings fine-tuning reads: the source's own crop, dropout and init
         data=SimpleNamespace(crop=pre["crop"], normalize="mean_image" if caffe else pre["normalize"]),
-        model=SimpleNamespace(dropout=kwargs.get("dropout", 0.5), init=kwargs.get("init")),
+        model=SimpleNamespace(name=state["model_name"], dropout=kwargs.get("dropout", 0.5), init=kwargs.get("init")),
     )
-    source = Source(state, str(state.get("path", "checkpoint")))
+    source = SourceNet(state, str(state.get("path", "checkpoint")))
     ids = [str(i) for i in range(num_classes)]
-    model, report = build_from_source(source, config, ids)
+    model, report = build_from_source(source, model_kwargs(config, num_classes, kwargs), ids)
     new = {
         **state,
         "model": model.state_dict(),

@@ -2,7 +2,8 @@
 
 A job run under nohup or a cluster's batch system has no terminal; it still says how far it is,
 how fast it goes and when it will end, so an hours-long `prepare` or `evaluate` gives signs of life.
-`mode` is `auto` (bar on a terminal, lines otherwise), `bar`, `lines` or `off`.
+`mode` is `auto` (bar on a terminal, lines otherwise), `bar`, `lines` or `off`. `Progress` counts
+items of a job; `Printer` is a training run's output (a bar per epoch, step and epoch lines, notes).
 """
 
 from __future__ import annotations
@@ -111,3 +112,75 @@ class Progress:
         elif self.mode == "lines" and finished and self.done > self._start_done:
             self._line()
         self.mode = "off"
+
+
+class Printer:
+    """A training run's progress: a tqdm bar per epoch on a terminal, plain lines on stderr
+    otherwise, warnings and notes always; from the main process only (main=False: silent)."""
+
+    def __init__(self, progress: str, *, main: bool = True):
+        self.mode = resolve_mode(progress) if main else "off"
+        self.main = main
+        self.bar = None
+        self.epochs = 0
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.epochs = epochs
+        if self.mode == "bar":
+            self.bar = tqdm(
+                total=steps,
+                initial=done,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def step(self, record: dict) -> None:
+        if self.mode == "bar" and self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}", img_s=f"{record['img_s']:.0f}", refresh=False
+            )
+        elif self.mode == "lines":
+            print(
+                f"epoch {record['epoch']} step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.3g}, "
+                f"{record['img_s']:.1f} img/s, waiting for data {100 * record['data_frac']:.0f}%",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def epoch_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def epoch_record(self, r: dict) -> None:
+        if self.mode == "off":
+            return
+        val = ""
+        if r["val_top1_error"] is not None:
+            val = (
+                f" | val loss {r['val_loss']:.4f}, top-1 error {r['val_top1_error']:.3f}, "
+                f"top-5 error {r['val_top5_error']:.3f}"
+            )
+        print(
+            f"epoch {r['epoch']}/{self.epochs} (step {r['step']}): train loss {r['train_loss']:.4f}, "
+            f"top-1 error {r['train_top1_error']:.3f}{val} | {r['seconds']:.0f} s"
+            + (" | lr divided" if r.get("lr_dropped") else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def say(self, message: str) -> None:
+        """One line on stderr from rank 0 (even with progress off: warnings and resume notes)."""
+        if self.main:
+            if self.bar is not None:
+                self.bar.clear()
+            print(f"alexnet train: {message}", file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        self.say(f"warning: {message}")

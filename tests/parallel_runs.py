@@ -18,8 +18,10 @@ import torch.distributed as dist
 from alexnet import model
 from alexnet.errors import Stopped
 from alexnet.parallel import SENT
-from alexnet.training.rundir import KILL_ENV, KILL_SIGNAL_ENV
-from alexnet.training.loop import resolve_config, train
+from alexnet.training.loop import train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import faults  # noqa: E402  (tests/faults.py)
 
 
 class NarrowAlexNet(model.AlexNet):
@@ -45,19 +47,19 @@ def run_plan(plan: list[dict]) -> None:
         if dist.is_initialized():
             dist.barrier()
         resume = bool(item.get("resume"))
-        config = resolve_config(item["out"], None, item["sets"], resume=resume)
         SENT.clear()
+        undo = None
         if item.get("signal") and item["signal"][0] == rank:
-            os.environ[KILL_ENV], os.environ[KILL_SIGNAL_ENV] = f"step:{item['signal'][1]}", item["signal"][2]
+            undo = faults.install(f"step:{item['signal'][1]}", item["signal"][2])
         try:
-            summary = train(item["data"], item["out"], config, resume=resume, progress="off")
+            summary = train(item["data"], item["out"], resume=resume, overrides=item["sets"], progress="off")
         except Stopped as stop:
             with open(f"{item['out']}-stopped-rank{rank}.json", "w") as f:
                 json.dump({"signum": stop.signum}, f)
             continue
         finally:
-            os.environ.pop(KILL_ENV, None)
-            os.environ.pop(KILL_SIGNAL_ENV, None)
+            if undo is not None:
+                undo()
         if item.get("traffic"):
             with open(f"{item['traffic']}-rank{rank}.json", "w") as f:
                 json.dump({"sent": dict(SENT), "steps": summary["step"]}, f)

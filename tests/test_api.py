@@ -197,16 +197,17 @@ def test_top_level_names_are_lazy_and_real():
         "False",
         "False",
     ]  # `import alexnet` stays fast
-    from alexnet import model, pretrained, summary
-    from alexnet.training.loop import TrainConfig  # the submodule is still importable by name
+    from alexnet import evaluation, linear_probe, model, pretrained, summary  # noqa: F401 - evaluate, probe: imported
+    from alexnet.training.config import TrainConfig
     from alexnet.training.loop import train as train_function
 
     assert alexnet.AlexNet is model.AlexNet and alexnet.build_model is model.build_model
     assert alexnet.TrainConfig is TrainConfig and alexnet.summarize is summary.summarize
     assert alexnet.load is pretrained.load  # open_artifact, plus torchvision's weight names and num_classes=
-    # alexnet.train and alexnet.evaluate are the functions, even after their modules were imported
+    # alexnet.train, alexnet.evaluate and alexnet.probe are the functions, their modules imported or not
     assert inspect.isfunction(alexnet.train) and alexnet.train is train_function
-    assert alexnet.evaluate is sys.modules["alexnet.evaluate"].evaluate_checkpoints
+    assert alexnet.evaluate is sys.modules["alexnet.evaluation"].evaluate_checkpoints
+    assert alexnet.probe is sys.modules["alexnet.linear_probe"].probe
     assert alexnet.summarize("alexnet").params == 60_965_224  # paper net, two towers
     with pytest.raises(AttributeError):
         alexnet.no_such_name  # noqa: B018

@@ -15,7 +15,7 @@ from alexnet.checkpoint import save_checkpoint
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.prepare import prepare
 from alexnet.errors import UsageError, UserError
-from alexnet.evaluate import evaluate_checkpoints
+from alexnet.evaluation import evaluate_checkpoints
 from alexnet.export import TORCHVISION_MEAN, TORCHVISION_STD, export_safetensors
 from alexnet.model import AlexNet, build_model
 from alexnet.transforms import ClassScore, Prediction

@@ -212,7 +212,8 @@ def test_train_run_writes_at_most_two_checkpoints(prepared_shapes, tmp_path, mon
     on the paper net)."""
     data = prepared_shapes(dict(classes=3, per_class=6, seed=0), val_fraction=0.0)
     from alexnet.training import rundir
-    from alexnet.training.loop import TrainConfig, train
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.loop import train
 
     saves = []
     original = rundir.RunDir.save

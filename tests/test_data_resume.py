@@ -16,7 +16,7 @@ import pytest
 
 import alexnet.data.prepare as prep
 from alexnet.cli import main as cli_main
-from alexnet.data.prepare import KILL_AFTER_ENV, prepare
+from alexnet.data.prepare import prepare
 from alexnet.data.resume import Partial
 from alexnet.errors import UserError
 
@@ -57,8 +57,19 @@ def reference(source, tmp_path_factory):
 
 def test_sigkilled_prepare_resumes_to_identical_bytes(source, reference, tmp_path):
     out = tmp_path / "out"
-    code = f"from alexnet.data.prepare import prepare; prepare({source!r}, {str(out)!r}, workers=1, **{KW!r})"
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, KILL_AFTER_ENV: "2"}, timeout=300)
+    # the fault from here: SIGKILL right after the second chunk's record is committed
+    code = (
+        "import os, signal; from alexnet.data.resume import Partial; from alexnet.data.prepare import prepare\n"
+        "commit, done = Partial.commit, []\n"
+        "def killing_commit(self, *args):\n"
+        "    commit(self, *args)\n"
+        "    done.append(1)\n"
+        "    if len(done) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Partial.commit = killing_commit\n"
+        f"prepare({source!r}, {str(out)!r}, workers=1, **{KW!r})"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=300)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     partial = Partial(str(out))

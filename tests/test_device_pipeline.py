@@ -4,7 +4,6 @@ with the same batches, and shards under DDP with the host path's sampler."""
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
@@ -161,18 +160,15 @@ def test_fp16_grad_scaler_state_is_saved_and_resumed(tiny_prepared, tmp_path):
 
 def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsys, tmp_path):
     """--fast: FAST under the user's own options on CUDA (printed), untouched with a note on the CPU."""
-    from alexnet import distributed
-    from alexnet.cli import train as cli_train
-    from alexnet.training.loop import resolve_config
+    from alexnet.training import config as training_config
 
-    args = argparse.Namespace(out=str(tmp_path / "run"), config=None, resume=False)
-    mine = ["train.amp=fp16", "train.device=cpu"]
-    plain = resolve_config(args.out, None, mine)
-    assert cli_train._fast(args, mine, plain) is plain
+    out, mine = str(tmp_path / "run"), ["train.amp=fp16", "train.device=cpu"]
+    plain = training_config.resolve(out, overrides=mine).config
+    assert training_config.resolve(out, overrides=mine, fast=True).config == plain
     note = capsys.readouterr().err
     assert note.count("\n") == 1 and "--fast ignored on cpu" in note
-    monkeypatch.setattr(distributed, "pick_device", lambda *a, **k: torch.device("cuda", 0))
-    fast = cli_train._fast(args, mine, plain)
+    monkeypatch.setattr(training_config, "pick_device", lambda *a, **k: torch.device("cuda", 0))
+    fast = training_config.resolve(out, overrides=mine, fast=True).config
     t = fast.train
     assert (fast.data.pipeline, t.amp, t.channels_last, t.compile, t.cudnn_benchmark) == (
         "device",
@@ -184,8 +180,9 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and "data.pipeline=device, amp=fp16, channels_last=True, compile=True" in line
     assert "cudnn_benchmark=True, optimizer step PaperSGD, compiled" in line
-    assert {o.split("=")[0] for o in cli_train.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",
-                                                         "train.compile", "train.cudnn_benchmark"}  # fmt: skip
+    assert {o.split("=")[0] for o in training_config.FAST} <= {"data.pipeline", "train.amp", "train.channels_last",
+                                                                "train.compile", "train.cudnn_benchmark"}  # fmt: skip
+
 
 
 # ---------------------------------------------------------------- decoding ahead of the step

@@ -286,7 +286,8 @@ def _photos() -> dict[str, Image.Image]:
 def workspace(tmp_path_factory, tiny_images, tiny_prepared):
     """The files the docs name (module docstring), built once; read-only (see `here`)."""
     from alexnet import config as cfg
-    from alexnet.train import TrainConfig, train
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.loop import train
 
     base = tmp_path_factory.mktemp("docs") / "base"
     for name, image in _photos().items():
@@ -438,7 +439,8 @@ def test_two_runs_with_the_same_seed_log_the_same_numbers(tiny_prepared, tmp_pat
     another seed differs (the comparison can fail)."""
     from alexnet import config as cfg
     from alexnet.model import MODELS
-    from alexnet.train import TrainConfig, train
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.loop import train
 
     monkeypatch.setitem(MODELS, "docs_lrn_net", (lambda num_classes=10: _LRNNet(num_classes), "tests"))
     base = [f"model.name={model}", "train.epochs=2", "data.batch_size=6", "data.crop=67", "model.init=kaiming",

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from alexnet.checkpoint import save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.evaluate import (
+from alexnet.evaluation import (
     average_probabilities,
     evaluate_checkpoints,
     format_table,

@@ -193,7 +193,7 @@ def test_each_variant_switches_exactly_one_setting():
     from alexnet import config as cfg
     from alexnet.experiments.ablations import ABLATIONS, EXTRA_VARIANTS, AblationConfig, run_config
     from alexnet.model import build_model
-    from alexnet.training.loop import model_kwargs
+    from alexnet.training.config import model_kwargs
 
     config = AblationConfig()
     base = run_config("paper", 0, config, 99)
@@ -410,12 +410,11 @@ def test_ablations_killed_inside_a_run_resumes_it_exactly(shapes, tmp_path):
     import subprocess
     import sys
 
-    from alexnet.training.rundir import KILL_ENV
+    from faults import KILL_ENV  # tests/faults.py: `alexnet` that kills itself where KILL_ENV says
 
     args = [
         sys.executable,
-        "-m",
-        "alexnet",
+        str(Path(__file__).with_name("faults.py")),
         "experiment",
         "ablations",
         "--data",

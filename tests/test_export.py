@@ -340,7 +340,7 @@ def test_imported_checkpoint_evaluates(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     from alexnet.data import PreparedSet
     from alexnet.data.prepare import prepare
-    from alexnet.evaluate import evaluate_checkpoints
+    from alexnet.evaluation import evaluate_checkpoints
 
     for split, count in (("train", 1), ("val", 1)):
         for c in range(3):

@@ -11,17 +11,18 @@ import torch
 from torch import nn
 
 from alexnet import config as cfg
-from alexnet.training import finetune
 from alexnet.artifact import open_artifact
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.data.augment import Stats, eval_batch
-from alexnet.training.health import Diverged, DivergenceCheck
 from alexnet.errors import UserError
 from alexnet.layers import layer_params, param_groups
 from alexnet.model import MODELS, AlexNet, build_model
+from alexnet.training import finetune
+from alexnet.training.config import TrainConfig, model_kwargs
+from alexnet.training.health import Diverged, Health
+from alexnet.training.loop import train
 from alexnet.training.optim import PaperSGD, Schedule
-from alexnet.training.loop import TrainConfig, TrainSection, train
 
 
 class Small(nn.Module):
@@ -134,11 +135,13 @@ def test_caffe_source_becomes_the_same_function_on_rgb(tmp_path):
         "preprocess": {"crop": 227, "normalize": "caffe", "resize": "warp", "size": 256},
     }
     save_checkpoint(tmp_path / "caffe.pt", state)
-    source = finetune.read_source(str(tmp_path / "caffe.pt"))
+    source = finetune.read_source_net(str(tmp_path / "caffe.pt"))
     config = finetune.adapt_config(TrainConfig(), source)
     assert (config.data.crop, config.data.normalize, config.model.name) == (227, "mean_image", "alexnet")
     stats = finetune.source_stats(source, config, {}, 256)
-    net, report = finetune.build_from_source(source, config, list("abcd"))
+    net, report = finetune.build_from_source(
+        source, model_kwargs(config, 4, source.state["model_kwargs"]), list("abcd")
+    )
     assert report["new"] == [] and net.config["lrn_k"] == 1.0
     images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
     expected = open_artifact(tmp_path / "caffe.pt", "cpu").features(images, layer="fc7")
@@ -153,17 +156,17 @@ def test_torchvision_import_keeps_its_architecture_crop_and_statistics(tmp_path)
 
     torch.save(build_model("alexnet_torchvision").state_dict(), tmp_path / "sd.pth")
     import_torchvision(str(tmp_path / "sd.pth"), str(tmp_path / "tv.pt"))
-    source = finetune.read_source(str(tmp_path / "tv.pt"))
+    source = finetune.read_source_net(str(tmp_path / "tv.pt"))
     config = finetune.adapt_config(TrainConfig(), source)
     assert (config.model.name, config.data.crop, config.data.normalize) == ("alexnet_torchvision", 224, "channel")
     ours = finetune.adapt_config(
-        cfg.apply_override(TrainConfig(), "data.crop=200"), finetune.read_source(str(tmp_path / "tv.pt"))
+        cfg.apply_override(TrainConfig(), "data.crop=200"), finetune.read_source_net(str(tmp_path / "tv.pt"))
     )
     assert ours.data.crop == 200  # set: the user's wins
     with pytest.raises(UserError, match="keeps the source's architecture"):
         finetune.adapt_config(cfg.apply_override(TrainConfig(), "model.name=resnet18"), source)
     with pytest.raises(UserError, match="--init-from"):
-        finetune.read_source(str(tmp_path / "missing.pt"))
+        finetune.read_source_net(str(tmp_path / "missing.pt"))
 
 
 def test_evaluate_on_other_classes_points_at_init_from(tmp_path, tiny_prepared, capsys):
@@ -241,31 +244,33 @@ def test_freezing_an_unknown_layer_is_a_one_line_error(tiny_prepared, tmp_path, 
 
 
 def _check(**kw):
-    return DivergenceCheck(TrainSection(**{"stall_window": 10, **kw}), num_classes=3)
+    """The health watcher of a 3-class run, for its divergence rule alone (no run, processes or warnings)."""
+    config = cfg.load_config(TrainConfig, None, [f"train.{k}={v}" for k, v in {"stall_window": 10, **kw}.items()])
+    return Health(config, 3, layout=None, run=None, warn=None)
 
 
 def test_divergence_check_fires_on_the_window_mean_far_above_chance():
     check = _check()
-    assert check.observe(5, 1.0) is None  # 5 steps: the window (10) is not covered yet
-    reason = check.observe(10, 4.0)  # mean of steps 1-10: (5 * 1 + 5 * 4) / 10 = 2.5 > 2 ln 3 = 2.197
+    assert check.diverging(5, 1.0) is None  # 5 steps: the window (10) is not covered yet
+    reason = check.diverging(10, 4.0)  # mean of steps 1-10: (5 * 1 + 5 * 4) / 10 = 2.5 > 2 ln 3 = 2.197
     assert reason and "steps 1-10 is 2.500" in reason
     quiet = _check()
-    assert quiet.observe(5, 1.0) is None and quiet.observe(10, 3.3) is None  # 2.15 < 2.197
+    assert quiet.diverging(5, 1.0) is None and quiet.diverging(10, 3.3) is None  # 2.15 < 2.197
     late = _check(diverge_steps=8)
-    assert late.observe(5, 9.0) is None and late.observe(10, 9.0) is None  # past train.diverge_steps
+    assert late.diverging(5, 9.0) is None and late.diverging(10, 9.0) is None  # past train.diverge_steps
 
 
 def test_divergence_check_fires_on_a_steady_rise_and_not_on_a_flat_loss():
     rising, flat = _check(stall_window=1000), _check(stall_window=1000)
     losses = [1.2, 1.3, 1.4, 1.5, 1.6]  # above ln 3 = 1.099, up 33 % over 4 rises
-    assert [rising.observe(10 * (i + 1), v) for i, v in enumerate(losses)][:4] == [None] * 4
-    assert rising.history and "rose at each of the last 4 log points" in (rising.observe(60, 1.7) or "")
+    assert [rising.diverging(10 * (i + 1), v) for i, v in enumerate(losses)][:4] == [None] * 4
+    assert rising.history and "rose at each of the last 4 log points" in (rising.diverging(60, 1.7) or "")
     wiggle = [1.10, 1.101, 1.102, 1.103, 1.104, 1.105]  # rising, but by < 25 %: noise around chance
-    assert all(flat.observe(10 * (i + 1), v) is None for i, v in enumerate(wiggle))
-    state = rising.state_dict()
+    assert all(flat.diverging(10 * (i + 1), v) is None for i, v in enumerate(wiggle))
+    state = rising.state_dict()  # in every checkpoint, so that a resumed run decides the same
     again = _check(stall_window=1000)
     again.load_state_dict(json.loads(json.dumps(state)))
-    assert again.state_dict() == state
+    assert again.state_dict() == state and again.history == rising.history
 
 
 def test_the_paper_recipe_diverging_on_a_tiny_set_is_warned_or_stopped(tiny_prepared, tmp_path, capsys):

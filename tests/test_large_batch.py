@@ -14,11 +14,12 @@ from torch import nn
 from alexnet import config as cfg
 from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
-from alexnet.training.lars import LARS
 from alexnet.model import build_model
+from alexnet.training.config import TrainConfig
+from alexnet.training.lars import LARS
+from alexnet.training.loop import train
 from alexnet.training.optim import Schedule, build_optimizer, scaled_lr
 from alexnet.training.step import Stepper
-from alexnet.training.loop import TrainConfig, train, train_step
 
 TRAINER = Path(__file__).with_name("tiny_trainer.py")  # `alexnet train` with a registered "tiny" net (dropout on)
 SHAPES = ((4, 3, 2, 2), (4,), (5, 4), (5,))  # conv weight, its bias, fc weight, its bias
@@ -139,7 +140,7 @@ def test_accumulated_micro_batches_equal_one_whole_batch_step_with_the_same_drop
     ]
     for step in range(3):
         torch.manual_seed(100 + step)
-        loss_a, logits_a = train_step(whole, opts[0], x, y)
+        loss_a, _ = Stepper(whole, opts[0])(x, y)  # the whole batch at once (accumulate=1)
         after_a = torch.rand(3)  # the RNG stream moved on by the same draws
         torch.manual_seed(100 + step)
         loss_b, row_b = Stepper(accumulated, opts[1], accumulate=4)(x, y)

@@ -13,9 +13,9 @@ from alexnet.cli import main
 from alexnet.data import PreparedSet
 from alexnet.errors import UserError
 from alexnet.layers import FEATURE_LAYERS, layer_output
+from alexnet.linear_probe import fit_logistic
 from alexnet.model import AlexNet
 from alexnet.predict import load_features
-from alexnet.probe import fit_logistic
 
 
 def _hooked(net, x):

@@ -410,7 +410,7 @@ def test_unusual_input_size_warns_once_with_the_map_size():
 
 def test_config_key_model_lrn_scope_reaches_the_net():
     from alexnet.config import load_config
-    from alexnet.training.loop import TrainConfig, model_kwargs
+    from alexnet.training.config import TrainConfig, model_kwargs
 
     config = load_config(TrainConfig, None, ["model.lrn_scope=tower"])
     kwargs = model_kwargs(config, 10)

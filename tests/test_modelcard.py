@@ -19,11 +19,12 @@ from torch import nn
 
 from alexnet import config as cfg
 from alexnet.checkpoint import load_checkpoint
-from alexnet.evaluate import evaluate_checkpoints
+from alexnet.evaluation import evaluate_checkpoints
 from alexnet.export import export
 from alexnet.io import write_json
 from alexnet.model import MODELS
-from alexnet.train import TrainConfig, train
+from alexnet.training.config import TrainConfig
+from alexnet.training.loop import train
 
 NUMBER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
 CONSTANTS = {"0", "255"}  # "0-255 pixels", "x / 255": the scale of 8-bit images, not a figure

@@ -76,12 +76,13 @@ def test_two_real_trains_on_one_run_directory_the_second_is_refused(tiny_prepare
     """A job started twice: the first `alexnet train` is paused after its first step (SIGSTOP, lock
     held, files written); the second is refused naming its PID and changes no byte; the first then
     finishes alone, its log holding each step once."""
-    from alexnet.training.rundir import KILL_ENV, KILL_SIGNAL_ENV
+    from faults import KILL_ENV, KILL_SIGNAL_ENV  # tests/faults.py: `alexnet` that signals itself at a point
 
     run = tmp_path / "run"
     sets = _sets([*TINY_TRAIN, "train.max_steps=2", "train.log_every=1"])
     env = {**os.environ, KILL_ENV: "step:1", KILL_SIGNAL_ENV: "SIGSTOP", "PYTHONPATH": os.getcwd()}
-    first = subprocess.Popen([sys.executable, "-m", "alexnet", "train", str(tiny_prepared), "--out", str(run), *sets,
+    faults = str(Path(__file__).with_name("faults.py"))
+    first = subprocess.Popen([sys.executable, faults, "train", str(tiny_prepared), "--out", str(run), *sets,
                               "--progress", "off"], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped itself (or died)
@@ -304,10 +305,10 @@ def test_non_finite_weights_are_refused_by_every_command(nan_ckpt, tiny_prepared
 
 
 def test_training_never_saves_non_finite_weights(tmp_path):
-    from alexnet.distributed import Dist
+    from alexnet.distributed import Processes
     from alexnet.training.rundir import RunDir
 
-    run = RunDir(tmp_path / "run", Dist(), resume=False)
+    run = RunDir(tmp_path / "run", Processes(), resume=False)
     run.save({"model": {"w": torch.ones(3)}, "step": 1})
     with pytest.raises(UserError, match="NaN or infinite.*last good checkpoint"):
         run.save({"model": {"w": torch.tensor([1.0, float("inf"), 0.0])}, "step": 2})
@@ -392,14 +393,14 @@ class _FullDisk:
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_file(nan_ckpt, tmp_path, monkeypatch, capsys):
     from alexnet import io
-    from alexnet.distributed import Dist
+    from alexnet.distributed import Processes
     from alexnet.training.rundir import RunDir
 
     state = load_checkpoint(nan_ckpt)
     state["model"]["features.0.weight"].nan_to_num_(0.0)
     good = tmp_path / "good.pt"
     save_checkpoint(good, state)
-    run = RunDir(tmp_path / "run", Dist(), resume=False)
+    run = RunDir(tmp_path / "run", Processes(), resume=False)
     monkeypatch.setattr(io, "open_new", _FullDisk)
     writers = {
         "checkpoint": lambda: run.save({"model": {"w": torch.ones(1000)}, "step": 1}),
@@ -490,7 +491,7 @@ def test_a_file_name_that_is_not_utf8_prepares(tmp_path, photo_tree):
 )
 def test_config_values_are_finite_and_in_range(item, words):
     from alexnet import config as cfg
-    from alexnet.training.loop import TrainConfig
+    from alexnet.training.config import TrainConfig
 
     with pytest.raises(UserError) as info:
         cfg.load_config(TrainConfig, None, [item])

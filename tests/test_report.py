@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
     """A real run: 3 classes x 4 training + 3 validation images, one epoch of 2 steps on the CPU."""
     from alexnet.data.prepare import prepare
     from alexnet.data.synthetic import make_shapes
-    from alexnet.training.loop import TrainConfig, train
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.loop import train
 
     root = tmp_path_factory.mktemp("report")
     make_shapes(root / "src", classes=3, per_class=4, val_per_class=3, seed=0)
@@ -134,7 +135,7 @@ def oracle(tiny):
 
 
 def test_centre_crop_numbers_match_evaluate(tiny, oracle):
-    from alexnet.evaluate import evaluate
+    from alexnet.evaluation import evaluate
 
     summary = json.loads((tiny["index"].parent / "report.json").read_text())
     assert summary["checkpoint"] == str(resolve_checkpoint_path(tiny["run"]))
@@ -377,7 +378,7 @@ def test_other_model_and_many_classes(tmp_path):
     assert "No confusion matrix: 31 classes" in html and "n/a (" not in html  # 31 classes: top-5 applies
     _not_blank(index.parent / "top5.png")
     # one 10-crop pass gave both rows (the centre crop is crop 4 of the 10): check both against evaluate
-    from alexnet.evaluate import evaluate_checkpoints
+    from alexnet.evaluation import evaluate_checkpoints
 
     summary = json.loads((index.parent / "report.json").read_text())
     for key, crops in (("centre", 1), ("ten", 10)):

@@ -11,7 +11,10 @@ from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.model import MODEL_NAMES, build_model
-from alexnet.training.loop import NonFiniteLoss, TrainConfig, model_kwargs, resolve_config, train, train_step
+from alexnet.training.config import TrainConfig, model_kwargs, resolve
+from alexnet.training.health import NonFiniteLoss
+from alexnet.training.loop import train
+from alexnet.training.step import Stepper
 
 STEP_KEYS = {"step", "epoch", "loss", "lr", "img_s", "data_frac", "time"}
 EPOCH_KEYS = {
@@ -103,7 +106,7 @@ def test_tiny_end_to_end(tiny, tmp_path):
     assert cfg.load_config(TrainConfig, run / "config.toml") == _config("data.crop=227")
     # the checkpoint rebuilds the model, and its val error matches the log's last epoch record
     from alexnet.data import make_loader
-    from alexnet.evaluate import evaluate
+    from alexnet.evaluation import evaluate
 
     loader = make_loader(tiny, "val", train=False, batch_size=4, workers=0, normalize="channel")
     last = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -123,8 +126,7 @@ def test_resume_continues_to_the_same_weights(tiny, tmp_path):
     train(tiny, part, _config("train.max_steps=4"), progress="off")  # stops inside epoch 2
     state = load_checkpoint(part / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 4)
-    config = resolve_config(part, None, ["train.max_steps=null"], resume=True)
-    train(tiny, part, config, resume=True, progress="off")
+    train(tiny, part, resume=True, overrides=["train.max_steps=null"], progress="off")  # the saved config, then this
     a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(part / "checkpoints" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["step"] for r in _records(part, "step")] == [1, 2, 3, 4, 5, 6]  # the log is continuous
@@ -134,9 +136,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tiny, tmp_path):
     run = tmp_path / "run"
     train(tiny, run, _config("train.epochs=1"), progress="off")
     before = load_checkpoint(run / "checkpoints" / "last.pt")
-    config = resolve_config(run, None, ["train.epochs=2", "optim.lr=1e30"], resume=True)
     with pytest.raises(NonFiniteLoss, match="NaN or infinite.*last good checkpoint"):
-        train(tiny, run, config, resume=True, progress="off")
+        train(tiny, run, resume=True, overrides=["train.epochs=2", "optim.lr=1e30"], progress="off")
     after = load_checkpoint(run / "checkpoints" / "last.pt")
     assert after["step"] == before["step"] == 3
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
@@ -217,7 +218,7 @@ def test_stall_detector_quiet_on_a_healthy_run(solid, tmp_path, capsys):
 )
 def test_bad_config_is_a_one_line_error(override, message, tiny, tmp_path, capsys):
     with pytest.raises(UserError) as info:
-        resolve_config(tmp_path / "run", None, [override])
+        resolve(tmp_path / "run", overrides=[override])
     assert message in str(info.value) and "\n" not in str(info.value)
     assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--set", override]) == 2
     err = capsys.readouterr().err.strip()
@@ -252,15 +253,15 @@ def test_crop_larger_than_the_prepared_images_names_the_option(tiny, tmp_path, c
 def test_resume_config_is_the_saved_one_then_the_file_then_set(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"")  # resolve_config only looks whether it exists
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # resolve only looks whether it exists
     (run / "config.json").write_text(json.dumps(cfg.to_dict(_config("optim.lr=0.02"))))
     more = tmp_path / "more.toml"
     more.write_text("[train]\nepochs = 5\n")
-    config = resolve_config(run, more, ["train.log_every=7"], resume=True)
+    config = resolve(run, config_file=more, overrides=["train.log_every=7"], resume=True).config
     assert (config.optim.lr, config.data.crop, config.train.epochs, config.train.log_every) == (0.02, 67, 5, 7)
     # no checkpoint yet: the run starts from the beginning, so defaults <- file <- --set
     (run / "checkpoints" / "last.pt").unlink()
-    config = resolve_config(run, more, [], resume=True)
+    config = resolve(run, config_file=more, resume=True).config
     assert (config.optim.lr, config.data.crop, config.train.epochs) == (0.01, 227, 5)
 
 
@@ -268,7 +269,7 @@ def test_bad_toml_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[optim]\nlearning_rate = 0.1\n")
     with pytest.raises(UserError, match="unknown key optim.learning_rate; valid keys in \\[optim\\]"):
-        resolve_config(tmp_path / "run", path)
+        resolve(tmp_path / "run", config_file=path)
 
 
 def test_tampered_checkpoint_is_refused(tiny, tmp_path, capsys):
@@ -331,9 +332,11 @@ def test_every_registered_model_trains_a_step(name):
     opt = PaperSGD(model.parameters(), lr=0.01)
     before = [p.detach().clone() for p in model.parameters()]
     images, labels = _step_inputs(name)
-    loss, logits = train_step(model, opt, images, labels)
-    assert logits.shape == (2, 3) and torch.isfinite(loss)
+    loss, row = Stepper(model, opt)(images, labels)  # the step `alexnet train` runs
+    assert torch.isfinite(loss) and row[0] == 2 and 0 <= row[2] <= row[3] <= 2  # images, top-1 <= top-5 hits
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    with torch.no_grad():
+        assert model(images).shape == (2, 3)
 
 
 def test_bf16_and_channels_last_run_on_cpu():
@@ -342,8 +345,8 @@ def test_bf16_and_channels_last_run_on_cpu():
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = _step_inputs("alexnet")
-    loss, logits = train_step(model, opt, images, labels, autocast_dtype=torch.bfloat16, channels_last=True)
-    assert torch.isfinite(loss) and logits.shape == (2, 3)
+    loss, row = Stepper(model, opt, autocast_dtype=torch.bfloat16, channels_last=True)(images, labels)
+    assert torch.isfinite(loss) and row[0] == 2
 
 
 def test_compile_failure_falls_back_with_a_warning(tiny, tmp_path, monkeypatch, capsys):

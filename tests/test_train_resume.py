@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import KILL_ENV, KILL_SIGNAL_ENV  # tests/faults.py: the points a trainer kills itself at
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
-from alexnet.training.rundir import KILL_ENV, KILL_SIGNAL_ENV
 
 # The paper's AlexNet (two towers, LRN, dropout 0.5 on, so dropout's RNG stream must resume too) at a
 # 67-px input to be quick; 24 images / batch 4 = 6 steps per epoch, a checkpoint every 2 steps.
@@ -325,7 +325,8 @@ def test_external_sigkill_at_random_moments_then_resume_equals_uninterrupted(sma
 def test_unwritable_checkpoint_stops_with_one_line_and_keeps_the_previous(small, tmp_path, monkeypatch, code, words):
     from alexnet import config as cfg
     from alexnet.training import rundir
-    from alexnet.training.loop import TrainConfig, train
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.loop import train
 
     run = tmp_path / "run"
     config = cfg.load_config(

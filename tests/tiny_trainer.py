@@ -1,4 +1,5 @@
-"""`python tests/tiny_trainer.py train ...`: `alexnet train` with one more registered model, "tiny".
+"""`python tests/tiny_trainer.py train ...`: `alexnet train` with one more registered model, "tiny", and
+the faults of tests/faults.py ($ALEXNET_TEST_KILL_AT: a point where it kills itself).
 
 The resume tests kill and restart the trainer many times; with a net of a few thousand parameters
 (a convolution, max-pooling and dropout, so the dropout RNG stream must resume too) each process
@@ -6,11 +7,15 @@ spends its time in the loop's bookkeeping, which is what they test, not in AlexN
 """
 
 import sys
+from pathlib import Path
 
 from torch import nn
 
 from alexnet import model
 from alexnet.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+import faults  # noqa: E402  (tests/faults.py)
 
 
 class Tiny(nn.Module):
@@ -30,4 +35,5 @@ class Tiny(nn.Module):
 model.MODELS["tiny"] = (lambda num_classes=10: Tiny(num_classes), "a few thousand parameters (tests)")
 
 if __name__ == "__main__":
+    faults.install_from_env()
     sys.exit(main(sys.argv[1:]))

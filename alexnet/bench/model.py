@@ -1,10 +1,12 @@
 """Training-step speed of a registered model against torchvision's AlexNet, in one process.
 
-Contenders run alternately, one step each per round, after warm-up; medians are reported. A step
-is forward, cross-entropy, backward and an SGD update with momentum 0.9 and weight decay 5e-4 (the
-paper's update equals torch's SGD while the learning rate is constant, so by default both use
-torch's fused (CUDA) / foreach (CPU) SGD; optimizer="paper" times ours with PaperSGD, foreach).
-Inputs are random tensors already on the device: this measures the model only.
+Contenders run alternately, one step each per round, after warm-up; medians are reported. Ours is
+the step `alexnet train` ships (alexnet/training/step.py's Stepper: forward, cross-entropy and the
+meters, backward, and the optimizer train builds for `optim.name`, by default PaperSGD with momentum
+0.9 and weight decay 5e-4; compiled as --compile compiles it). torchvision's is the reference
+training scripts' step: forward, cross-entropy, backward and torch's SGD (fused on CUDA, foreach
+elsewhere; the paper's update equals it while the learning rate is constant). Inputs are random
+tensors already on the device: this measures the model and its step only.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from alexnet.bench.common import check_load, competing_load, environment, median
 from alexnet.errors import UsageError
 from alexnet.model import build_model, model_input_size
 from alexnet.summary import summarize
+from alexnet.training.optim import build_optimizer
+from alexnet.training.step import Stepper
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 training set
 PAPER_EPOCHS = 90  # paper §5: "roughly 90 cycles through the training set"
+OPTIMIZERS = ("paper", "sgd", "lars")  # ours: the optim.name values train's build_optimizer takes
 
 
 def resolve_device(device: str) -> torch.device:
@@ -31,7 +36,48 @@ def resolve_device(device: str) -> torch.device:
     return pick_device(device, option="--device")
 
 
-def train_step_fn(
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}  # --amp -> autocast dtype
+
+
+def shipped_stepper(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    optimizer: str = "paper",
+    compile_mode: str | None = None,
+) -> Stepper:
+    """The Stepper `alexnet train` runs for `model` on `device`: the optimizer it builds for
+    optim.name=`optimizer` (the paper's hyper-parameters), with --amp's autocast, --channels-last
+    and --compile (torch.compile's `compile_mode`). A failed compilation raises at the first step."""
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer {optimizer!r}: choose {', '.join(OPTIMIZERS)}")
+    model = model.to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(optimizer, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return Stepper(model, opt, autocast_dtype=AUTOCAST[amp], channels_last=channels_last,
+                   backend="inductor" if compile else None, mode=compile_mode)  # fmt: skip
+
+
+def _inputs(batch: int, input_size: int, num_classes: int, device: torch.device, channels_last: bool):
+    """A fixed random batch on the device: images (B, 3, S, S) and labels (B,)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=memory_format)
+    return x, torch.randint(0, num_classes, (batch,), device=device)
+
+
+def shipped_step_fn(model: nn.Module, *, batch: int, input_size: int, num_classes: int, device: torch.device,
+                    **options) -> Callable[[], None]:  # fmt: skip
+    """A closure doing one step of `alexnet train`'s Stepper on a fixed random batch (options: shipped_stepper's)."""
+    stepper = shipped_stepper(model, device, **options)
+    x, y = _inputs(batch, input_size, num_classes, device, options.get("channels_last", False))
+    return lambda: stepper(x, y)
+
+
+def baseline_step_fn(
     model: nn.Module,
     *,
     batch: int,
@@ -41,35 +87,17 @@ def train_step_fn(
     amp: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
-    optimizer: str = "sgd",
-    compile_mode: str | None = None,
 ) -> Callable[[], None]:
-    """A closure doing one full training step on a fixed random batch.
-
-    optimizer: "sgd" (torch SGD, fused on CUDA, foreach elsewhere) or "paper" (PaperSGD, foreach);
-    compile_mode: torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" ...)."""
+    """torchvision's reference training step on a fixed random batch: forward, cross-entropy,
+    backward, torch's SGD (fused on CUDA, foreach elsewhere); torch.compile'd model with `compile`."""
     model = model.to(device).train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    if optimizer == "paper":
-        from alexnet.training.optim import PaperSGD
-
-        opt = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    elif optimizer == "sgd":
-        fused = device.type == "cuda"
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=0.01,
-            momentum=0.9,
-            weight_decay=5e-4,
-            **({"fused": True} if fused else {"foreach": True}),
-        )
-    else:
-        raise UsageError(f"--optimizer {optimizer!r}: choose sgd or paper")
-    step_model = torch.compile(model, mode=compile_mode) if compile else model
-    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch,), device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
+    step_model = torch.compile(model) if compile else model
+    x, y = _inputs(batch, input_size, num_classes, device, channels_last)
+    dtype = AUTOCAST[amp]
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -97,14 +125,15 @@ def bench_model(
     amp: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
-    optimizer: str = "sgd",
+    optimizer: str = "paper",
     compile_mode: str | None = None,
     warmup: int = 2,
     repeats: int = 5,
     load: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Median training-step time and img/s of `model` vs torchvision's AlexNet (eager fp32).
+    """Median training-step time and img/s of `model` in `alexnet train`'s step vs torchvision's
+    AlexNet in its reference step (eager fp32). optimizer: ours, an optim.name (OPTIMIZERS).
 
     load: threads of a competing matrix-product process run during warm-up and timing (0: none).
 
@@ -189,33 +218,16 @@ def _contenders(
     compile_mode: str | None,
 ) -> dict:
     """The training steps to time: ours, torchvision's AlexNet (eager fp32) and, on CUDA, its bf16 + channels_last."""
+    tv = dict(batch=batch, input_size=224, num_classes=1000, device=dev)
     contenders = {
-        "ours": train_step_fn(
-            ours,
-            batch=batch,
-            input_size=size,
-            num_classes=1000,
-            device=dev,
-            amp=amp,
-            channels_last=channels_last,
-            compile=compile,
-            optimizer=optimizer,
-            compile_mode=compile_mode,
-        ),
-        "torchvision": train_step_fn(
-            torchvision.models.alexnet(), batch=batch, input_size=224, num_classes=1000, device=dev
-        ),
-    }
+        "ours": shipped_step_fn(ours, batch=batch, input_size=size, num_classes=1000, device=dev, amp=amp,
+                                channels_last=channels_last, compile=compile, optimizer=optimizer,
+                                compile_mode=compile_mode),
+        "torchvision": baseline_step_fn(torchvision.models.alexnet(), **tv),
+    }  # fmt: skip
     if dev.type == "cuda":
-        contenders["torchvision_bf16_cl"] = train_step_fn(
-            torchvision.models.alexnet(),
-            batch=batch,
-            input_size=224,
-            num_classes=1000,
-            device=dev,
-            amp="bf16",
-            channels_last=True,
-        )
+        contenders["torchvision_bf16_cl"] = baseline_step_fn(torchvision.models.alexnet(), **tv, amp="bf16",
+                                                             channels_last=True)  # fmt: skip
     return contenders
 
 

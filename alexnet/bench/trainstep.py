@@ -18,10 +18,8 @@ import torch
 import torchvision
 
 from alexnet.bench.common import median, sync, time_alternately
-from alexnet.bench.model import train_step_fn
+from alexnet.bench.model import baseline_step_fn, shipped_step_fn
 from alexnet.model import build_model
-from alexnet.training.optim import PaperSGD
-from alexnet.training.step import Stepper
 from alexnet.summary import summarize
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets, by a name
@@ -55,15 +53,11 @@ def train_flops_per_image(model: str, input_size: int) -> int:
     return 2 * (3 * macs - layers[0].macs)
 
 
-def ours_step_fn(dev: torch.device, batch: int, size: int, amp: torch.dtype | None, backend: str | None) -> Callable:
-    """One step of train --fast's Stepper on a fixed random batch (the paper net at `size` px)."""
+def ours_step_fn(dev: torch.device, batch: int, size: int, amp: str | None, compile: bool) -> Callable:
+    """One step of train --fast's Stepper on a fixed random batch (the paper net at `size` px, seeded)."""
     torch.manual_seed(0)
-    model = build_model("alexnet", input_size=size).to(dev).to(memory_format=torch.channels_last).train()
-    opt = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    stepper = Stepper(model, opt, autocast_dtype=amp, channels_last=True, backend=backend)
-    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device=dev)
-    return lambda: stepper(x, y)
+    return shipped_step_fn(build_model("alexnet", input_size=size), batch=batch, input_size=size, num_classes=1000,
+                           device=dev, amp=amp, channels_last=True, compile=compile)  # fmt: skip
 
 
 def first_call_or_eager(name: str, compiled: Callable[[], Callable], eager: Callable[[], Callable],
@@ -85,8 +79,7 @@ def first_call_or_eager(name: str, compiled: Callable[[], Callable], eager: Call
 def stage_train_step(dev: torch.device, s, matmul: float, gpu_name: str | None) -> dict:
     """Ours at 227 and 224 px vs torchvision at 224 px (module docstring); alternating rounds, medians."""
     cuda = dev.type == "cuda"
-    amp = torch.bfloat16 if cuda else None  # train --fast's autocast (none off CUDA, as --fast there)
-    backend = "inductor" if cuda else None
+    backend = "inductor" if cuda else None  # train --fast's compilation and autocast (none off CUDA, as --fast there)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda  # as --fast sets it
     fallbacks: dict = {}
@@ -94,11 +87,11 @@ def stage_train_step(dev: torch.device, s, matmul: float, gpu_name: str | None) 
     amp_name = "bf16" if cuda else None
 
     def ours(size):
-        return first_call_or_eager(f"ours_{size}", lambda: ours_step_fn(dev, s.batch, size, amp, backend),
-                                   lambda: ours_step_fn(dev, s.batch, size, amp, None), fallbacks)  # fmt: skip
+        return first_call_or_eager(f"ours_{size}", lambda: ours_step_fn(dev, s.batch, size, amp_name, cuda),
+                                   lambda: ours_step_fn(dev, s.batch, size, amp_name, False), fallbacks)  # fmt: skip
 
     def torchvision_step(**kw):
-        return train_step_fn(torchvision.models.alexnet(), **tv, **kw)
+        return baseline_step_fn(torchvision.models.alexnet(), **tv, **kw)
 
     try:
         contenders = {

@@ -14,9 +14,9 @@ def register(sub) -> None:
         "model",
         "training-step img/s of a model vs torchvision's AlexNet (ratio = our step time / theirs)",
         description=(
-            "Times a full training step (forward, loss, backward, SGD with momentum) of --model and of\n"
-            "torchvision.models.alexnet (eager fp32) alternately in one process, after warm-up, and\n"
-            "reports medians. On CUDA it adds torchvision eager bf16 + channels_last as a baseline and\n"
+            "Times the training step `alexnet train` runs (its Stepper: forward, loss and meters, backward,\n"
+            "the optimizer of optim.name) on --model, and torchvision.models.alexnet's reference step\n"
+            "(eager fp32, torch's SGD), alternately in one process, after warm-up, and reports medians. On CUDA it adds torchvision eager bf16 + channels_last as a baseline and\n"
             "the achieved FLOP/s as a fraction of a bf16 matrix-product rate measured in the same run.\n"
             "Inputs are random tensors already on the device (the data pipeline is `bench pipeline`)."
         ),
@@ -39,7 +39,11 @@ def register(sub) -> None:
         "--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype for our model (default: fp32)"
     )
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for our model")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile our step as train.compile does (forward and loss in one graph, the update fused)",
+    )
     parser.add_argument(
         "--compile-mode",
         default=None,
@@ -48,9 +52,10 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--optimizer",
-        default="sgd",
-        choices=["sgd", "paper"],
-        help="ours: torch SGD (fused on CUDA; the paper's update while lr is constant) or PaperSGD",
+        default="paper",
+        choices=["paper", "sgd", "lars"],
+        help="ours: the optimizer `alexnet train` builds for this optim.name (paper: PaperSGD, its default; "
+        "sgd: torch's SGD, the paper's update while lr is constant; lars: LARS)",
     )
     parser.add_argument(
         "--fast",

@@ -68,7 +68,7 @@ def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
     from alexnet.data import PreparedSet
     from alexnet.distributed import pick_device, setup, teardown
-    from alexnet.evaluate import evaluate_checkpoints, format_table
+    from alexnet.evaluation import evaluate_checkpoints, format_table
     from alexnet.io import check_writable, write_json
     from alexnet.progress import Progress
 
@@ -76,12 +76,12 @@ def run(args) -> int:
     if args.out:
         check_writable(args.out)
     device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")), option="--device")
-    info = setup(str(device))
+    procs = setup(str(device))
     try:
         data = PreparedSet(args.data)
         total = data.split_size(args.split) if args.split in data.splits else 0
-        mode = args.progress if info.main else "off"
-        with Progress("evaluate", total // info.world, unit="img", mode=mode) as progress:
+        mode = args.progress if procs.main else "off"
+        with Progress("evaluate", total // procs.world, unit="img", mode=mode) as progress:
             result = evaluate_checkpoints(
                 args.checkpoints,
                 data,
@@ -89,12 +89,12 @@ def run(args) -> int:
                 args.crops,
                 batch_size=args.batch_size,
                 workers=args.workers,
-                device=info.device,
+                device=procs.device,
                 progress=progress.update,
             )
     finally:
-        teardown(info)
-    if not info.main:
+        teardown(procs)
+    if not procs.main:
         return 0
     if args.out:
         write_json(args.out, result, indent=2)

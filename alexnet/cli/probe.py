@@ -54,7 +54,7 @@ def register(sub) -> None:
 def run(args) -> int:
     # lazy: torch loads only when the command runs, so `alexnet --help` stays fast
     from alexnet.data import PreparedSet
-    from alexnet.probe import probe
+    from alexnet.linear_probe import probe
     from alexnet.progress import Progress
 
     data = PreparedSet(args.data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,8 +19,12 @@ Writes RUN/config.json (+ config.toml to reuse with --config), env.json, log.jso
 checkpoints/last.pt and best.pt. --resume continues RUN exactly where it stopped (even mid-epoch),
 or starts it when it has no checkpoint yet (so a job script can always pass it).
 
-Configuration: defaults <- --config FILE.toml <- --set section.key=value (repeatable). Sections and
-keys (docs/training.md explains each):
+Configuration, one rule (a later setting wins):
+  defaults (--resume: the run's saved config) <- --fast's preset <- --config FILE.toml
+  <- --set section.key=value and the flags --model, --amp, --channels-last, --compile,
+     --init-from, --freeze, in the order given on the command line
+(each flag is its --set key). --init-from then keeps the source's architecture and, where unset,
+its crop and normalisation. Sections and keys (docs/training.md explains each):
 {keys}
 
 On a GPU, --fast is the fast configuration: the device data path, bf16 autocast, channels_last,
@@ -34,10 +39,25 @@ paper's init, and --init-from CHECKPOINT starts from trained weights (fine-tunin
 "Fine-tune on your folder")."""
 
 
+class _Setting(argparse.Action):
+    """A flag that is a --set shortcut: appends "KEY=VALUE" to args.overrides, the list --set appends
+    to, so flags and --set keep their command-line order. `value`: a switch's constant; quoted: the
+    argument is a string whatever it looks like (a path)."""
+
+    def __init__(self, option_strings, dest, *, key: str, value: str | None = None, quoted: bool = False, **kw):
+        self.key, self.value, self.quoted = key, value, quoted
+        super().__init__(option_strings, "overrides", nargs=0 if value is not None else None,
+                         default=argparse.SUPPRESS, **kw)  # fmt: skip
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.value if self.value is not None else (json.dumps(values) if self.quoted else values)
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), f"{self.key}={value}"]
+
+
 def register(sub) -> None:
     from alexnet.config import describe
     from alexnet.model import MODEL_NAMES
-    from alexnet.training.loop import TrainConfig
+    from alexnet.training.config import FAST, TrainConfig
 
     keys = "\n".join("  " + line for line in describe(TrainConfig).splitlines())
     p = add_parser(
@@ -50,17 +70,20 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (or to resume)")
     p.add_argument(
         "--model",
-        default=None,
+        action=_Setting,
+        key="model.name",
         choices=MODEL_NAMES,
         metavar="NAME",
         help=f"registered model (same as --set model.name=NAME): {', '.join(MODEL_NAMES)}",
     )
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of [section] key = value settings")
-    add_set_option(p, "override one config value, e.g. --set optim.lr=0.005 (repeatable; applied last)")
+    add_set_option(p, "set one config value, e.g. --set optim.lr=0.005 (repeatable; in order with the flags)")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt (none yet: start)")
     p.add_argument(
         "--init-from",
-        default=None,
+        action=_Setting,
+        key="model.init_from",
+        quoted=True,
         metavar="SOURCE",
         help="fine-tune: start from the weights of a checkpoint, run directory, .safetensors or "
         "import-torchvision / import-caffe checkpoint (model.init_from); its architecture and "
@@ -68,27 +91,38 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--freeze",
-        default=None,
+        action=_Setting,
+        key="model.freeze",
+        quoted=True,
         metavar="LAYER",
         help="do not train the layers up to and including LAYER, e.g. conv5 or fc6 (model.freeze); "
         "per-layer learning rates: --set optim.lr_mult.fc8=10",
     )
     p.add_argument(
         "--amp",
-        default=None,
+        action=_Setting,
+        key="train.amp",
         choices=["off", "bf16", "fp16"],
         help="autocast: bf16, or fp16 with a GradScaler saved in checkpoints (same as --set train.amp=...)",
     )
     p.add_argument(
         "--fast",
         action="store_true",
-        help="on CUDA: " + ", ".join(FAST) + " (--amp, --set and the like given too win); "
+        help="on CUDA: " + ", ".join(FAST) + " (a preset: --config, --set and the flags win); "
         "ignored with a note on other devices",
     )
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (train.channels_last)")
+    p.add_argument(
+        "--channels-last",
+        action=_Setting,
+        key="train.channels_last",
+        value="true",
+        help="NHWC memory format (train.channels_last)",
+    )
     p.add_argument(
         "--compile",
-        action="store_true",
+        action=_Setting,
+        key="train.compile",
+        value="true",
         help="torch.compile the training step: forward, loss, backward, optimizer update (train.compile)",
     )
     add_progress_option(p, "progress output on stderr: a bar on a terminal, plain lines otherwise")
@@ -96,62 +130,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-# --fast: the settings that make a GPU fast, as overrides applied before the user's own
-FAST = (
-    "data.pipeline=device",
-    "train.amp=bf16",
-    "train.channels_last=true",
-    "train.compile=true",
-    "train.cudnn_benchmark=true",
-)
-
-
-def _fast(args, overrides: list[str], config):
-    """The config with FAST under the user's overrides on CUDA; unchanged elsewhere. One line on stderr."""
-    from alexnet.distributed import pick_device
-    from alexnet.training.loop import resolve_config
-
-    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun: rank 0
-    device = pick_device(config.train.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type != "cuda":
-        say(
-            f"alexnet train: --fast ignored on {device.type}: it is the CUDA configuration "
-            "(bf16 autocast and torch.compile are slower than fp32 eager on most CPUs)",
-            file=sys.stderr,
-        )
-        return config
-    config = resolve_config(args.out, args.config, list(FAST) + overrides, resume=args.resume)
-    d, t = config.data, config.train
-    step = "PaperSGD, compiled" if config.optim.name == "paper" and t.compile else "foreach"
-    say(
-        f"alexnet train: --fast: data.pipeline={d.pipeline}, amp={t.amp}, channels_last={t.channels_last}, "
-        f"compile={t.compile}, cudnn_benchmark={t.cudnn_benchmark}, optimizer step {step}",
-        file=sys.stderr,
-    )
-    return config
-
-
 def run(args) -> int:
-    from alexnet.training.loop import resolve_config, train
+    from alexnet.training.loop import train
 
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.insert(0, f"model.name={args.model}")
-    if args.amp:
-        overrides.append(f"train.amp={args.amp}")
-    if args.channels_last:
-        overrides.append("train.channels_last=true")
-    if args.compile:
-        overrides.append("train.compile=true")
-    if args.init_from:
-        overrides.insert(0, f"model.init_from={json.dumps(args.init_from)}")  # quoted: any path is a string
-    if args.freeze:
-        overrides.insert(0, f"model.freeze={json.dumps(args.freeze)}")
-    config = resolve_config(args.out, args.config, overrides, resume=args.resume)
-    if args.fast:
-        config = _fast(args, overrides, config)
     summary = train(
-        args.data, args.out, config, resume=args.resume, progress=args.progress, command=["alexnet"] + sys.argv[1:]
+        args.data,
+        args.out,
+        resume=args.resume,
+        progress=args.progress,
+        command=["alexnet"] + sys.argv[1:],
+        config_file=args.config,
+        overrides=args.overrides,
+        fast=args.fast,
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0

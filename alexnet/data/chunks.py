@@ -166,7 +166,7 @@ class StatsAccumulator:
 # ---------------------------------------------------------------- chunks of a split
 
 
-def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, bar, on_commit) -> None:
+def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, bar) -> None:
     """Process the chunks of one split not yet committed, in order: each chunk's image bytes are
     appended to the split's image file and synced, then its record is committed."""
     size, fmt, quality, chunk = opts["size"], opts["fmt"], opts["quality"], opts["chunk_size"]
@@ -206,7 +206,6 @@ def run_split(partial: Partial, name: str, samples: list, *, pool, opts: dict, b
                     os.fsync(f.fileno())
                     partial.commit(name, k, _record_arrays(rec, f.tell(), size if name == "train" else None))
                     bar.update(min((k + 1) * chunk, len(samples)) - k * chunk)
-                    on_commit()
                     rec = _new_record()
     except OSError as exc:
         raise (disk_error(path, exc) or exc) from None

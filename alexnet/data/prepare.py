@@ -17,7 +17,6 @@ import hashlib
 import os
 import platform
 import shutil
-import signal
 import time
 from multiprocessing import get_context
 
@@ -35,7 +34,6 @@ from alexnet.progress import LINE_EVERY, Progress, resolve_mode
 FORMATS = ("jpeg", "raw")
 CHUNK_SIZE = 1000  # images per committed chunk: the most work an interruption loses
 PROGRESS_EVERY = LINE_EVERY  # seconds between progress lines off a terminal (tests lower it)
-KILL_AFTER_ENV = "ALEXNET_TEST_KILL_AFTER_CHUNKS"  # tests: SIGKILL this process after N committed chunks
 
 
 def default_workers() -> int:
@@ -124,20 +122,6 @@ def _digest(splits: dict) -> str:
             h.update(os.fsencode(item) if isinstance(item, str) else np.ascontiguousarray(item).tobytes())
             h.update(f"\0{label}\0".encode())
     return h.hexdigest()
-
-
-def _kill_hook():
-    """Tests of resuming: SIGKILL this process once $ALEXNET_TEST_KILL_AFTER_CHUNKS chunks are committed."""
-    limit = int(os.environ.get(KILL_AFTER_ENV) or 0)
-    count = 0
-
-    def committed() -> None:
-        nonlocal count
-        count += 1
-        if limit and count >= limit:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return committed
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -233,9 +217,8 @@ def prepare(
         pool = get_context("fork").Pool(workers) if workers > 1 and total > resumed else None
         try:
             with Progress("prepare", total, unit="img", mode=progress, every=PROGRESS_EVERY, initial=resumed) as bar:
-                on_commit = _kill_hook()
                 for name, samples in splits.items():
-                    run_split(partial, name, samples, pool=pool, opts=opts, bar=bar, on_commit=on_commit)
+                    run_split(partial, name, samples, pool=pool, opts=opts, bar=bar)
         finally:
             if pool is not None:
                 pool.terminate()

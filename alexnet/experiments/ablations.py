@@ -164,7 +164,7 @@ def default_crop(size: int) -> int:
 
 def run_config(variant: str, seed: int, config: AblationConfig, crop: int):
     """The TrainConfig of one run: the recipe, this variant's one switch, the seed."""
-    from alexnet.training.loop import TrainConfig
+    from alexnet.training.config import TrainConfig
 
     overrides = list(RECIPES[config.recipe]) + [
         "model.name=alexnet",
@@ -198,7 +198,7 @@ def train_and_evaluate(
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data import make_loader
     from alexnet.distributed import pick_device
-    from alexnet.evaluate import evaluate
+    from alexnet.evaluation import evaluate
     from alexnet.training.loop import train
 
     train_config = run_config(variant, seed, config, crop)

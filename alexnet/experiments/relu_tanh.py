@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import UsageError, UserError
@@ -48,6 +47,7 @@ from alexnet.experiments.common import (
     save_reusable,
 )
 from alexnet.io import write_json
+from alexnet.training.step import Stepper
 
 ACTIVATIONS = ("relu", "tanh")
 PAPER_SPEEDUP = 6.0  # Figure 1: "six times faster"
@@ -203,7 +203,7 @@ def train_curve(
     torch.manual_seed(seed)  # identical initial weights for both activations
     model = FourLayerNet(activation).to(device)
     lr = config.lr_tanh if (activation == "tanh" and config.lr_tanh) else config.lr
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum)
+    stepper = Stepper(model, torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum))
     order = torch.Generator().manual_seed(seed)  # identical batch order for both activations
     xe, ye = x[eval_index], y[eval_index]
     errors, seconds, losses = [error_rate(model, xe, ye)], [0.0], []
@@ -214,11 +214,8 @@ def train_curve(
         t0 = time.perf_counter()
         for i in range(0, len(x), config.batch_size):
             idx = perm[i : i + config.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
+            loss, _ = stepper(x[idx], y[idx])  # the step `alexnet train` runs
+            total += loss
             steps += 1
         mean_loss = (total / steps).item()  # also waits for the device, so the time below is honest
         elapsed += time.perf_counter() - t0

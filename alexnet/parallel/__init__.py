@@ -11,10 +11,15 @@
   fully-connected layers split over all K processes (WeirdTrickNet); only the convolutional
   weights' gradients are all-reduced.
 
-`train.py` asks `make_layout` for the layout, then the layout for the model to train
-(`local_model`, `wrap`), and the gradient synchroniser comes with it (hooks on the weights that
-run once the backward pass is done). Checkpoints are always the whole net's (`full_states`
-gathers them on rank 0; `load_states` cuts them), so they resume into any layout.
+The run plan (alexnet/training/plan.py) asks `make_layout` for the layout once; the layout then
+says what it decided, and the training loop asks it rather than the config: each process's share
+of the data (`train_shard`, `val_shard`, `replicas`), the group the meters are summed over (`sum`),
+whether the processes draw the same random numbers (`shared_rng`), save together (`saves_together`:
+a split net is gathered from all of them) and act on a stop signal together (`stops_together`: at
+the next log point, agreed by `agreed_stop`). It gives the model to train (`local_model`, `wrap`),
+and the gradient synchroniser comes with it (hooks on the weights that run once the backward pass
+is done). Checkpoints are always the whole net's (`full_states` gathers them on rank 0;
+`load_states` cuts them), so they resume into any layout.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from alexnet.checkpoint import unwrap
-from alexnet.distributed import Dist
+from alexnet.distributed import Processes, all_reduce_sum
 from alexnet.errors import UserError
 from alexnet.parallel.comm import SENT, Comm, counted_allreduce, new_groups
 from alexnet.parallel.nets import Spec, SplitNet, TowerNet, WeirdTrickNet, part
@@ -51,26 +56,38 @@ class ParallelConfig:
             raise ValueError("towers = 2 and fc = model are two different layouts: choose one")
 
 
-def model_options(pc: ParallelConfig, name: str, options: dict) -> dict:
-    """The model options a layout implies: towers normalise their own maps (lrn_scope="tower")
-    unless model.lrn_scope was set (make_layout then refuses "layer")."""
-    if pc.towers == 2 and name.startswith("alexnet") and name != "alexnet_torchvision":
-        if options.get("lrn", True) and options.get("lrn_scope") is None:
-            return {**options, "lrn_scope": "tower"}
-    return options
-
-
 class Layout:
-    """Data parallelism (DDP); the base of the split layouts."""
+    """Data parallelism (DDP); the base of the split layouts. Decided once (make_layout), then asked."""
 
-    split = False  # a net split over processes (checkpoints gathered, no DDP)
+    shared_rng = False  # every process draws the same random numbers (a split net's dropout masks)
+    saves_together = False  # a checkpoint is gathered from every process (no process saves alone)
+    stops_together = False  # a stop signal is acted on at a log point, by all processes at once
 
-    def __init__(self, info: Dist):
-        self.info = info
+    def __init__(self, procs: Processes, *, replica: int | None = None, replicas: int | None = None, group=None):
+        self.procs = procs
+        # the global batch is cut `replicas` ways (data-parallel shares); this process takes share `replica`
+        self.replica = procs.rank if replica is None else replica
+        self.replicas = procs.world if replicas is None else replicas
+        self.group = group  # the processes whose meters sum to the global batch's (one per share; None: all)
 
-    def shards(self, replicas: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(index, count) of the training and of the validation images this process takes."""
-        return (self.info.replica, replicas), (self.info.replica, replicas)
+    @property
+    def train_shard(self) -> tuple[int, int]:
+        """(index, count) of the training images this process loads: its share of every batch."""
+        return self.replica, self.replicas
+
+    @property
+    def val_shard(self) -> tuple[int, int]:
+        """(index, count) of the validation images this process evaluates."""
+        return self.replica, self.replicas
+
+    @property
+    def rng_rank(self) -> int:
+        """Whose random-number stream this process draws (and restores from a checkpoint)."""
+        return 0 if self.shared_rng else self.procs.rank
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the data-parallel shares (in place): the global batch's meters."""
+        return all_reduce_sum(t, self.procs, self.group)
 
     def local_model(self, net: nn.Module) -> nn.Module:
         """This process's share of the net (the net itself here)."""
@@ -78,36 +95,36 @@ class Layout:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to train: DDP around `model` under torchrun."""
-        if not self.info.enabled:
+        if not self.procs.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
 
-        device = self.info.device
+        device = self.procs.device
         ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         ddp.register_comm_hook(None, counted_allreduce)  # the default all-reduce, its bytes counted
         return ddp
 
-    def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+    def full_states(self, net: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
         """(model state dict, optimizer state dict) of the whole net on rank 0 (a collective)."""
-        return unwrap(raw).state_dict(), optimizer.state_dict()
+        return unwrap(net).state_dict(), optimizer.state_dict()
 
-    def agreed_stop(self, signalled: int, device: torch.device) -> int:
-        """The stop signal to act on now (0: none). Whole nets: this process's own."""
+    def agreed_stop(self, signalled: int) -> int:
+        """The stop signal to act on now (0: none). Processes that do not stop together: their own."""
         return signalled
 
-    def load_states(self, raw: nn.Module, optimizer, model: dict, optim: dict) -> None:
+    def load_states(self, net: nn.Module, optimizer, model: dict, optim: dict) -> None:
         """Load the whole net's states (a checkpoint's) into this process's share."""
-        raw.load_state_dict(model)
+        net.load_state_dict(model)
         optimizer.load_state_dict(optim)
 
 
 class SplitLayout(Layout):
     """A net split over the ranks of `comm`, data-parallel over those of `data` (or none)."""
 
-    split = True
+    shared_rng = saves_together = stops_together = True
 
-    def __init__(self, info: Dist, comm: Comm, data: Comm | None):
-        super().__init__(info)
+    def __init__(self, procs: Processes, comm: Comm, data: Comm | None, **shares):
+        super().__init__(procs, **shares)
         self.comm, self.data = comm, data
         self.net: SplitNet | None = None
 
@@ -139,20 +156,20 @@ class SplitLayout(Layout):
         for p in net.parameters():
             p.register_post_accumulate_grad_hook(ready)
 
-    def agreed_stop(self, signalled: int, device: torch.device) -> int:
+    def agreed_stop(self, signalled: int) -> int:
         """The largest stop signal any process has got (0: none), the same on all of them: the net is
         gathered from every process to be saved, so they must stop at the same step (a collective)."""
-        flag = torch.tensor([signalled], dtype=torch.int64, device=device)
+        flag = torch.tensor([signalled], dtype=torch.int64, device=self.procs.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
-    def full_states(self, raw: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+    def full_states(self, net: nn.Module, optimizer) -> tuple[dict | None, dict | None]:
         if 0 not in self.comm.ranks:  # every pair holds the same weights: rank 0's writes them
             return None, None
         specs = self.net.specs
-        model = {name: self._gather(t, specs.get(name)) for name, t in raw.state_dict().items()}
+        model = {name: self._gather(t, specs.get(name)) for name, t in net.state_dict().items()}
         optim = optimizer.state_dict()
-        names = _state_names(raw, optimizer)
+        names = _state_names(net, optimizer)
         state = {}
         for index, name in enumerate(names):
             values, spec = optim["state"].get(index, {}), specs.get(name)
@@ -170,11 +187,11 @@ class SplitLayout(Layout):
     def _gather_value(self, value, spec: Spec):
         return self._gather(value, spec) if isinstance(value, torch.Tensor) and value.dim() else value
 
-    def load_states(self, raw: nn.Module, optimizer, model: dict, optim: dict) -> None:
+    def load_states(self, net: nn.Module, optimizer, model: dict, optim: dict) -> None:
         specs = self.net.specs
         local = {name: part(t, specs.get(name)) for name, t in model.items()}
-        raw.load_state_dict(local)
-        names = _state_names(raw, optimizer)
+        net.load_state_dict(local)
+        names = _state_names(net, optimizer)
         state = {}
         for index, values in optim["state"].items():
             spec = specs.get(names[int(index)])
@@ -184,10 +201,10 @@ class SplitLayout(Layout):
         optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
 
 
-def _state_names(raw: nn.Module, optimizer) -> list[str]:
+def _state_names(net: nn.Module, optimizer) -> list[str]:
     """The parameter names in the order optimizer.state_dict() numbers them: group by group (with
     optim.decay_biases=false the weights' group comes first, then the biases')."""
-    names = {id(p): name for name, p in raw.named_parameters()}
+    names = {id(p): name for name, p in net.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
@@ -196,7 +213,7 @@ class Towers(SplitLayout):
 
     def local_model(self, net: nn.Module) -> nn.Module:
         self.net = tower = TowerNet(net, self.comm)
-        d, replicas = self.info.replica, self.info.replicas
+        d, replicas = self.replica, self.replicas
         tower.batch_factor = replicas  # this pair's rows of the global batch: d::D (the sampler's shards)
         tower.dropout_rows = lambda mask: mask[d::replicas]
         self._hooks(tower, list(tower.parameters()), self.data, self.data.size if self.data else 1)
@@ -206,8 +223,9 @@ class Towers(SplitLayout):
 class WeirdTrick(SplitLayout):
     """One weird trick over all K ranks."""
 
-    def shards(self, replicas: int):
-        return (self.info.replica, replicas), (0, 1)  # evaluation: every rank runs the whole split
+    @property
+    def val_shard(self) -> tuple[int, int]:
+        return 0, 1  # evaluation: every rank runs the whole split
 
     def local_model(self, net: nn.Module) -> nn.Module:
         self.net = trick = WeirdTrickNet(net, self.comm)
@@ -218,11 +236,13 @@ class WeirdTrick(SplitLayout):
         return trick
 
 
-def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, amp: str, accumulate: int = 1) -> Layout:
-    """The layout for this launch; sets info.group / replica / replicas / shared_rng for a split net.
-    Every rank must call it (it creates process groups). A layout that cannot run is a UserError."""
+def make_layout(pc: ParallelConfig, procs: Processes, *, model: str, compile: bool, amp: str, accumulate: int = 1,
+                layers_named: bool = False) -> Layout:  # fmt: skip
+    """The layout for this launch (see the module docstring). Every rank must call it (it creates
+    process groups). A layout that cannot run is a UserError; layers_named: model.freeze or
+    optim.lr_mult is set (they name layers of the whole net, which a split process does not hold)."""
     if pc.towers == 1 and pc.fc == "data":
-        return Layout(info)
+        return Layout(procs)
     what = "parallel.towers=2" if pc.towers == 2 else "parallel.fc=model"
     if not model.startswith("alexnet"):
         raise UserError(f"{what} splits an AlexNet (model.name alexnet*), not {model}")
@@ -230,20 +250,22 @@ def make_layout(pc: ParallelConfig, info: Dist, *, model: str, compile: bool, am
         raise UserError(f"{what} runs eagerly in fp32 or bf16: drop train.compile=true / train.amp=fp16")
     if accumulate > 1:  # the synchroniser scales each backward's gradients, not an accumulated sum
         raise UserError(f"{what} takes whole batches: drop data.accumulate={accumulate} (more processes, or pairs)")
-    if pc.towers == 2 and info.world % 2:
+    if layers_named:
         raise UserError(
-            f"{what} needs an even number of processes (2 x D), got {info.world}; "
+            "model.freeze and optim.lr_mult name layers of the whole net; with parallel.towers=2 or "
+            "parallel.fc=model each process holds a share of it: use them data-parallel (the defaults)"
+        )
+    if pc.towers == 2 and procs.world % 2:
+        raise UserError(
+            f"{what} needs an even number of processes (2 x D), got {procs.world}; "
             "e.g. torchrun --nproc_per_node=2 -m alexnet train ..."
         )
-    world, rank = info.world, info.rank
+    world, rank = procs.world, procs.rank
     if pc.towers == 2:
         comm = new_groups([[2 * d, 2 * d + 1] for d in range(world // 2)], rank)
         data = new_groups([list(range(t, world, 2)) for t in range(2)], rank)
-        info.replica, info.replicas, info.group = rank // 2, world // 2, data.group
-        info.shared_rng = True
-        return Towers(info, comm, data)
+        return Towers(procs, comm, data, replica=rank // 2, replicas=world // 2, group=data.group)
     comm = new_groups([list(range(world))], rank) if world > 1 else None
     if comm is None:
-        return Layout(info)  # one process: nothing to split
-    info.shared_rng = True
-    return WeirdTrick(info, comm, None)
+        return Layout(procs)  # one process: nothing to split
+    return WeirdTrick(procs, comm, None)

@@ -23,6 +23,22 @@ from alexnet.parallel.comm import Comm, Gather, ReduceScatter, SumReplicated
 Spec = tuple[int, int, int] | None  # (dim, parts, index) or None: the whole tensor
 
 
+def exchange_points(layers: list[tuple[str, int]]) -> list[int]:
+    """Where the paper's towers exchange activations (§3.2), the one rule that TowerNet runs and
+    `alexnet summary --comm` (alexnet/parallel/traffic.py) counts: the input of every convolution
+    that is not grouped, but the first (both towers have the image), and of every fully-connected
+    layer but the last (fc8 is split by its inputs: its partial logits are summed instead).
+
+    layers: the weight layers in forward order as (kind "conv" or "fc", groups). Returns their indices."""
+    last_fc = max(i for i, (kind, _) in enumerate(layers) if kind == "fc")
+    first_conv = min(i for i, (kind, _) in enumerate(layers) if kind == "conv")
+    return [
+        i
+        for i, (kind, groups) in enumerate(layers)
+        if (kind == "conv" and groups == 1 and i != first_conv) or (kind == "fc" and i != last_fc)
+    ]
+
+
 def part(t: torch.Tensor, spec: Spec) -> torch.Tensor:
     if spec is None:
         return t.detach().clone()
@@ -116,15 +132,19 @@ class TowerNet(SplitNet):
 
     def __init__(self, net: nn.Module, comm: Comm):
         super().__init__(net, comm)
-        self.gather_before: set[int] = set()
-        layers, first = [], True
+        convs = [i for i, m in enumerate(net.features) if isinstance(m, nn.Conv2d)]
+        kinds = [("conv", net.features[i].groups) for i in convs] + [("fc", 1) for _ in self.linears()]
+        points = exchange_points(kinds)
+        # the convolutions' inputs exchanged in forward(); the fully-connected layers' (all but the
+        # last) in classify(), which gathers every sharded input: the same points
+        assert [p for p in points if p >= len(convs)] == list(range(len(convs), len(kinds) - 1))
+        self.gather_before = {convs[p] for p in points if p < len(convs)}
+        layers = []
         for i, m in enumerate(net.features):
             if isinstance(m, nn.Conv2d):
                 if m.groups not in (1, comm.size):
                     raise UserError(f"conv layer with groups={m.groups} cannot be split into {comm.size} towers")
-                if m.groups == 1 and not first:
-                    self.gather_before.add(i)
-                m, first = self._conv(m, f"features.{i}"), False
+                m = self._conv(m, f"features.{i}")
             elif isinstance(m, LocalResponseNorm):
                 if m.groups != comm.size:
                     raise UserError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from alexnet.parallel.nets import exchange_points
 from alexnet.summary import summarize
 
 WORKERS = (2, 8, 64, 1024)
@@ -34,9 +35,9 @@ def _shapes(summary) -> dict:
     convs = [layer for layer in summary.layers if layer.kind == "conv"]
     fcs = [layer for layer in summary.layers if layer.kind == "fc"]
     classes = fcs[-1].output_shape[0]
-    # the towers exchange before every ungrouped conv but the first, and before every fc but the last
-    exchanged = [math.prod(c.input_shape) for c in convs[1:] if c.groups == 1]
-    exchanged += [math.prod(f.input_shape) for f in fcs[:-1]]
+    weights = convs + fcs  # forward order
+    points = exchange_points([(layer.kind, layer.groups) for layer in weights])
+    exchanged = [math.prod(weights[i].input_shape) for i in points]
     return {
         "params": summary.params,
         "conv_params": sum(c.params for c in convs),

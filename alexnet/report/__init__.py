@@ -27,7 +27,7 @@ import numpy as np
 from alexnet import __version__
 from alexnet.distributed import pick_device
 from alexnet.errors import UserError
-from alexnet.evaluate import PAPER_RESULTS, is_imagenet
+from alexnet.evaluation import PAPER_RESULTS, is_imagenet
 from alexnet.io import check_replaceable, mark_output, write_json, write_text
 from alexnet.metrics import top5_applies
 from alexnet.report import figures, page

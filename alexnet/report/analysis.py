@@ -26,7 +26,7 @@ from alexnet.artifact import TrainedNet, check_classes, num_outputs, open_artifa
 from alexnet.checkpoint import resolve_checkpoint_path
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.errors import UserError, not_found
-from alexnet.evaluate import prepared_batches
+from alexnet.evaluation import prepared_batches
 from alexnet.metrics import scores
 from alexnet.model import AlexNet
 from alexnet.progress import Progress, resolve_mode

@@ -17,19 +17,17 @@ exported .safetensors file, an `import-torchvision` or `import-caffe` checkpoint
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from alexnet.artifact import load_model_state
-from alexnet.checkpoint import clean_state_dict, load_checkpoint
+from alexnet.checkpoint import clean_state_dict
 from alexnet.errors import UserError
-from alexnet.layers import describe_layers, freeze, layer_params
+from alexnet.layers import describe_layers, layer_params
 from alexnet.model import build_model
 
 # ModelConfig keys that set the architecture (weights would not fit, or compute another function)
@@ -38,7 +36,7 @@ DEFAULT_CROP, DEFAULT_NORMALIZE = 227, "mean_image"  # DataConfig's defaults: "u
 
 
 @dataclass
-class Source:
+class SourceNet:
     """A source net read for fine-tuning: its checkpoint dict and what the run takes from it."""
 
     state: dict
@@ -55,16 +53,16 @@ class Source:
         return int(crop) if crop else None
 
 
-def read_source(path: str) -> Source:
+def read_source_net(path: str) -> SourceNet:
     """Load the source checkpoint (any form `alexnet.load` takes); one-line errors name --init-from."""
     try:
         state = load_model_state(path)
     except UserError as exc:
         raise UserError(f"--init-from: {exc}") from None
-    return Source(state, str(state.get("path", path)))
+    return SourceNet(state, str(state.get("path", path)))
 
 
-def adapt_config(config, source: Source):
+def adapt_config(config, source: SourceNet):
     """The run's config with the source's model and, where unset, its preprocessing (see the module
     docstring); one-line UserError for a model or architecture key that contradicts the source."""
     state, model = source.state, config.model
@@ -98,7 +96,7 @@ def adapt_config(config, source: Source):
     )
 
 
-def source_stats(source: Source, config, data_stats: dict, size: int) -> dict:
+def source_stats(source: SourceNet, config, data_stats: dict, size: int) -> dict:
     """Statistics for the run's loaders and checkpoints: the data's (PCA), with the source's
     normalisation statistics when the run normalises the source's way and they fit the images."""
     stats = dict(data_stats)
@@ -127,19 +125,12 @@ def source_stats(source: Source, config, data_stats: dict, size: int) -> dict:
     return stats
 
 
-def build_from_source(source: Source, config, class_ids: list[str]) -> tuple[nn.Module, dict]:
-    """The source's model for the data's classes, its matching weights loaded.
+def build_from_source(source: SourceNet, kwargs: dict, class_ids: list[str]) -> tuple[nn.Module, dict]:
+    """The source's model built with `kwargs` (training.config.model_kwargs: the source's own, for
+    the data's classes), its matching weights loaded.
 
-    Returns (model, report): report = {"loaded", "new", "head_replaced"} (layer names)."""
+    Returns (model, report): report = {"loaded", "new", "head"} (layer names)."""
     state = source.state
-    kwargs = dict(state.get("model_kwargs") or {})
-    kwargs.pop("variant", None)
-    kwargs["num_classes"] = len(class_ids)
-    if state["model_name"].startswith("alexnet"):
-        kwargs["input_size"] = config.data.crop
-        kwargs["dropout"] = config.model.dropout
-        if config.model.init is not None:
-            kwargs["init"] = config.model.init
     model = build_model(state["model_name"], **kwargs)
     weights = clean_state_dict(state["model"])
     if state.get("preprocess", {}).get("normalize") == "caffe":  # BGR planes -> RGB: reverse conv1's inputs
@@ -169,7 +160,7 @@ def build_from_source(source: Source, config, class_ids: list[str]) -> tuple[nn.
     return model, {"loaded": loaded, "new": new, "head": head}
 
 
-def describe(source: Source, report: dict, frozen: list[str], lr_mult: dict, num_classes: int) -> str:
+def describe(source: SourceNet, report: dict, frozen: list[str], lr_mult: dict, num_classes: int) -> str:
     """The one line said at the start of a fine-tuning run."""
     n_src = int((source.state.get("model_kwargs") or {}).get("num_classes", 0))
     new = describe_layers(report["new"])
@@ -186,51 +177,3 @@ def describe(source: Source, report: dict, frozen: list[str], lr_mult: dict, num
         parts.append("lr x " + ", ".join(f"{v:g} {k}" for k, v in lr_mult.items()))
     parts += source.notes
     return "; ".join(parts)
-
-
-# ------------------------------------------------------------------------------------------------
-# A run's model: from scratch, from a source, or (resuming) as its last checkpoint was
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Start:
-    """How a run's model is built: `source` for a new fine-tuning run, `resumed` (last.pt's
-    model_name and model_kwargs) when continuing one, neither from scratch."""
-
-    source: Source | None = None
-    resumed: dict | None = None
-
-
-def plan(config, prepared, out, *, resume: bool):
-    """(config, prepared set, Start) of a run: with model.init_from, the config adapted to the
-    source and the prepared set's statistics replaced by the run's (the source's, or last.pt's
-    when resuming). The prepared set given is not changed (a copy)."""
-    if not config.model.init_from:
-        return config, prepared, Start()
-    last = Path(out) / "checkpoints" / "last.pt"
-    prepared = copy.copy(prepared)
-    if resume and last.is_file():  # the run's own choices, saved in its checkpoint
-        ckpt = load_checkpoint(last)
-        prepared.stats = {k: np.asarray(v, np.float32) for k, v in (ckpt.get("stats") or {}).items()}
-        return config, prepared, Start(resumed={"name": ckpt["model_name"], "kwargs": ckpt["model_kwargs"]})
-    source = read_source(config.model.init_from)
-    config = adapt_config(config, source)
-    prepared.stats = source_stats(source, config, prepared.stats, prepared.size)
-    return config, prepared, Start(source=source)
-
-
-def build_run_model(start: Start, config, prepared, default_kwargs: dict) -> tuple[nn.Module, str | None]:
-    """The run's model (model.freeze applied) and the line to say at the start (None from scratch)."""
-    message = None
-    if start.source is not None:
-        model, report = build_from_source(start.source, config, list(prepared.class_ids))
-    elif start.resumed is not None:
-        kwargs = {k: v for k, v in start.resumed["kwargs"].items() if k != "variant"}
-        model = build_model(start.resumed["name"], **kwargs)
-    else:
-        model = build_model(config.model.name, **default_kwargs)
-    frozen = freeze(model, config.model.freeze)
-    if start.source is not None:
-        message = describe(start.source, report, frozen, config.optim.lr_mult, prepared.num_classes)
-    return model, message

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,44 +29,33 @@ from alexnet import __version__
 from alexnet import config as cfg
 from alexnet import io as fileio
 from alexnet.checkpoint import nonfinite_tensors, write_checkpoint
-from alexnet.distributed import Dist
+from alexnet.distributed import Processes
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_path, disk_error, dumps, write_json, write_text
 
 MARKER = ".alexnet-run"  # in every run directory: says it is one, and is what the writer locks
 
-# Tests make the trainer SIGKILL itself at a chosen point, e.g. "step:7" (after global step 7) or
-# "phase:checkpoint-write:2" (the second time this process reaches that point), to check resumes.
-KILL_ENV = "ALEXNET_TEST_KILL_AT"
-KILL_SIGNAL_ENV = "ALEXNET_TEST_KILL_SIGNAL"  # the signal to send there instead of SIGKILL, e.g. SIGTERM
-_reached: dict[str, int] = {}
 
-
-def kill_point(phase: str, step: int | None = None) -> None:
-    """SIGKILL (or $ALEXNET_TEST_KILL_SIGNAL) this process if $ALEXNET_TEST_KILL_AT names this point
-    (testing only; a no-op otherwise)."""
-    target = os.environ.get(KILL_ENV)
-    if not target:
-        return
-    _reached[phase] = _reached.get(phase, 0) + 1
-    if target == f"phase:{phase}:{_reached[phase]}" or (phase == "step" and target == f"step:{step}"):
-        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL_ENV) or "SIGKILL"))
+def last_checkpoint(out) -> Path:
+    """RUN/checkpoints/last.pt: where a run's latest state is (and what --resume continues)."""
+    return Path(out).resolve() / "checkpoints" / "last.pt"
 
 
 class RunDir:
     """The files of one run (see the module docstring). `resume`: continue an existing run."""
 
-    def __init__(self, out, info: Dist, *, resume: bool):
+    def __init__(self, out, procs: Processes, *, resume: bool):
         self.root = Path(out).resolve()
-        self.info = info
-        self.last = self.root / "checkpoints" / "last.pt"
+        self.procs = procs
+        self.last = last_checkpoint(self.root)
         self.best = self.root / "checkpoints" / "best.pt"
         self.log_path = self.root / "log.jsonl"
         self.last_epoch_record = None
+        self.board = None  # TensorBoard scalars (open_board), or None
         self._lock = None
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: exists and is not a directory; choose another --out")
-        if info.main:
+        if procs.main:
             if not is_run_dir(self.root):
                 raise UserError(
                     f"{self.root}: holds files and is not a run directory of `alexnet train` (no {MARKER}); "
@@ -81,11 +69,15 @@ class RunDir:
         if not resume and self.last.is_file():
             self.close()
             raise UserError(f"{self.root} already holds a run; continue it with --resume or choose another --out")
-        if info.main:
+        if procs.main:
             self._remove_partial_checkpoints()
 
     def close(self) -> None:
-        """Release the run directory (also done by the kernel when the process ends)."""
+        """Close the TensorBoard writer and release the run directory (the lock is also released
+        by the kernel when the process ends)."""
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -102,19 +94,19 @@ class RunDir:
 
     def start(self, config, prepared, command, extra: dict | None = None) -> None:
         """Write the resolved config and the environment (plus `extra` keys), and start an empty log."""
-        if not self.info.main:
+        if not self.procs.main:
             return
         self.write_config(config)
-        info = self.info
+        procs = self.procs
         env = {
             "alexnet": __version__,
             "torch": torch.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "device": str(info.device),
-            "device_name": _device_name(info.device),
-            "world_size": info.world,
+            "device": str(procs.device),
+            "device_name": _device_name(procs.device),
+            "world_size": procs.world,
             "cpu_threads": torch.get_num_threads(),
             "data": prepared.root,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -125,7 +117,7 @@ class RunDir:
         write_text(self.log_path, "")
 
     def write_config(self, config) -> None:
-        if self.info.main:
+        if self.procs.main:
             write_json(self.root / "config.json", cfg.to_dict(config))
             write_text(self.root / "config.toml", cfg.to_toml(config))
 
@@ -133,9 +125,14 @@ class RunDir:
         """Append one record to log.jsonl (rank 0)."""
         if record.get("kind") == "epoch":
             self.last_epoch_record = record
-        if self.info.main:
+        if self.procs.main:
             with open(self.log_path, "a") as f:
                 f.write(dumps(record, indent=None) + "\n")
+
+    def scalars(self, record: dict) -> None:
+        """The record's numbers as TensorBoard scalars, when the board is open."""
+        if self.board is not None:
+            self.board.add_scalars_from(record)
 
     def trim_log(self, step: int) -> None:
         """On resume: drop the records written after the checkpoint's step (they will be written again)."""
@@ -151,7 +148,7 @@ class RunDir:
                 kept.append(line)
                 if record.get("kind") == "epoch":
                     self.last_epoch_record = record
-        if self.info.main:
+        if self.procs.main:
             write_text(self.log_path, "".join(k + "\n" for k in kept))
 
     def save(self, payload: dict, *, best: bool = False) -> None:
@@ -172,17 +169,15 @@ class RunDir:
         def write(tmp: str) -> None:
             with fileio.open_new(tmp) as f:  # a file object: a full disk is an OSError with its errno
                 write_checkpoint(payload, f)  # with its digest
-            kill_point("checkpoint-write")
             if best:
                 _replace_with_link(tmp, self.best)
-                kill_point("checkpoint-best")
 
         atomic_write_path(self.last, write)
 
-    def tensorboard(self):
-        """A TensorBoard writer under RUN/tensorboard (rank 0), or None without the package."""
-        if not self.info.main:
-            return None
+    def open_board(self) -> None:
+        """Write TensorBoard scalars under RUN/tensorboard from now on (rank 0; a warning without the package)."""
+        if not self.procs.main:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - the tensorboard package is optional
@@ -190,8 +185,8 @@ class RunDir:
                 "alexnet train: warning: train.tensorboard needs `pip install tensorboard`; not writing it",
                 file=sys.stderr,
             )
-            return None
-        return Board(SummaryWriter(str(self.root / "tensorboard")))
+            return
+        self.board = Board(SummaryWriter(str(self.root / "tensorboard")))
 
 
 class Board:

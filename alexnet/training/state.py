@@ -1,26 +1,26 @@
-"""The training loop's state: position, running meters, RNG states, and what it prints.
+"""What a checkpoint holds and how a run resumes: the loop's position and meters, every RNG state,
+and the save and restore of them with the net, optimizer, schedule and health watcher.
 
-Kept apart from alexnet/training/loop.py so the loop reads in one sitting. Everything written to a
-checkpoint here is a tensor, number, string, list or dict, so it loads with weights_only=True,
-and everything that changes a later number is saved: a resumed run logs the same records.
+Everything written to a checkpoint is a tensor, number, string, list or dict, so it loads with
+weights_only=True, and everything that changes a later number is saved: a resumed run logs the
+same records and ends with the same weights as an uninterrupted one (docs/architecture.md,
+"Checkpoint"). A checkpoint is read in one place (`read_checkpoint`) and written in one
+(`checkpoint_payload`, `save`).
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import random
-import sys
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from alexnet.distributed import Dist, all_reduce_sum, gather_objects
-from alexnet.progress import resolve_mode
-
-RECENT = 1000  # training losses kept for the stall check (train.stall_window at most this)
+from alexnet.checkpoint import check_same_data, clean_state_dict, load_checkpoint, state_dict_error
+from alexnet.distributed import Processes, barrier, gather_objects
+from alexnet.errors import UserError
+from alexnet.training.rundir import last_checkpoint
 
 
 class LoopState:
@@ -32,39 +32,30 @@ class LoopState:
     def __init__(self):
         self.epoch, self.batch, self.step, self.saved_step = 0, 0, 0, 0
         self.best_val_top1_error = math.inf
-        self.stalled = False
-        self.nonfinite = None
         self.interval = self.epoch_sums = None  # (4,) float64: [n, loss * n, top-1 hits, top-5 hits]
-        self.recent = collections.deque(maxlen=RECENT)
         self.waited, self.t_interval, self.epoch_t0 = 0.0, time.perf_counter(), time.perf_counter()
         self._saved_sums = None  # (interval, epoch) lists from a checkpoint, moved to the device on first use
 
     def _zeros(self, device):
         return torch.zeros(4, dtype=torch.float64, device=device)
 
-    def _meters(self, device) -> None:
-        self.interval, self.epoch_sums = self._zeros(device), self._zeros(device)
-        self.nonfinite = torch.zeros((), device=device)
-        if self._saved_sums is not None:
-            self.interval += torch.tensor(self._saved_sums[0], dtype=torch.float64, device=device)
-            self.epoch_sums += torch.tensor(self._saved_sums[1], dtype=torch.float64, device=device)
-            self._saved_sums = None
-
-    def record(self, loss: torch.Tensor, row: torch.Tensor, waited: float) -> None:
-        """Add one step: loss () and its meter row (4,) (alexnet.step.meter_row), both on the device;
+    def record(self, row: torch.Tensor, waited: float) -> None:
+        """Add one step's meter row (4,) (alexnet.training.step.meter_row, on the device) and the
         `waited` seconds for its batch. Device ops only: nothing is read back here."""
         if self.interval is None:
-            self._meters(loss.device)
+            self.interval, self.epoch_sums = self._zeros(row.device), self._zeros(row.device)
+            if self._saved_sums is not None:
+                self.interval += torch.tensor(self._saved_sums[0], dtype=torch.float64, device=row.device)
+                self.epoch_sums += torch.tensor(self._saved_sums[1], dtype=torch.float64, device=row.device)
+                self._saved_sums = None
         self.interval += row
         self.epoch_sums += row
-        self.nonfinite += (~torch.isfinite(loss)).float()
-        self.recent.append(loss)
         self.waited += waited
 
-    def interval_record(self, info: Dist, epoch: int, lr: float) -> dict:
-        """The step record for the interval since the last one (summed over ranks), then reset."""
+    def interval_record(self, layout, epoch: int, lr: float) -> dict:
+        """The step record for the interval since the last one (summed over the layout's shares), then reset."""
         elapsed = max(time.perf_counter() - self.t_interval, 1e-9)
-        n, loss, top1, top5 = all_reduce_sum(self.interval.clone(), info).tolist()
+        n, loss, top1, top5 = layout.sum(self.interval.clone()).tolist()
         record = {
             "kind": "step",
             "step": self.step,
@@ -81,28 +72,11 @@ class LoopState:
         self.waited, self.t_interval = 0.0, time.perf_counter()
         return record
 
-    def epoch_metrics(self, info: Dist) -> dict:
+    def epoch_metrics(self, layout) -> dict:
         sums = self.epoch_sums if self.epoch_sums is not None else self._zeros("cpu")
-        n, loss, top1, top5 = all_reduce_sum(sums.clone(), info).tolist()
+        n, loss, top1, top5 = layout.sum(sums.clone()).tolist()
         n = max(n, 1)
         return {"train_loss": loss / n, "train_top1_error": 1 - top1 / n, "train_top5_error": 1 - top5 / n}
-
-    def _recent(self, window: int = RECENT) -> torch.Tensor:
-        """The last `window` losses as one float64 tensor on the device of the newest (restored ones
-        are on the CPU), so that reading them back is one copy, not one per step."""
-        values = list(self.recent)[-window:]
-        if not values:
-            return torch.zeros(0, dtype=torch.float64)
-        device = values[-1].device
-        return torch.stack([t.detach().to(device, torch.float64) for t in values])
-
-    def recent_loss(self, info: Dist, window: int) -> float:
-        """Mean training loss of the last `window` steps, averaged over the batch's shares (ranks)."""
-        values = self._recent(window)
-        mean = values.mean().reshape(1) if values.numel() else torch.zeros(1, dtype=torch.float64)
-        if info.enabled:
-            mean = mean.to(info.device)
-        return all_reduce_sum(mean, info).item() / info.replicas
 
     def next_epoch(self) -> None:
         self.epoch += 1
@@ -123,12 +97,7 @@ class LoopState:
             "batch": self.batch,
             "step": self.step,
             "best_val_top1_error": self.best_val_top1_error,
-            "loop": {
-                "interval_sums": sums[0],
-                "epoch_sums": sums[1],
-                "stalled": self.stalled,
-                "recent": self._recent().tolist(),  # one read
-            },
+            "loop": {"interval_sums": sums[0], "epoch_sums": sums[1]},
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -137,8 +106,6 @@ class LoopState:
         self.best_val_top1_error = float(ckpt.get("best_val_top1_error", math.inf))
         loop = ckpt.get("loop", {})
         self._saved_sums = [list(loop.get("interval_sums", [0.0] * 4)), list(loop.get("epoch_sums", [0.0] * 4))]
-        self.stalled = bool(loop.get("stalled", False))
-        self.recent.extend(torch.tensor(x) for x in loop.get("recent", []))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,12 +125,12 @@ def local_rng(device: torch.device) -> dict:
     }
 
 
-def gather_rng(info: Dist, collective: bool = True) -> dict:
+def gather_rng(procs: Processes, collective: bool = True) -> dict:
     """Every rank's RNG states, so each resumes its own dropout stream (a collective under DDP;
     collective=False: this rank's only, for a save that the other ranks do not join)."""
     if not collective:
-        return {"ranks": [local_rng(info.device)]}
-    return {"ranks": gather_objects(local_rng(info.device), info)}
+        return {"ranks": [local_rng(procs.device)]}
+    return {"ranks": gather_objects(local_rng(procs.device), procs)}
 
 
 def set_rng(rng: dict, rank: int, device: torch.device) -> None:
@@ -180,76 +147,74 @@ def set_rng(rng: dict, rank: int, device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Progress output
+# Save and restore
 # ------------------------------------------------------------------------------------------------
 
 
-class Printer:
-    """A tqdm bar per epoch on a terminal, plain lines on stderr otherwise; rank 0 only."""
+def checkpoint_payload(plan, state: LoopState, health, rng: dict, model: dict, optimizer: dict) -> dict:
+    """The checkpoint dict (docs/architecture.md): the one place that says what a checkpoint holds.
+    model, optimizer: the whole net's state dicts (Layout.full_states)."""
+    position, watched = state.state_dict(), health.state_dict()
+    payload = {
+        **plan.meta,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": plan.schedule.state_dict(),
+        "rng": rng,
+        **position,
+        "loop": {**position["loop"], **watched["loop"]},
+        "divergence": watched["divergence"],
+    }
+    if plan.scaler is not None:
+        payload["scaler"] = plan.scaler.state_dict()
+    return payload
 
-    def __init__(self, info: Dist, progress: str):
-        self.mode = resolve_mode(progress) if info.main else "off"
-        self.main = info.main
-        self.bar = None
-        self.epochs = 0
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epochs = epochs
-        if self.mode == "bar":
-            self.bar = tqdm(
-                total=steps,
-                initial=done,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                file=sys.stderr,
-                leave=False,
-                dynamic_ncols=True,
-            )
+def save(plan, state: LoopState, health, *, best: bool = False, collective: bool = True) -> None:
+    """Write last.pt (and best.pt) from rank 0. collective=False: a save the other ranks do not join
+    (refused with a warning where the layout saves only with every process)."""
+    if not collective and plan.layout.saves_together:
+        plan.printer.warn(f"a net split over processes cannot be saved alone; {plan.run.last} is the last save")
+        return
+    rng = gather_rng(plan.procs, collective)
+    model, optimizer = plan.layout.full_states(plan.net, plan.optimizer)
+    if plan.procs.main:
+        plan.run.save(checkpoint_payload(plan, state, health, rng, model, optimizer), best=best)
+    if collective:
+        barrier(plan.procs)
 
-    def tick(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
 
-    def step(self, record: dict) -> None:
-        if self.mode == "bar" and self.bar is not None:
-            self.bar.set_postfix(
-                loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}", img_s=f"{record['img_s']:.0f}", refresh=False
-            )
-        elif self.mode == "lines":
-            print(
-                f"epoch {record['epoch']} step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.3g}, "
-                f"{record['img_s']:.1f} img/s, waiting for data {100 * record['data_frac']:.0f}%",
-                file=sys.stderr,
-                flush=True,
-            )
+def read_checkpoint(out) -> dict:
+    """The last.pt of the run directory `out` (every process reads it)."""
+    return load_checkpoint(last_checkpoint(out))
 
-    def epoch_end(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
-    def epoch_record(self, r: dict) -> None:
-        if self.mode == "off":
-            return
-        val = ""
-        if r["val_top1_error"] is not None:
-            val = (
-                f" | val loss {r['val_loss']:.4f}, top-1 error {r['val_top1_error']:.3f}, "
-                f"top-5 error {r['val_top5_error']:.3f}"
-            )
-        print(
-            f"epoch {r['epoch']}/{self.epochs} (step {r['step']}): train loss {r['train_loss']:.4f}, "
-            f"top-1 error {r['train_top1_error']:.3f}{val} | {r['seconds']:.0f} s"
-            + (" | lr divided" if r.get("lr_dropped") else ""),
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def say(self, message: str) -> None:
-        """One line on stderr from rank 0 (even with progress off: warnings and resume notes)."""
-        if self.main:
-            if self.bar is not None:
-                self.bar.clear()
-            print(f"alexnet train: {message}", file=sys.stderr, flush=True)
-
-    def warn(self, message: str) -> None:
-        self.say(f"warning: {message}")
+def restore(plan, state: LoopState, health, ckpt: dict) -> None:
+    """Load a run's last checkpoint into the net, optimizer, schedule, loop state, health watcher
+    and RNGs; cut the log back to it and save the config given with --resume."""
+    check_same_data(ckpt, plan.data.class_ids, plan.data.stats, plan.data.root)
+    config, run = plan.config, plan.run
+    try:
+        saved_optim = ((ckpt.get("config") or {}).get("optim") or {}).get("name", config.optim.name)
+        if saved_optim != config.optim.name:  # their momentum states differ: it would restart silently
+            raise ValueError(f"optim.name was {saved_optim!r}, now {config.optim.name!r}")
+        plan.layout.load_states(plan.net, plan.optimizer, clean_state_dict(ckpt["model"]), ckpt["optimizer"])
+        plan.schedule.load_state_dict(ckpt["scheduler"])
+        if plan.scaler is not None and "scaler" in ckpt:
+            plan.scaler.load_state_dict(ckpt["scaler"])
+        health.load_state_dict(ckpt)
+        state.load_state_dict(ckpt)
+        set_rng(ckpt["rng"], plan.layout.rng_rank, plan.procs.device)
+    except KeyError as exc:
+        raise UserError(
+            f"{run.last}: not a training checkpoint (no {exc.args[0]!r}); --resume needs "
+            "the last.pt that `alexnet train` wrote; start a new run instead"
+        ) from None
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"{run.last}: does not fit this run's model or optimizer "
+            f"({state_dict_error(exc)}); --set with --resume cannot change model.* or "
+            "optim.name; start a new run for those"
+        ) from None
+    run.trim_log(state.step)
+    run.write_config(config)  # --set overrides given with --resume

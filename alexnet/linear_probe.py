@@ -25,7 +25,7 @@ from alexnet.artifact import check_image_size, open_artifact
 from alexnet.data import PackedDataset, PreparedSet
 from alexnet.data.validate import check_has_images
 from alexnet.errors import UserError
-from alexnet.evaluate import prepared_batches
+from alexnet.evaluation import prepared_batches
 from alexnet.layers import batch_features, check_feature_layer
 from alexnet.metrics import top5_applies
 
