@@ -2,7 +2,7 @@
 
 Starting torch in a process costs seconds on a loaded machine, so the layout tests run all their
 multi-process trainings in one torchrun launch (and their one-process references in pytest's own
-process, through `run_plan`). The process group is set up here once; `alexnet.train.train` joins it.
+process, through `run_plan`). The process group is set up here once; `alexnet.train` joins it.
 
 Registers "alexnet_narrow": the paper's net (two towers, LRN, dropout, the same layers and
 groups) at about 1/8 of the widths, so that a step takes milliseconds instead of seconds.

@@ -1,6 +1,6 @@
 """The paper's ablations: LRN (§3.3), overlapping pooling (§3.4), PCA colour noise (§4.1), dropout (§4.2).
 
-The paper net and each variant (one feature switched off) are trained by `alexnet.train.train` with
+The paper net and each variant (one feature switched off) are trained by `alexnet.train` (alexnet/training/loop.py) with
 the same recipe, budget and seeds, so the variants differ in exactly one setting; the last weights
 are evaluated with the centre crop on the validation split. Differences are paired by seed
 (variant minus paper net, same seed, same batches), then averaged: positive = the feature helps.
