@@ -239,3 +239,29 @@ def test_layout_mistakes_are_one_line_errors(tiny_prepared, tmp_path, capsys):
     assert "choose one" in capsys.readouterr().err
     assert main([*common, "--set", "parallel.fc=model", "--set", "data.accumulate=2"]) != 0
     assert "drop data.accumulate=2" in capsys.readouterr().err
+
+
+def test_the_towers_exchange_where_the_paper_says_one_rule_for_the_net_and_the_traffic_count():
+    """§3.2: the towers exchange at conv3's input and at fc6's and fc7's (fc8's partial logits are
+    summed instead); TowerNet runs the same rule `summary --comm` counts."""
+    from alexnet.parallel.nets import exchange_points
+
+    paper = [("conv", 1), ("conv", 2), ("conv", 1), ("conv", 2), ("conv", 2), ("fc", 1), ("fc", 1), ("fc", 1)]
+    assert exchange_points(paper) == [2, 5, 6]
+    ungrouped = [("conv", 1)] * 5 + [("fc", 1)] * 3
+    assert exchange_points(ungrouped) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_layout_says_what_it_decided_and_changes_no_process_info():
+    import dataclasses
+
+    from alexnet.distributed import Processes
+    from alexnet.parallel import ParallelConfig, make_layout
+
+    procs = Processes()
+    layout = make_layout(ParallelConfig(), procs, model="alexnet", compile=False, amp="off")
+    assert (layout.train_shard, layout.val_shard, layout.replicas, layout.rng_rank) == ((0, 1), (0, 1), 1, 0)
+    assert not (layout.shared_rng or layout.saves_together or layout.stops_together)
+    assert layout.agreed_stop(15) == 15  # one process: its own signal, at once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        procs.rank = 1  # the process info is set once, by setup()
