@@ -27,9 +27,9 @@ from types import SimpleNamespace
 from alexnet.artifact import TrainedNet, checkpoint_preprocess, class_names, load_model_state, open_artifact
 from alexnet.errors import UserError, check_whole, not_found
 from alexnet.export import torchvision_state
+from alexnet.model import build_model
 from alexnet.training.config import model_kwargs
 from alexnet.training.finetune import SourceNet, build_from_source, source_stats
-from alexnet.model import build_model
 
 WEIGHT_NAMES = ("IMAGENET1K_V1", "DEFAULT")  # torchvision's AlexNet_Weights members ("DEFAULT" = V1)
 IMPORTS = (

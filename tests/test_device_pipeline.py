@@ -184,7 +184,6 @@ def test_fast_is_the_cuda_configuration_and_ignored_elsewhere(monkeypatch, capsy
                                                                 "train.compile", "train.cudnn_benchmark"}  # fmt: skip
 
 
-
 # ---------------------------------------------------------------- decoding ahead of the step
 
 

@@ -11,7 +11,7 @@ momentum update of the paper's Algorithm 1, where the learning rate sits inside 
 
 lr is the global rate the schedule sets (the paper's gamma_t). Parameter groups with
 `adapt=False` (biases and normalisation parameters, as the large-batch recipes exclude them) keep
-lambda = 1, which is the paper's SGD of §5 (alexnet.optim.PaperSGD) with the velocity's sign
+lambda = 1, which is the paper's SGD of §5 (alexnet.training.optim.PaperSGD) with the velocity's sign
 flipped. Where ||w|| or ||g|| is 0 (a zero-initialised bias, a layer without gradient signal) the
 ratio is undefined and lambda is 1, as the published implementations do.
 """
@@ -28,7 +28,7 @@ class LARS(Optimizer):
     Args:
         params: parameters or parameter groups (a group may set its own lr, weight_decay,
             trust or adapt).
-        lr: global learning rate gamma (set per step by alexnet.optim.Schedule).
+        lr: global learning rate gamma (set per step by alexnet.training.optim.Schedule).
         momentum: m (0.9 in the paper).
         weight_decay: wd, the paper's beta (5e-4 for AlexNet).
         trust: the trust coefficient eta (0.001 in the paper).
