@@ -170,7 +170,7 @@ def read_json(path: str | Path) -> dict:
 # ---------------------------------------------------------------- what --force may replace
 
 OUTPUT_MARKER = ".alexnet-output"  # in every folder alexnet writes as a whole: JSON {"kind", "files"}
-RUN_MARKER = ".alexnet-run"  # a run directory's (alexnet/rundir.py): its files are the RUN_FILES
+RUN_MARKER = ".alexnet-run"  # a run directory's (alexnet/training/rundir.py): its files are the RUN_FILES
 RUN_FILES = (".alexnet-run", "config.json", "config.toml", "env.json", "log.jsonl", "eval.json", "result.json",
              "checkpoints/*.pt", "checkpoints/.*.tmp", "tensorboard/*", "report/index.html", "report/report.json",
              "report/*.png")  # fmt: skip

@@ -141,10 +141,10 @@ def test_files_without_a_digest_still_load_with_one_note(small_ckpt, tmp_path, c
 
 
 def test_the_run_directory_writes_checkpoints_with_a_digest(tmp_path):
-    from alexnet.distributed import Dist
-    from alexnet.rundir import RunDir
+    from alexnet.distributed import Processes
+    from alexnet.training.rundir import RunDir
 
-    run = RunDir(tmp_path / "run", Dist(), resume=False)
+    run = RunDir(tmp_path / "run", Processes(), resume=False)
     run.save({"model": {"w": torch.arange(3.0)}, "model_name": "alexnet", "model_kwargs": {}, "step": 1})
     run.close()
     assert "digest" in torch.load(run.last, weights_only=True)
